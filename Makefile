@@ -1,0 +1,44 @@
+# pbkv — build, test and run. `make run` and `make test` install what is missing first.
+SHELL := /bin/bash
+SWIFT ?= swift
+DEB_PACKAGES := protobuf-c-compiler libprotobuf-c-dev zlib1g-dev pkg-config
+SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
+PROTO_OUT := Sources/CPBKVProto
+SWIFT_TEST_FLAGS ?=
+
+.PHONY: deps build release test run proto clean chaos bench
+
+## deps: install the Debian packages pbkv needs, only those missing (apt-get update first).
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	else echo "deps: all Debian packages present"; fi
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+## test: every test of every module (unit, end to end over loopback).
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build $(SWIFT_TEST_FLAGS)
+
+## run: start a local cluster, show it surviving a primary kill.
+run: deps
+	$(SWIFT) build -c release --product pbkv
+	$$($(SWIFT) build -c release --show-bin-path)/pbkv local
+
+## proto: regenerate the committed C code from proto/*.proto with protoc-c.
+proto: deps
+	@tmp=$$(mktemp -d) && (cd proto && protoc-c --c_out=$$tmp *.proto) && \
+	  mv $$tmp/*.pb-c.h $(PROTO_OUT)/include/ && mv $$tmp/*.pb-c.c $(PROTO_OUT)/ && rmdir $$tmp
+	@echo "regenerated $(PROTO_OUT)"
+
+clean:
+	$(SWIFT) package clean

@@ -1,0 +1,187 @@
+import NIOCore
+
+/// Flags in a frame header.
+public struct FrameFlags: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    /// The payload is `u32 BE uncompressed length` followed by a zlib (RFC 1950) stream.
+    public static let zlib = FrameFlags(rawValue: 0x01)
+    /// Every flag this version knows; any other bit set is a protocol violation.
+    public static let known: FrameFlags = [.zlib]
+}
+
+/// One frame as read from the wire: flags and the (possibly compressed) payload.
+///
+/// ```
+///  0                   1                   2                   3
+///  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// |                 payload length (u32, big endian)              |
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// |     flags     |  payload (length bytes) ...
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// ```
+/// With flag 0x01 (zlib) the payload is a u32 BE uncompressed length, then the zlib stream.
+public struct Frame: Sendable, Hashable {
+    public var flags: FrameFlags
+    public var payload: ByteBuffer
+
+    public init(flags: FrameFlags = [], payload: ByteBuffer) {
+        self.flags = flags
+        self.payload = payload
+    }
+
+    /// Bytes before the payload: 4 length + 1 flags.
+    public static let headerSize = 5
+    /// The default maximum payload size, compressed or not: 16 MiB.
+    public static let defaultMaxPayload = 16 * 1024 * 1024
+}
+
+/// A framing error: the connection cannot continue and is closed after a `Goodbye`.
+public enum FrameError: Error, Sendable, Hashable, CustomStringConvertible {
+    case frameTooLarge(size: Int, max: Int)
+    case unknownFlags(UInt8)
+    case truncatedFrame(expected: Int, received: Int)
+    case compressionNotNegotiated
+    case badCompressedPayload(String)
+
+    public var description: String {
+        switch self {
+        case .frameTooLarge(let size, let max):
+            "frame of \(size) bytes exceeds the maximum of \(max) bytes (raise --max-frame-size on both sides if intended)"
+        case .unknownFlags(let flags):
+            "frame has unknown flag bits 0x\(String(flags, radix: 16)) (peer speaks a newer protocol?)"
+        case .truncatedFrame(let expected, let received):
+            "connection closed inside a frame: expected \(expected) bytes, got \(received)"
+        case .compressionNotNegotiated:
+            "compressed frame received but zlib was not agreed in the handshake"
+        case .badCompressedPayload(let why):
+            "compressed frame rejected: \(why)"
+        }
+    }
+
+    /// The wire code a `Goodbye` carries for this error.
+    public var code: Code {
+        switch self {
+        case .frameTooLarge: .frameTooLarge
+        default: .protocolViolation
+        }
+    }
+}
+
+/// Splits a TCP byte stream into `Frame`s. The length is checked against `maxPayload`
+/// before any payload byte is buffered, so a huge length costs nothing.
+public final class FrameDecoder: ByteToMessageDecoder {
+    public typealias InboundOut = Frame
+
+    private let maxPayload: Int
+
+    public init(maxPayload: Int = Frame.defaultMaxPayload) {
+        self.maxPayload = maxPayload
+    }
+
+    public func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let frame = try Self.readFrame(from: &buffer, maxPayload: maxPayload) else { return .needMoreData }
+        context.fireChannelRead(Self.wrapInboundOut(frame))
+        return .continue
+    }
+
+    public func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        while try decode(context: context, buffer: &buffer) == .continue {}
+        if buffer.readableBytes > 0 {
+            let expected = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self).map { Int($0) + Frame.headerSize }
+            let received = buffer.readableBytes
+            buffer.moveReaderIndex(forwardBy: received)
+            throw FrameError.truncatedFrame(expected: expected ?? Frame.headerSize, received: received)
+        }
+        return .needMoreData
+    }
+
+    /// Reads one whole frame from `buffer`, or nil (nothing consumed) if it is not all there yet.
+    public static func readFrame(from buffer: inout ByteBuffer, maxPayload: Int) throws(FrameError) -> Frame? {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self),
+            let rawFlags = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt8.self)
+        else { return nil }
+        guard Int(length) <= maxPayload else { throw .frameTooLarge(size: Int(length), max: maxPayload) }
+        let flags = FrameFlags(rawValue: rawFlags)
+        guard FrameFlags.known.isSuperset(of: flags) else { throw .unknownFlags(rawFlags) }
+        guard buffer.readableBytes >= Frame.headerSize + Int(length) else { return nil }
+        buffer.moveReaderIndex(forwardBy: Frame.headerSize)
+        let payload = buffer.readSlice(length: Int(length))!
+        return Frame(flags: flags, payload: payload)
+    }
+}
+
+/// Turns envelopes into frame bytes and frames into envelopes: protobuf encoding, zlib above
+/// a threshold once the handshake agreed it, and the size limits. One per connection.
+public struct FrameCodec {
+    /// Largest payload accepted, before and after decompression.
+    public var maxPayload: Int
+    /// Payloads at least this large are compressed when compression is on.
+    public var compressionThreshold: Int
+    /// Set once the handshake agreed zlib.
+    public var compressionEnabled = false
+
+    private var deflater: ZlibDeflater?
+    private var inflater: ZlibInflater?
+    private var scratch: ByteBuffer
+
+    /// The default threshold: 1 KiB.
+    public static let defaultCompressionThreshold = 1024
+
+    public init(maxPayload: Int = Frame.defaultMaxPayload, compressionThreshold: Int = FrameCodec.defaultCompressionThreshold) {
+        self.maxPayload = maxPayload
+        self.compressionThreshold = compressionThreshold
+        self.scratch = ByteBufferAllocator().buffer(capacity: 256)
+    }
+
+    /// Appends the frame carrying `envelope` to `out`.
+    public mutating func encode(_ envelope: Envelope, into out: inout ByteBuffer) throws(FrameError) {
+        let headerIndex = out.writerIndex
+        out.writeInteger(UInt32(0))
+        out.writeInteger(UInt8(0))
+        let payloadStart = out.writerIndex
+        let size = EnvelopeCodec.encode(envelope, into: &out)
+        if compressionEnabled && size >= compressionThreshold {
+            // Re-encode compressed: copy the plain payload aside, deflate it in place of itself.
+            scratch.clear()
+            var plain = out.getSlice(at: payloadStart, length: size)!
+            scratch.writeBuffer(&plain)
+            out.moveWriterIndex(to: payloadStart)
+            out.writeInteger(UInt32(size))
+            do {
+                if deflater == nil { deflater = try ZlibDeflater() }
+                try deflater!.compress(scratch, into: &out)
+            } catch {
+                throw .badCompressedPayload(error.description)
+            }
+            out.setInteger(UInt8(FrameFlags.zlib.rawValue), at: headerIndex + 4)
+        }
+        let payloadLength = out.writerIndex - payloadStart
+        guard payloadLength <= maxPayload else {
+            out.moveWriterIndex(to: headerIndex)
+            throw .frameTooLarge(size: payloadLength, max: maxPayload)
+        }
+        out.setInteger(UInt32(payloadLength), at: headerIndex)
+    }
+
+    /// The plain protobuf payload of `frame`, inflated if it is compressed.
+    public mutating func payload(of frame: Frame, allocator: ByteBufferAllocator) throws(FrameError) -> ByteBuffer {
+        guard frame.flags.contains(.zlib) else { return frame.payload }
+        guard compressionEnabled else { throw .compressionNotNegotiated }
+        var payload = frame.payload
+        guard let declared = payload.readInteger(as: UInt32.self) else {
+            throw .badCompressedPayload("missing the uncompressed length")
+        }
+        guard Int(declared) <= maxPayload else {
+            throw .frameTooLarge(size: Int(declared), max: maxPayload)
+        }
+        do {
+            if inflater == nil { inflater = try ZlibInflater() }
+            return try inflater!.decompress(payload, declaredSize: Int(declared), allocator: allocator)
+        } catch {
+            throw .badCompressedPayload(error.description)
+        }
+    }
+}

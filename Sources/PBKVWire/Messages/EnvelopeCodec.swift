@@ -1,0 +1,453 @@
+import CPBKVProto
+import NIOCore
+
+/// Why bytes could not be turned into an `Envelope` (or the reverse).
+public enum MessageCodecError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The payload is not a valid protobuf `Envelope`.
+    case malformed(String)
+    /// The envelope had no body set (empty, or a body kind from a newer protocol).
+    case emptyEnvelope
+    /// A field held a value this version does not know (e.g. an unknown code).
+    case unknownValue(field: String, value: Int64)
+    /// A `string` or `bytes` field held bytes that are not valid UTF-8.
+    case invalidUTF8(field: String)
+
+    public var description: String {
+        switch self {
+        case .malformed(let why): "malformed protobuf message: \(why)"
+        case .emptyEnvelope: "envelope carries no known body (check the protocol version)"
+        case .unknownValue(let field, let value): "unknown value \(value) in field \(field)"
+        case .invalidUTF8(let field): "field \(field) is not valid UTF-8; pbkv keys and values are UTF-8 text"
+        }
+    }
+}
+
+/// Converts `Envelope` values to and from protobuf bytes through the protoc-c generated code.
+/// The only place in pbkv that touches the C message structs and their pointers.
+public enum EnvelopeCodec {
+    // MARK: encode
+
+    /// Appends the protobuf encoding of `envelope` to `buffer`; returns the number of bytes written.
+    @discardableResult
+    public static func encode(_ envelope: Envelope, into buffer: inout ByteBuffer) -> Int {
+        let arena = CArena()
+        var message = Pbkv__Envelope()
+        pbkv__envelope__init(&message)
+        switch envelope {
+        case .hello(let hello):
+            message.body_case = PBKV__ENVELOPE__BODY_HELLO
+            message.hello = cHello(hello, arena)
+        case .helloReply(let reply):
+            message.body_case = PBKV__ENVELOPE__BODY_HELLO_REPLY
+            message.hello_reply = cHelloReply(reply, arena)
+        case .request(let request):
+            message.body_case = PBKV__ENVELOPE__BODY_REQUEST
+            message.request = cRequest(request, arena)
+        case .response(let response):
+            message.body_case = PBKV__ENVELOPE__BODY_RESPONSE
+            message.response = cResponse(response, arena)
+        case .goodbye(let goodbye):
+            let g = arena.allocate(Pbkv__Goodbye.self)
+            pbkv__goodbye__init(g)
+            g.pointee.code = cCode(goodbye.code)
+            g.pointee.message = arena.cString(goodbye.message)
+            message.body_case = PBKV__ENVELOPE__BODY_GOODBYE
+            message.goodbye = g
+        }
+        let size = pbkv__envelope__get_packed_size(&message)
+        let written = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { out in
+            size == 0 ? 0 : pbkv__envelope__pack(&message, out.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        }
+        withExtendedLifetime(arena) {}
+        return written
+    }
+
+    /// The protobuf encoding of `envelope` as a new buffer.
+    public static func encode(_ envelope: Envelope, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer {
+        var buffer = allocator.buffer(capacity: 64)
+        encode(envelope, into: &buffer)
+        return buffer
+    }
+
+    private static func cCode(_ code: Code) -> Pbkv__Code { Pbkv__Code(rawValue: numericCast(code.rawValue)) }
+
+    private static func cFeatures(_ features: [Feature], _ arena: CArena) -> (Int, UnsafeMutablePointer<Pbkv__Feature>?) {
+        guard !features.isEmpty else { return (0, nil) }
+        let array = arena.allocate(Pbkv__Feature.self, count: features.count)
+        for (i, f) in features.enumerated() { array[i] = Pbkv__Feature(rawValue: numericCast(f.rawValue)) }
+        return (features.count, array)
+    }
+
+    private static func cHello(_ hello: Hello, _ arena: CArena) -> UnsafeMutablePointer<Pbkv__Hello> {
+        let h = arena.allocate(Pbkv__Hello.self)
+        pbkv__hello__init(h)
+        h.pointee.protocol_version = hello.protocolVersion
+        (h.pointee.n_features, h.pointee.features) = cFeatures(hello.features, arena)
+        h.pointee.max_frame_size = hello.maxFrameSize
+        h.pointee.client_name = arena.cString(hello.clientName)
+        return h
+    }
+
+    private static func cHelloReply(_ reply: HelloReply, _ arena: CArena) -> UnsafeMutablePointer<Pbkv__HelloReply> {
+        let h = arena.allocate(Pbkv__HelloReply.self)
+        pbkv__hello_reply__init(h)
+        h.pointee.protocol_version = reply.protocolVersion
+        (h.pointee.n_features, h.pointee.features) = cFeatures(reply.features, arena)
+        h.pointee.max_frame_size = reply.maxFrameSize
+        h.pointee.server_name = arena.cString(reply.serverName)
+        return h
+    }
+
+    private static func cRequestID(_ id: RequestID, _ arena: CArena) -> UnsafeMutablePointer<Pbkv__RequestId> {
+        let r = arena.allocate(Pbkv__RequestId.self)
+        pbkv__request_id__init(r)
+        r.pointee.client_id = id.clientID
+        r.pointee.seq = id.seq
+        return r
+    }
+
+    private static func cOperation(_ op: Operation, _ arena: CArena) -> UnsafeMutablePointer<Pbkv__Operation> {
+        let o = arena.allocate(Pbkv__Operation.self)
+        pbkv__operation__init(o)
+        o.pointee.kind = Pbkv__OpKind(rawValue: numericCast(op.kind.rawValue))
+        o.pointee.key = arena.binary(op.key)
+        o.pointee.value = arena.binary(op.value)
+        o.pointee.id = cRequestID(op.id, arena)
+        return o
+    }
+
+    private static func cKVReply(_ reply: KVReply, _ arena: CArena) -> UnsafeMutablePointer<Pbkv__KVReply> {
+        let r = arena.allocate(Pbkv__KVReply.self)
+        pbkv__kvreply__init(r)
+        r.pointee.code = cCode(reply.code)
+        r.pointee.value = arena.binary(reply.value)
+        return r
+    }
+
+    private static func cRequest(_ request: Request, _ arena: CArena) -> UnsafeMutablePointer<Pbkv__Request> {
+        let r = arena.allocate(Pbkv__Request.self)
+        pbkv__request__init(r)
+        r.pointee.call_id = request.callID
+        r.pointee.timeout_ms = request.timeoutMs
+        guard case .success(let call) = request.call else { return r }  // sends "no method"
+        switch call {
+        case .ping(let args):
+            let p = arena.allocate(Pbkv__PingArgs.self)
+            pbkv__ping_args__init(p)
+            p.pointee.server = arena.cString(args.server)
+            p.pointee.viewnum = args.viewnum
+            r.pointee.call_case = PBKV__REQUEST__CALL_PING
+            r.pointee.ping = p
+        case .getView:
+            let g = arena.allocate(Pbkv__GetViewArgs.self)
+            pbkv__get_view_args__init(g)
+            r.pointee.call_case = PBKV__REQUEST__CALL_GET_VIEW
+            r.pointee.get_view = g
+        case .get(let key, let id):
+            let g = arena.allocate(Pbkv__GetArgs.self)
+            pbkv__get_args__init(g)
+            g.pointee.key = arena.binary(key)
+            g.pointee.id = cRequestID(id, arena)
+            r.pointee.call_case = PBKV__REQUEST__CALL_GET
+            r.pointee.get = g
+        case .put(let key, let value, let id):
+            let p = arena.allocate(Pbkv__PutArgs.self)
+            pbkv__put_args__init(p)
+            p.pointee.key = arena.binary(key)
+            p.pointee.value = arena.binary(value)
+            p.pointee.id = cRequestID(id, arena)
+            r.pointee.call_case = PBKV__REQUEST__CALL_PUT
+            r.pointee.put = p
+        case .putHash(let key, let value, let id):
+            let p = arena.allocate(Pbkv__PutHashArgs.self)
+            pbkv__put_hash_args__init(p)
+            p.pointee.key = arena.binary(key)
+            p.pointee.value = arena.binary(value)
+            p.pointee.id = cRequestID(id, arena)
+            r.pointee.call_case = PBKV__REQUEST__CALL_PUT_HASH
+            r.pointee.put_hash = p
+        case .forward(let args):
+            let f = arena.allocate(Pbkv__ForwardArgs.self)
+            pbkv__forward_args__init(f)
+            f.pointee.viewnum = args.viewnum
+            f.pointee.primary = arena.cString(args.primary)
+            f.pointee.first_index = args.firstIndex
+            if !args.ops.isEmpty {
+                let ops = arena.allocate(UnsafeMutablePointer<Pbkv__Operation>?.self, count: args.ops.count)
+                for (i, op) in args.ops.enumerated() { ops[i] = cOperation(op, arena) }
+                f.pointee.n_ops = args.ops.count
+                f.pointee.ops = ops
+            }
+            r.pointee.call_case = PBKV__REQUEST__CALL_FORWARD
+            r.pointee.forward = f
+        case .transfer(let chunk):
+            let t = arena.allocate(Pbkv__TransferChunk.self)
+            pbkv__transfer_chunk__init(t)
+            t.pointee.viewnum = chunk.viewnum
+            t.pointee.primary = arena.cString(chunk.primary)
+            t.pointee.transfer_id = chunk.transferID
+            t.pointee.chunk_index = chunk.chunkIndex
+            t.pointee.last = chunk.last ? 1 : 0
+            t.pointee.next_index = chunk.nextIndex
+            if !chunk.entries.isEmpty {
+                let entries = arena.allocate(UnsafeMutablePointer<Pbkv__Entry>?.self, count: chunk.entries.count)
+                for (i, entry) in chunk.entries.enumerated() {
+                    let e = arena.allocate(Pbkv__Entry.self)
+                    pbkv__entry__init(e)
+                    e.pointee.key = arena.binary(entry.key)
+                    e.pointee.value = arena.binary(entry.value)
+                    entries[i] = e
+                }
+                t.pointee.n_entries = chunk.entries.count
+                t.pointee.entries = entries
+            }
+            if !chunk.duplicates.isEmpty {
+                let dups = arena.allocate(UnsafeMutablePointer<Pbkv__DuplicateEntry>?.self, count: chunk.duplicates.count)
+                for (i, dup) in chunk.duplicates.enumerated() {
+                    let d = arena.allocate(Pbkv__DuplicateEntry.self)
+                    pbkv__duplicate_entry__init(d)
+                    d.pointee.client_id = dup.clientID
+                    d.pointee.seq = dup.seq
+                    d.pointee.reply = cKVReply(dup.reply, arena)
+                    dups[i] = d
+                }
+                t.pointee.n_duplicates = chunk.duplicates.count
+                t.pointee.duplicates = dups
+            }
+            r.pointee.call_case = PBKV__REQUEST__CALL_TRANSFER
+            r.pointee.transfer = t
+        }
+        return r
+    }
+
+    private static func cResponse(_ response: Response, _ arena: CArena) -> UnsafeMutablePointer<Pbkv__Response> {
+        let r = arena.allocate(Pbkv__Response.self)
+        pbkv__response__init(r)
+        r.pointee.call_id = response.callID
+        r.pointee.code = cCode(response.code)
+        r.pointee.message = arena.cString(response.message)
+        switch response.result {
+        case nil:
+            break
+        case .view(let view):
+            let v = arena.allocate(Pbkv__View.self)
+            pbkv__view__init(v)
+            v.pointee.viewnum = view.viewnum
+            v.pointee.primary = arena.cString(view.primary)
+            v.pointee.backup = arena.cString(view.backup)
+            r.pointee.result_case = PBKV__RESPONSE__RESULT_VIEW
+            r.pointee.view = v
+        case .kv(let reply):
+            r.pointee.result_case = PBKV__RESPONSE__RESULT_KV
+            r.pointee.kv = cKVReply(reply, arena)
+        case .forward(let reply):
+            let f = arena.allocate(Pbkv__ForwardReply.self)
+            pbkv__forward_reply__init(f)
+            f.pointee.code = cCode(reply.code)
+            f.pointee.next_index = reply.nextIndex
+            r.pointee.result_case = PBKV__RESPONSE__RESULT_FORWARD
+            r.pointee.forward = f
+        case .transfer(let reply):
+            let t = arena.allocate(Pbkv__TransferReply.self)
+            pbkv__transfer_reply__init(t)
+            t.pointee.code = cCode(reply.code)
+            r.pointee.result_case = PBKV__RESPONSE__RESULT_TRANSFER
+            r.pointee.transfer = t
+        }
+        return r
+    }
+
+    // MARK: decode
+
+    /// Decodes one `Envelope` from all readable bytes of `buffer` (which is not consumed).
+    ///
+    /// A request whose call cannot be used (unknown method, invalid UTF-8 in a key) still
+    /// decodes: its `call` holds the reason, so the server can answer that one call.
+    public static func decode(_ buffer: ByteBuffer) throws(MessageCodecError) -> Envelope {
+        let result: Result<Envelope, MessageCodecError> = buffer.withUnsafeReadableBytes { raw in
+            let base = raw.baseAddress?.assumingMemoryBound(to: UInt8.self)
+            let empty: [UInt8] = [0]
+            return empty.withUnsafeBufferPointer { fallback in
+                guard let message = pbkv__envelope__unpack(nil, raw.count, base ?? fallback.baseAddress!) else {
+                    return .failure(.malformed("protobuf-c could not unpack \(raw.count) bytes as pbkv.Envelope"))
+                }
+                defer { pbkv__envelope__free_unpacked(message, nil) }
+                do throws(MessageCodecError) {
+                    return .success(try swiftEnvelope(message.pointee))
+                } catch {
+                    return .failure(error)
+                }
+            }
+        }
+        return try result.get()
+    }
+
+    private static func swiftEnvelope(_ m: Pbkv__Envelope) throws(MessageCodecError) -> Envelope {
+        switch m.body_case {
+        case PBKV__ENVELOPE__BODY_HELLO:
+            guard let h = m.hello?.pointee else { throw .emptyEnvelope }
+            return .hello(Hello(
+                protocolVersion: h.protocol_version, features: features(h.n_features, h.features),
+                maxFrameSize: h.max_frame_size, clientName: try text(h.client_name, "Hello.client_name")))
+        case PBKV__ENVELOPE__BODY_HELLO_REPLY:
+            guard let h = m.hello_reply?.pointee else { throw .emptyEnvelope }
+            return .helloReply(HelloReply(
+                protocolVersion: h.protocol_version, features: features(h.n_features, h.features),
+                maxFrameSize: h.max_frame_size, serverName: try text(h.server_name, "HelloReply.server_name")))
+        case PBKV__ENVELOPE__BODY_REQUEST:
+            guard let r = m.request?.pointee else { throw .emptyEnvelope }
+            let call: Result<Call, CallDecodeError>
+            do throws(MessageCodecError) {
+                if let decoded = try swiftCall(r) {
+                    call = .success(decoded)
+                } else {
+                    call = .failure(.unknownMethod)
+                }
+            } catch {
+                call = .failure(.badArguments(error.description))
+            }
+            return .request(Request(callID: r.call_id, timeoutMs: r.timeout_ms, decoded: call))
+        case PBKV__ENVELOPE__BODY_RESPONSE:
+            guard let r = m.response?.pointee else { throw .emptyEnvelope }
+            return .response(try swiftResponse(r))
+        case PBKV__ENVELOPE__BODY_GOODBYE:
+            guard let g = m.goodbye?.pointee else { throw .emptyEnvelope }
+            return .goodbye(Goodbye(
+                code: (try? code(g.code, "Goodbye.code")) ?? .protocolViolation,
+                message: (try? text(g.message, "Goodbye.message")) ?? "<invalid UTF-8>"))
+        default:
+            throw .emptyEnvelope
+        }
+    }
+
+    private static func features(_ count: Int, _ array: UnsafeMutablePointer<Pbkv__Feature>?) -> [Feature] {
+        guard let array, count > 0 else { return [] }
+        // Unknown features (from a newer peer) are ignored: they were merely offered.
+        return (0..<count).compactMap { Feature(rawValue: numericCast(array[$0].rawValue)) }
+    }
+
+    private static func code(_ c: Pbkv__Code, _ field: String) throws(MessageCodecError) -> Code {
+        guard let code = Code(rawValue: numericCast(c.rawValue)) else {
+            throw .unknownValue(field: field, value: numericCast(c.rawValue))
+        }
+        return code
+    }
+
+    /// A protobuf `string` field: NULL and "" are both empty; invalid UTF-8 is refused.
+    private static func text(_ pointer: UnsafeMutablePointer<CChar>?, _ field: String) throws(MessageCodecError) -> String {
+        guard let pointer, pointer.pointee != 0 else { return "" }
+        guard let string = String(validatingCString: pointer) else { throw .invalidUTF8(field: field) }
+        return string
+    }
+
+    /// A protobuf `bytes` field holding UTF-8 text: every byte kept (NUL included); invalid UTF-8 refused.
+    private static func utf8(_ data: ProtobufCBinaryData, _ field: String) throws(MessageCodecError) -> String {
+        guard data.len > 0, let bytes = data.data else { return "" }
+        let buffer = UnsafeBufferPointer(start: bytes, count: data.len)
+        guard let string = String(validating: buffer, as: UTF8.self) else { throw .invalidUTF8(field: field) }
+        return string
+    }
+
+    private static func requestID(_ pointer: UnsafeMutablePointer<Pbkv__RequestId>?) -> RequestID {
+        guard let id = pointer?.pointee else { return RequestID(clientID: 0, seq: 0) }
+        return RequestID(clientID: id.client_id, seq: id.seq)
+    }
+
+    private static func kvReply(_ r: Pbkv__KVReply) throws(MessageCodecError) -> KVReply {
+        KVReply(code: try code(r.code, "KVReply.code"), value: try utf8(r.value, "KVReply.value"))
+    }
+
+    /// nil when no known method field is set.
+    private static func swiftCall(_ r: Pbkv__Request) throws(MessageCodecError) -> Call? {
+        switch r.call_case {
+        case PBKV__REQUEST__CALL_PING:
+            guard let p = r.ping?.pointee else { return nil }
+            return .ping(PingArgs(server: try text(p.server, "PingArgs.server"), viewnum: p.viewnum))
+        case PBKV__REQUEST__CALL_GET_VIEW:
+            return .getView
+        case PBKV__REQUEST__CALL_GET:
+            guard let g = r.get?.pointee else { return nil }
+            return .get(key: try utf8(g.key, "GetArgs.key"), id: requestID(g.id))
+        case PBKV__REQUEST__CALL_PUT:
+            guard let p = r.put?.pointee else { return nil }
+            return .put(key: try utf8(p.key, "PutArgs.key"), value: try utf8(p.value, "PutArgs.value"), id: requestID(p.id))
+        case PBKV__REQUEST__CALL_PUT_HASH:
+            guard let p = r.put_hash?.pointee else { return nil }
+            return .putHash(
+                key: try utf8(p.key, "PutHashArgs.key"), value: try utf8(p.value, "PutHashArgs.value"), id: requestID(p.id))
+        case PBKV__REQUEST__CALL_FORWARD:
+            guard let f = r.forward?.pointee else { return nil }
+            var ops: [Operation] = []
+            ops.reserveCapacity(f.n_ops)
+            for i in 0..<f.n_ops {
+                guard let o = f.ops[i]?.pointee else { continue }
+                guard let kind = OpKind(rawValue: numericCast(o.kind.rawValue)) else {
+                    throw .unknownValue(field: "Operation.kind", value: numericCast(o.kind.rawValue))
+                }
+                ops.append(Operation(
+                    kind: kind, key: try utf8(o.key, "Operation.key"), value: try utf8(o.value, "Operation.value"),
+                    id: requestID(o.id)))
+            }
+            return .forward(ForwardArgs(
+                viewnum: f.viewnum, primary: try text(f.primary, "ForwardArgs.primary"), firstIndex: f.first_index, ops: ops))
+        case PBKV__REQUEST__CALL_TRANSFER:
+            guard let t = r.transfer?.pointee else { return nil }
+            var entries: [Entry] = []
+            entries.reserveCapacity(t.n_entries)
+            for i in 0..<t.n_entries {
+                guard let e = t.entries[i]?.pointee else { continue }
+                entries.append(Entry(key: try utf8(e.key, "Entry.key"), value: try utf8(e.value, "Entry.value")))
+            }
+            var duplicates: [DuplicateEntry] = []
+            duplicates.reserveCapacity(t.n_duplicates)
+            for i in 0..<t.n_duplicates {
+                guard let d = t.duplicates[i]?.pointee else { continue }
+                let reply = try d.reply.map { (r) throws(MessageCodecError) in try kvReply(r.pointee) } ?? KVReply(code: .ok)
+                duplicates.append(DuplicateEntry(clientID: d.client_id, seq: d.seq, reply: reply))
+            }
+            return .transfer(TransferChunk(
+                viewnum: t.viewnum, primary: try text(t.primary, "TransferChunk.primary"), transferID: t.transfer_id,
+                chunkIndex: t.chunk_index, last: t.last != 0, nextIndex: t.next_index, entries: entries,
+                duplicates: duplicates))
+        default:
+            return nil
+        }
+    }
+
+    private static func swiftResponse(_ r: Pbkv__Response) throws(MessageCodecError) -> Response {
+        let responseCode: Code
+        do throws(MessageCodecError) {
+            responseCode = try code(r.code, "Response.code")
+        } catch {
+            return Response(callID: r.call_id, code: .protocolViolation, message: error.description)
+        }
+        if responseCode != .ok {
+            let message = (try? text(r.message, "Response.message")) ?? "<invalid UTF-8>"
+            return Response(callID: r.call_id, code: responseCode, message: message)
+        }
+        do throws(MessageCodecError) {
+            switch r.result_case {
+            case PBKV__RESPONSE__RESULT_VIEW:
+                guard let v = r.view?.pointee else { break }
+                return Response(callID: r.call_id, result: .view(View(
+                    viewnum: v.viewnum, primary: try text(v.primary, "View.primary"),
+                    backup: try text(v.backup, "View.backup"))))
+            case PBKV__RESPONSE__RESULT_KV:
+                guard let k = r.kv?.pointee else { break }
+                return Response(callID: r.call_id, result: .kv(try kvReply(k)))
+            case PBKV__RESPONSE__RESULT_FORWARD:
+                guard let f = r.forward?.pointee else { break }
+                return Response(callID: r.call_id, result: .forward(ForwardReply(
+                    code: try code(f.code, "ForwardReply.code"), nextIndex: f.next_index)))
+            case PBKV__RESPONSE__RESULT_TRANSFER:
+                guard let t = r.transfer?.pointee else { break }
+                return Response(callID: r.call_id, result: .transfer(TransferReply(code: try code(t.code, "TransferReply.code"))))
+            default:
+                break
+            }
+        } catch {
+            return Response(callID: r.call_id, code: .protocolViolation, message: "reply could not be decoded: \(error)")
+        }
+        return Response(callID: r.call_id, code: .protocolViolation, message: "OK reply without a result")
+    }
+}

@@ -1,0 +1,331 @@
+/// Result and error codes carried on the wire (`pbkv.Code` in proto/pbkv.proto).
+public enum Code: Int32, Sendable, Hashable, CustomStringConvertible {
+    case ok = 0
+    case noKey = 1
+    case wrongServer = 2
+    case notReady = 3
+    case unknownMethod = 4
+    case badRequest = 5
+    case protocolViolation = 6
+    case frameTooLarge = 7
+    case unsupportedVersion = 8
+    case `internal` = 9
+    case outOfOrder = 10
+
+    public var description: String {
+        switch self {
+        case .ok: "OK"
+        case .noKey: "NO_KEY"
+        case .wrongServer: "WRONG_SERVER"
+        case .notReady: "NOT_READY"
+        case .unknownMethod: "UNKNOWN_METHOD"
+        case .badRequest: "BAD_REQUEST"
+        case .protocolViolation: "PROTOCOL_VIOLATION"
+        case .frameTooLarge: "FRAME_TOO_LARGE"
+        case .unsupportedVersion: "UNSUPPORTED_VERSION"
+        case .internal: "INTERNAL"
+        case .outOfOrder: "OUT_OF_ORDER"
+        }
+    }
+}
+
+/// Optional capabilities agreed in the handshake.
+public enum Feature: Int32, Sendable, Hashable {
+    case zlib = 1
+}
+
+/// First frame of a connection, client to server.
+public struct Hello: Sendable, Hashable {
+    public var protocolVersion: UInt32
+    public var features: [Feature]
+    public var maxFrameSize: UInt32
+    public var clientName: String
+
+    public init(protocolVersion: UInt32, features: [Feature], maxFrameSize: UInt32, clientName: String = "") {
+        self.protocolVersion = protocolVersion
+        self.features = features
+        self.maxFrameSize = maxFrameSize
+        self.clientName = clientName
+    }
+}
+
+/// The server's answer to `Hello`: agreed version and features.
+public struct HelloReply: Sendable, Hashable {
+    public var protocolVersion: UInt32
+    public var features: [Feature]
+    public var maxFrameSize: UInt32
+    public var serverName: String
+
+    public init(protocolVersion: UInt32, features: [Feature], maxFrameSize: UInt32, serverName: String = "") {
+        self.protocolVersion = protocolVersion
+        self.features = features
+        self.maxFrameSize = maxFrameSize
+        self.serverName = serverName
+    }
+}
+
+/// Sent just before a side closes a connection because of an error.
+public struct Goodbye: Sendable, Hashable {
+    public var code: Code
+    public var message: String
+
+    public init(code: Code, message: String) {
+        self.code = code
+        self.message = message
+    }
+}
+
+/// Who is primary and who is backup; an empty string means none.
+public struct View: Sendable, Hashable, CustomStringConvertible {
+    public var viewnum: UInt64
+    public var primary: String
+    public var backup: String
+
+    public init(viewnum: UInt64, primary: String, backup: String) {
+        self.viewnum = viewnum
+        self.primary = primary
+        self.backup = backup
+    }
+
+    /// View 0: nobody, before any ping.
+    public static let initial = View(viewnum: 0, primary: "", backup: "")
+
+    public var description: String {
+        "view \(viewnum) {primary: \(primary.isEmpty ? "-" : primary), backup: \(backup.isEmpty ? "-" : backup)}"
+    }
+}
+
+/// A server's heartbeat to the view service; `viewnum` 0 means "I (re)started with no state".
+public struct PingArgs: Sendable, Hashable {
+    public var server: String
+    public var viewnum: UInt64
+
+    public init(server: String, viewnum: UInt64) {
+        self.server = server
+        self.viewnum = viewnum
+    }
+}
+
+/// Identifies a client request for at-most-once execution.
+public struct RequestID: Sendable, Hashable, CustomStringConvertible {
+    public var clientID: UInt64
+    public var seq: UInt64
+
+    public init(clientID: UInt64, seq: UInt64) {
+        self.clientID = clientID
+        self.seq = seq
+    }
+
+    public var description: String { "\(String(clientID, radix: 16))#\(seq)" }
+}
+
+/// The kind of a key/value operation.
+public enum OpKind: Int32, Sendable, Hashable {
+    case get = 0
+    case put = 1
+    case putHash = 2
+}
+
+/// One client operation: Get, Put or PutHash, with its request id. Also the unit the primary
+/// forwards to the backup.
+public struct Operation: Sendable, Hashable {
+    public var kind: OpKind
+    public var key: String
+    /// Empty for Get.
+    public var value: String
+    public var id: RequestID
+
+    public init(kind: OpKind, key: String, value: String = "", id: RequestID) {
+        self.kind = kind
+        self.key = key
+        self.value = value
+        self.id = id
+    }
+}
+
+/// Reply to Get/Put/PutHash: `code` is `.ok`, `.noKey` (Get) or `.wrongServer`.
+/// `value` is Get's value or PutHash's previous value; empty for Put.
+public struct KVReply: Sendable, Hashable {
+    public var code: Code
+    public var value: String
+
+    public init(code: Code, value: String = "") {
+        self.code = code
+        self.value = value
+    }
+}
+
+/// Primary to backup: operations in the primary's order, starting at stream index `firstIndex`.
+public struct ForwardArgs: Sendable, Hashable {
+    public var viewnum: UInt64
+    public var primary: String
+    public var firstIndex: UInt64
+    public var ops: [Operation]
+
+    public init(viewnum: UInt64, primary: String, firstIndex: UInt64, ops: [Operation]) {
+        self.viewnum = viewnum
+        self.primary = primary
+        self.firstIndex = firstIndex
+        self.ops = ops
+    }
+}
+
+/// Backup's answer to a forward: `.ok`, `.wrongServer`, `.notReady` or `.outOfOrder`
+/// (then `nextIndex` is the index the backup expects).
+public struct ForwardReply: Sendable, Hashable {
+    public var code: Code
+    public var nextIndex: UInt64
+
+    public init(code: Code, nextIndex: UInt64 = 0) {
+        self.code = code
+        self.nextIndex = nextIndex
+    }
+}
+
+/// One key and its value in a state transfer.
+public struct Entry: Sendable, Hashable {
+    public var key: String
+    public var value: String
+
+    public init(key: String, value: String) {
+        self.key = key
+        self.value = value
+    }
+}
+
+/// One client's last request and its reply: a row of the at-most-once table.
+public struct DuplicateEntry: Sendable, Hashable {
+    public var clientID: UInt64
+    public var seq: UInt64
+    public var reply: KVReply
+
+    public init(clientID: UInt64, seq: UInt64, reply: KVReply) {
+        self.clientID = clientID
+        self.seq = seq
+        self.reply = reply
+    }
+}
+
+/// A piece of the whole state, primary to a new backup. Chunk 0 starts a transfer; `last`
+/// completes it, after which the backup expects forwards from `nextIndex`.
+public struct TransferChunk: Sendable, Hashable {
+    public var viewnum: UInt64
+    public var primary: String
+    public var transferID: UInt64
+    public var chunkIndex: UInt32
+    public var last: Bool
+    public var nextIndex: UInt64
+    public var entries: [Entry]
+    public var duplicates: [DuplicateEntry]
+
+    public init(
+        viewnum: UInt64, primary: String, transferID: UInt64, chunkIndex: UInt32, last: Bool,
+        nextIndex: UInt64, entries: [Entry], duplicates: [DuplicateEntry]
+    ) {
+        self.viewnum = viewnum
+        self.primary = primary
+        self.transferID = transferID
+        self.chunkIndex = chunkIndex
+        self.last = last
+        self.nextIndex = nextIndex
+        self.entries = entries
+        self.duplicates = duplicates
+    }
+}
+
+/// Backup's answer to a transfer chunk.
+public struct TransferReply: Sendable, Hashable {
+    public var code: Code
+
+    public init(code: Code) { self.code = code }
+}
+
+/// An RPC method with its arguments: the field set in `Request.call`.
+public enum Call: Sendable, Hashable {
+    case ping(PingArgs)
+    case getView
+    case get(key: String, id: RequestID)
+    case put(key: String, value: String, id: RequestID)
+    case putHash(key: String, value: String, id: RequestID)
+    case forward(ForwardArgs)
+    case transfer(TransferChunk)
+
+    /// The method's name, for logs and errors.
+    public var method: String {
+        switch self {
+        case .ping: "Ping"
+        case .getView: "GetView"
+        case .get: "Get"
+        case .put: "Put"
+        case .putHash: "PutHash"
+        case .forward: "Forward"
+        case .transfer: "Transfer"
+        }
+    }
+}
+
+/// Why a request's call could not be decoded (answered per call; the connection stays open).
+public enum CallDecodeError: Error, Sendable, Hashable {
+    /// No known field was set in `call`: a method this server does not know.
+    case unknownMethod
+    /// Arguments present but unusable (e.g. a key that is not valid UTF-8).
+    case badArguments(String)
+}
+
+/// A call with its id, as carried in an `Envelope`.
+public struct Request: Sendable, Hashable {
+    public var callID: UInt64
+    public var timeoutMs: UInt32
+    public var call: Result<Call, CallDecodeError>
+
+    public init(callID: UInt64, timeoutMs: UInt32 = 0, call: Call) {
+        self.callID = callID
+        self.timeoutMs = timeoutMs
+        self.call = .success(call)
+    }
+
+    public init(callID: UInt64, timeoutMs: UInt32, decoded: Result<Call, CallDecodeError>) {
+        self.callID = callID
+        self.timeoutMs = timeoutMs
+        self.call = decoded
+    }
+}
+
+/// A successful call's result: the field set in `Response.result`.
+public enum CallResult: Sendable, Hashable {
+    case view(View)
+    case kv(KVReply)
+    case forward(ForwardReply)
+    case transfer(TransferReply)
+}
+
+/// The outcome of a call: `code == .ok` with a `result`, or an error code with a message.
+public struct Response: Sendable, Hashable {
+    public var callID: UInt64
+    public var code: Code
+    public var message: String
+    public var result: CallResult?
+
+    public init(callID: UInt64, result: CallResult) {
+        self.callID = callID
+        self.code = .ok
+        self.message = ""
+        self.result = result
+    }
+
+    public init(callID: UInt64, code: Code, message: String) {
+        self.callID = callID
+        self.code = code
+        self.message = message
+        self.result = nil
+    }
+}
+
+/// The payload of every frame.
+public enum Envelope: Sendable, Hashable {
+    case hello(Hello)
+    case helloReply(HelloReply)
+    case request(Request)
+    case response(Response)
+    case goodbye(Goodbye)
+}

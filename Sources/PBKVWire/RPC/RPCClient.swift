@@ -1,0 +1,327 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// How an `RPCClient` connects and talks.
+public struct RPCClientConfiguration: Sendable {
+    public var maxPayload: Int = Frame.defaultMaxPayload
+    public var compressionThreshold: Int = FrameCodec.defaultCompressionThreshold
+    /// Offer zlib in the handshake.
+    public var compression = true
+    /// Upper bound for TCP connect plus handshake.
+    public var connectTimeout: Duration = .seconds(1)
+    /// Sabotages this client's outbound calls (tests only).
+    public var faults: FaultInjector?
+    public var name = "pbkv-client"
+
+    public init() {}
+}
+
+/// A connection-reusing RPC client to one peer: calls are multiplexed on one TCP connection by
+/// call id, many in flight at once, each with its own deadline. A lost connection fails the
+/// calls in flight and is re-made on the next call. Thread-safe; its state lives on `eventLoop`.
+public final class RPCClient: Sendable {
+    public let peer: PeerAddress
+    public let eventLoop: any EventLoop
+    private let configuration: RPCClientConfiguration
+    private let logger: Logger
+    private let state: NIOLoopBoundBox<ConnectionState>
+
+    private enum ConnectionState {
+        case idle
+        case connecting(EventLoopFuture<any Channel>)
+        case connected(any Channel)
+        case shutDown
+    }
+
+    public init(peer: PeerAddress, eventLoop: any EventLoop, configuration: RPCClientConfiguration = .init(), logger: Logger) {
+        self.peer = peer
+        self.eventLoop = eventLoop
+        self.configuration = configuration
+        self.logger = logger
+        self.state = NIOLoopBoundBox.makeBoxSendingValue(.idle, eventLoop: eventLoop)
+    }
+
+    /// Calls `call` and completes with its result, or fails with an `RPCError`.
+    public func call(_ call: Call, timeout: Duration) -> EventLoopFuture<CallResult> {
+        let promise = eventLoop.makePromise(of: CallResult.self)
+        if eventLoop.inEventLoop {
+            start(call, deadline: .now() + timeout.timeAmount, promise: promise)
+        } else {
+            eventLoop.execute { self.start(call, deadline: .now() + timeout.timeAmount, promise: promise) }
+        }
+        return promise.futureResult
+    }
+
+    /// Async form of `call(_:timeout:)`; throws `RPCError`.
+    public func call(_ call: Call, timeout: Duration) async throws(RPCError) -> CallResult {
+        do {
+            return try await self.call(call, timeout: timeout).get()
+        } catch let error as RPCError {
+            throw error
+        } catch {
+            throw .protocolViolation("\(error)")
+        }
+    }
+
+    /// Closes the connection; later calls fail with `.shutdown`.
+    public func shutdown() -> EventLoopFuture<Void> {
+        eventLoop.flatSubmit {
+            let old = self.state.value
+            self.state.value = .shutDown
+            switch old {
+            case .connected(let channel): return channel.close().recover { _ in }
+            case .connecting(let future): return future.flatMap { $0.close() }.recover { _ in }
+            case .idle, .shutDown: return self.eventLoop.makeSucceededVoidFuture()
+            }
+        }
+    }
+
+    /// Closes the current connection (if any); the next call reconnects. For tests and failover.
+    public func disconnect() {
+        eventLoop.execute {
+            if case .connected(let channel) = self.state.value {
+                channel.close(promise: nil)
+                self.state.value = .idle
+            }
+        }
+    }
+
+    private func start(_ call: Call, deadline: NIODeadline, promise: EventLoopPromise<CallResult>) {
+        let pending = PendingCall(call: call, deadline: deadline, promise: promise)
+        switch state.value {
+        case .connected(let channel) where channel.isActive:
+            channel.writeAndFlush(pending, promise: nil)
+        case .connecting(let future):
+            future.whenComplete { result in
+                switch result {
+                case .success(let channel): channel.writeAndFlush(pending, promise: nil)
+                case .failure(let error): promise.fail(error)
+                }
+            }
+        case .idle, .connected:
+            let future = connect(deadline: deadline)
+            state.value = .connecting(future)
+            future.whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    if case .shutDown = self.state.value {
+                        channel.close(promise: nil)
+                        promise.fail(RPCError.shutdown)
+                        return
+                    }
+                    self.state.value = .connected(channel)
+                    channel.closeFuture.whenComplete { _ in
+                        if case .connected(let current) = self.state.value, current === channel {
+                            self.state.value = .idle
+                        }
+                    }
+                    channel.writeAndFlush(pending, promise: nil)
+                case .failure(let error):
+                    if case .connecting = self.state.value { self.state.value = .idle }
+                    promise.fail(error)
+                }
+            }
+        case .shutDown:
+            promise.fail(RPCError.shutdown)
+        }
+    }
+
+    private func connect(deadline: NIODeadline) -> EventLoopFuture<any Channel> {
+        let peer = self.peer
+        let configuration = self.configuration
+        let logger = self.logger
+        let limit = min(configuration.connectTimeout.timeAmount, max(deadline - .now(), .milliseconds(1)))
+        let ready = eventLoop.makePromise(of: Void.self)
+        let connected = ClientBootstrap(group: eventLoop)
+            .connectTimeout(limit)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        ByteToMessageHandler(FrameDecoder(maxPayload: configuration.maxPayload)))
+                    try channel.pipeline.syncOperations.addHandler(
+                        RPCClientHandler(
+                            peer: peer, configuration: configuration, handshakeDone: ready,
+                            handshakeTimeout: limit, logger: logger))
+                }
+            }
+            .connect(host: peer.host, port: peer.port)
+        connected.whenFailure { error in ready.fail(RPCError.connectionRefused(peer: "\(peer)", reason: "\(error)")) }
+        return connected.and(ready.futureResult).map { channel, _ in channel }
+    }
+}
+
+/// A call handed to the connection handler, with the promise its caller waits on.
+struct PendingCall {
+    var call: Call
+    var deadline: NIODeadline
+    var promise: EventLoopPromise<CallResult>
+}
+
+/// Per-connection client state: handshake, call ids, deadlines, matching replies to callers.
+final class RPCClientHandler: ChannelDuplexHandler {
+    typealias InboundIn = Frame
+    typealias OutboundIn = PendingCall
+    typealias OutboundOut = ByteBuffer
+
+    private struct InFlight {
+        var method: String
+        var promise: EventLoopPromise<CallResult>
+        var timer: Scheduled<Void>?
+    }
+
+    private let peer: PeerAddress
+    private let configuration: RPCClientConfiguration
+    private let handshakeDone: EventLoopPromise<Void>
+    private let handshakeTimeout: TimeAmount
+    private var logger: Logger
+    private var codec: FrameCodec
+    private var nextCallID: UInt64 = 1
+    private var inFlight: [UInt64: InFlight] = [:]
+    private var handshakeComplete = false
+    private var handshakeTimer: Scheduled<Void>?
+    private var closed = false
+
+    init(
+        peer: PeerAddress, configuration: RPCClientConfiguration, handshakeDone: EventLoopPromise<Void>,
+        handshakeTimeout: TimeAmount, logger: Logger
+    ) {
+        self.peer = peer
+        self.configuration = configuration
+        self.handshakeDone = handshakeDone
+        self.handshakeTimeout = handshakeTimeout
+        self.logger = logger
+        self.codec = FrameCodec(maxPayload: configuration.maxPayload, compressionThreshold: configuration.compressionThreshold)
+        self.logger[metadataKey: "peer"] = "\(peer)"
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let hello = Hello(
+            protocolVersion: RPCProtocol.version, features: configuration.compression ? [.zlib] : [],
+            maxFrameSize: UInt32(configuration.maxPayload), clientName: configuration.name)
+        var buffer = context.channel.allocator.buffer(capacity: 32)
+        try? codec.encode(.hello(hello), into: &buffer)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        handshakeTimer = context.eventLoop.scheduleTask(in: handshakeTimeout) {
+            let (handler, context) = loopBound.value
+            guard !handler.handshakeComplete else { return }
+            handler.handshakeDone.fail(RPCError.connectionRefused(peer: "\(handler.peer)", reason: "no handshake reply in time"))
+            context.close(promise: nil)
+        }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        closed = true
+        handshakeTimer?.cancel()
+        if !handshakeComplete {
+            handshakeDone.fail(RPCError.connectionRefused(peer: "\(peer)", reason: "connection closed during the handshake"))
+        }
+        let calls = inFlight
+        inFlight.removeAll()
+        for (_, call) in calls {
+            call.timer?.cancel()
+            call.promise.fail(RPCError.connectionLost(peer: "\(peer)"))
+        }
+        context.fireChannelInactive()
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let pending = unwrapOutboundIn(data)
+        promise?.succeed()
+        guard !closed else {
+            pending.promise.fail(RPCError.connectionLost(peer: "\(peer)"))
+            return
+        }
+        let callID = nextCallID
+        nextCallID += 1
+        let remaining = pending.deadline - .now()
+        guard remaining > .zero else {
+            pending.promise.fail(RPCError.timeout(method: pending.call.method, peer: "\(peer)"))
+            return
+        }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let timer = context.eventLoop.scheduleTask(deadline: pending.deadline) {
+            let (handler, _) = loopBound.value
+            guard let call = handler.inFlight.removeValue(forKey: callID) else { return }
+            call.promise.fail(RPCError.timeout(method: call.method, peer: "\(handler.peer)"))
+        }
+        inFlight[callID] = InFlight(method: pending.call.method, promise: pending.promise, timer: timer)
+        if configuration.faults?.shouldDropRequest() == true { return }  // never sent: it times out
+        var buffer = context.channel.allocator.buffer(capacity: 64)
+        let timeoutMs = UInt32(clamping: remaining.nanoseconds / 1_000_000)
+        do {
+            try codec.encode(.request(Request(callID: callID, timeoutMs: timeoutMs, call: pending.call)), into: &buffer)
+        } catch {
+            inFlight.removeValue(forKey: callID)
+            timer.cancel()
+            pending.promise.fail(RPCError.protocolViolation("request not sent: \(error)"))
+            return
+        }
+        context.write(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        let envelope: Envelope
+        do {
+            envelope = try EnvelopeCodec.decode(try codec.payload(of: frame, allocator: context.channel.allocator))
+        } catch {
+            return protocolError(context: context, "\(error)")
+        }
+        switch envelope {
+        case .helloReply(let reply) where !handshakeComplete:
+            guard reply.protocolVersion == RPCProtocol.version else {
+                return protocolError(context: context, "server speaks protocol version \(reply.protocolVersion)")
+            }
+            handshakeComplete = true
+            handshakeTimer?.cancel()
+            codec.compressionEnabled = configuration.compression && reply.features.contains(.zlib)
+            handshakeDone.succeed()
+        case .response(let response) where handshakeComplete:
+            guard let call = inFlight.removeValue(forKey: response.callID) else { return }  // timed out already
+            if configuration.faults?.shouldDropReply() == true {
+                inFlight[response.callID] = call  // lost on the way: let it time out
+                return
+            }
+            call.timer?.cancel()
+            if response.code == .ok, let result = response.result {
+                call.promise.succeed(result)
+            } else {
+                call.promise.fail(RPCError.remote(code: response.code, message: response.message))
+            }
+        case .goodbye(let goodbye):
+            logger.debug("server closed the connection", metadata: ["code": "\(goodbye.code)", "message": "\(goodbye.message)"])
+            if !handshakeComplete {
+                handshakeDone.fail(RPCError.connectionRefused(peer: "\(peer)", reason: "\(goodbye.code): \(goodbye.message)"))
+                handshakeComplete = true
+            }
+            context.close(promise: nil)
+        default:
+            protocolError(context: context, "unexpected message from server")
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        protocolError(context: context, "\(error)")
+    }
+
+    private func protocolError(context: ChannelHandlerContext, _ message: String) {
+        logger.debug("closing connection after protocol error", metadata: ["error": "\(message)"])
+        let calls = inFlight
+        inFlight.removeAll()
+        for (_, call) in calls {
+            call.timer?.cancel()
+            call.promise.fail(RPCError.protocolViolation(message))
+        }
+        if !handshakeComplete {
+            handshakeComplete = true
+            handshakeDone.fail(RPCError.protocolViolation(message))
+        }
+        context.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension RPCClientHandler: Sendable {}

@@ -1,0 +1,60 @@
+/// Why an RPC call failed. Every case says what happened and what to do about it.
+public enum RPCError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// No reply before the deadline; the call may or may not have run on the server.
+    case timeout(method: String, peer: String)
+    /// The connection closed while the call was in flight; it may or may not have run.
+    case connectionLost(peer: String)
+    /// No connection could be made (nothing listening, handshake refused, ...).
+    case connectionRefused(peer: String, reason: String)
+    /// The server answered the call with an error code.
+    case remote(code: Code, message: String)
+    /// The peer broke the protocol (bad frame, bad handshake, undecodable reply).
+    case protocolViolation(String)
+    /// The address is not `HOST:PORT`.
+    case invalidAddress(String)
+    /// The client was shut down.
+    case shutdown
+
+    public var description: String {
+        switch self {
+        case .timeout(let method, let peer):
+            "\(method) to \(peer) timed out; the server may be down or slow — it is retried if the caller retries"
+        case .connectionLost(let peer):
+            "connection to \(peer) was lost during the call; the server may have crashed"
+        case .connectionRefused(let peer, let reason):
+            "cannot connect to \(peer): \(reason) — is the server running at that address?"
+        case .remote(let code, let message):
+            "server error \(code): \(message)"
+        case .protocolViolation(let what):
+            "protocol violation: \(what) — are both sides the same pbkv version?"
+        case .invalidAddress(let address):
+            "invalid address \"\(address)\": expected HOST:PORT, e.g. 127.0.0.1:7000"
+        case .shutdown:
+            "the RPC client was shut down"
+        }
+    }
+}
+
+/// A `HOST:PORT` address as pbkv writes it in views and on the command line.
+public struct PeerAddress: Sendable, Hashable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `HOST:PORT` or `[IPv6]:PORT`.
+    public init(parsing text: String) throws(RPCError) {
+        guard let colon = text.lastIndex(of: ":") else { throw .invalidAddress(text) }
+        var host = String(text[..<colon])
+        let portText = text[text.index(after: colon)...]
+        guard let port = Int(portText), (0...65535).contains(port), !host.isEmpty else { throw .invalidAddress(text) }
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        self.host = host
+        self.port = port
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}

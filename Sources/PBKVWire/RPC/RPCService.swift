@@ -1,0 +1,80 @@
+import Logging
+import NIOCore
+
+/// What a service implementation knows about the call it is answering.
+public struct RPCCallContext: Sendable {
+    /// The loop the connection runs on; replies may be completed from any thread.
+    public var eventLoop: any EventLoop
+    public var remoteAddress: SocketAddress?
+    public var logger: Logger
+
+    public init(eventLoop: any EventLoop, remoteAddress: SocketAddress?, logger: Logger) {
+        self.eventLoop = eventLoop
+        self.remoteAddress = remoteAddress
+        self.logger = logger
+    }
+}
+
+/// The view service's methods, as the RPC server dispatches them.
+public protocol ViewServiceProtocol: Sendable {
+    /// A server's heartbeat; returns the current view.
+    func ping(_ args: PingArgs, context: RPCCallContext) -> EventLoopFuture<View>
+    /// The current view, without counting as a ping.
+    func getView(context: RPCCallContext) -> EventLoopFuture<View>
+}
+
+/// The key/value methods clients call on the primary.
+public protocol KVServiceProtocol: Sendable {
+    func get(key: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply>
+    func put(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply>
+    func putHash(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply>
+}
+
+/// The methods a primary calls on its backup.
+public protocol ReplicaServiceProtocol: Sendable {
+    func forward(_ args: ForwardArgs, context: RPCCallContext) -> EventLoopFuture<ForwardReply>
+    func transfer(_ chunk: TransferChunk, context: RPCCallContext) -> EventLoopFuture<TransferReply>
+}
+
+/// A set of methods the RPC server can dispatch to: built from a typed service protocol.
+/// A server hosts one or more tables; a call no table handles is answered UNKNOWN_METHOD.
+public struct RPCMethodTable: Sendable {
+    /// Returns nil when the call is not one of this table's methods.
+    public let route: @Sendable (Call, RPCCallContext) -> EventLoopFuture<CallResult>?
+
+    public init(route: @escaping @Sendable (Call, RPCCallContext) -> EventLoopFuture<CallResult>?) {
+        self.route = route
+    }
+
+    public static func viewService(_ service: some ViewServiceProtocol) -> RPCMethodTable {
+        RPCMethodTable { call, context in
+            switch call {
+            case .ping(let args): service.ping(args, context: context).map { .view($0) }
+            case .getView: service.getView(context: context).map { .view($0) }
+            default: nil
+            }
+        }
+    }
+
+    public static func kv(_ service: some KVServiceProtocol) -> RPCMethodTable {
+        RPCMethodTable { call, context in
+            switch call {
+            case .get(let key, let id): service.get(key: key, id: id, context: context).map { .kv($0) }
+            case .put(let key, let value, let id): service.put(key: key, value: value, id: id, context: context).map { .kv($0) }
+            case .putHash(let key, let value, let id):
+                service.putHash(key: key, value: value, id: id, context: context).map { .kv($0) }
+            default: nil
+            }
+        }
+    }
+
+    public static func replica(_ service: some ReplicaServiceProtocol) -> RPCMethodTable {
+        RPCMethodTable { call, context in
+            switch call {
+            case .forward(let args): service.forward(args, context: context).map { .forward($0) }
+            case .transfer(let chunk): service.transfer(chunk, context: context).map { .transfer($0) }
+            default: nil
+            }
+        }
+    }
+}
