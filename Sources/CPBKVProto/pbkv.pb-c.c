@@ -1157,7 +1157,7 @@ const ProtobufCMessageDescriptor pbkv__goodbye__descriptor =
   (ProtobufCMessageInit) pbkv__goodbye__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor pbkv__view__field_descriptors[3] =
+static const ProtobufCFieldDescriptor pbkv__view__field_descriptors[4] =
 {
   {
     "viewnum",
@@ -1195,8 +1195,21 @@ static const ProtobufCFieldDescriptor pbkv__view__field_descriptors[3] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "acknowledged",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__View, acknowledged),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned pbkv__view__field_indices_by_name[] = {
+  3,   /* field[3] = acknowledged */
   2,   /* field[2] = backup */
   1,   /* field[1] = primary */
   0,   /* field[0] = viewnum */
@@ -1204,7 +1217,7 @@ static const unsigned pbkv__view__field_indices_by_name[] = {
 static const ProtobufCIntRange pbkv__view__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor pbkv__view__descriptor =
 {
@@ -1214,7 +1227,7 @@ const ProtobufCMessageDescriptor pbkv__view__descriptor =
   "Pbkv__View",
   "pbkv",
   sizeof(Pbkv__View),
-  3,
+  4,
   pbkv__view__field_descriptors,
   pbkv__view__field_indices_by_name,
   1,  pbkv__view__number_ranges,

@@ -85,14 +85,14 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
     public func getView(context: RPCCallContext) -> EventLoopFuture<View> {
         eventLoop.submit {
             self.state.value.stats.getViews += 1
-            return self.state.value.machine.view
+            return self.state.value.machine.currentView
         }
     }
 
     /// The current view and counters.
     public func snapshot() async throws -> (view: View, acknowledged: Bool, stats: ViewServiceStats) {
         try await eventLoop.submit {
-            (self.state.value.machine.view, self.state.value.machine.acknowledged, self.state.value.stats)
+            (self.state.value.machine.currentView, self.state.value.machine.acknowledged, self.state.value.stats)
         }.get()
     }
 }

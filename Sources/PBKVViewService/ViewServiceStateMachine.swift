@@ -72,7 +72,7 @@ public struct ViewServiceStateMachine: Sendable {
             acknowledged = true
         }
         let change = advance(now: now, pinger: server)
-        return (view, change)
+        return (currentView, change)
     }
 
     /// Time passed: forget dead idle servers and react to deaths. Call every ping interval.
@@ -81,6 +81,13 @@ public struct ViewServiceStateMachine: Sendable {
             servers.removeValue(forKey: name)
         }
         return advance(now: now, pinger: nil)
+    }
+
+    /// The view with its acknowledgement flag, as sent to servers and clients.
+    public var currentView: View {
+        var current = view
+        current.acknowledged = acknowledged
+        return current
     }
 
     /// Servers the machine currently tracks (alive or not yet forgotten), for status output.

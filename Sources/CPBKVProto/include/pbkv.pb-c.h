@@ -179,10 +179,15 @@ struct  Pbkv__View
   uint64_t viewnum;
   char *primary;
   char *backup;
+  /*
+   * True once the primary acknowledged this view (pinged with `viewnum`). A restarted server
+   * that finds itself primary of an acknowledged view knows it lost that view's state.
+   */
+  protobuf_c_boolean acknowledged;
 };
 #define PBKV__VIEW__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&pbkv__view__descriptor) \
-    , 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+    , 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0 }
 
 
 /*

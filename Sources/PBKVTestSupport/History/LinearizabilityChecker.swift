@@ -308,6 +308,20 @@ enum RegisterSearch {
         case impossible
         case write(Int)
         case hash(input: Int, expectedPrevious: Int?)
+
+        /// Whether this is a get that can be linearized in `state`.
+        func reads(_ state: Int) -> Bool {
+            if case .read(let expected) = self { return expected == state }
+            return false
+        }
+    }
+
+    /// A linearized operation on the search stack: its call node, the state before it, and
+    /// whether it was forced (a read linearized greedily, with no alternative to explore).
+    private struct Frame {
+        var call: Int
+        var state: Int
+        var forced: Bool
     }
 
     private struct PairKey: Hashable {
@@ -462,38 +476,73 @@ enum RegisterSearch {
 
         var linearized = Bitset(count: count)
         var visited = Set<CacheKey>()
-        var stack: [(call: Int, state: Int)] = []
+        var stack: [Frame] = []
+        var candidates: [Int] = []
         var state = -1
-        var node = events.next[0]
+        // When resuming a state after backtracking: only try calls whose return node is later.
+        var resumeAfter = -1
         var stepCount = 0
-        while events.next[0] >= 0 {
+        search: while events.next[0] >= 0 {
             if stepCount >= maxSteps { return Outcome(verdict: .unknown, steps: stepCount) }
             stepCount += 1
-            if node >= 0 && events.match[node] >= 0 {
-                // A call: try to linearize its operation now.
-                let operation = events.operation[node]
-                if let newState = model.apply(steps[operation], to: state) {
+
+            // The calls that can be linearized next: those before the first remaining return
+            // (every operation that returned before they were invoked is linearized already),
+            // tried earliest-return first.
+            candidates.removeAll(keepingCapacity: true)
+            var node = events.next[0]
+            while node >= 0 && events.match[node] >= 0 {
+                candidates.append(node)
+                node = events.next[node]
+            }
+            let match = events.match
+            candidates.sort { match[$0] < match[$1] }
+
+            var stuck = false
+            if resumeAfter < 0,
+                let read = candidates.first(where: { steps[events.operation[$0]].reads(state) })
+            {
+                // A get that can be linearized now can always be linearized first (it changes
+                // nothing, and whatever must precede it already is), so it gets no alternative.
+                var newLinearized = linearized
+                newLinearized.insert(events.operation[read])
+                if visited.insert(CacheKey(linearized: newLinearized, state: state)).inserted {
+                    stack.append(Frame(call: read, state: state, forced: true))
+                    linearized = newLinearized
+                    events.lift(read)
+                    continue search
+                }
+                stuck = true  // explored before, without success
+            }
+            if !stuck {
+                for call in candidates where match[call] > resumeAfter {
+                    let operation = events.operation[call]
+                    guard let newState = model.apply(steps[operation], to: state) else { continue }
                     var newLinearized = linearized
                     newLinearized.insert(operation)
                     if visited.insert(CacheKey(linearized: newLinearized, state: newState)).inserted {
-                        stack.append((node, state))
+                        stack.append(Frame(call: call, state: state, forced: false))
                         state = newState
                         linearized = newLinearized
-                        events.lift(node)
-                        node = events.next[0]
-                        continue
+                        events.lift(call)
+                        resumeAfter = -1
+                        continue search
                     }
                 }
-                node = events.next[node]
-            } else {
-                // A return whose operation is not linearized yet: backtrack.
+            }
+
+            // Nothing works from here: backtrack to the last choice that had alternatives.
+            while true {
                 guard let top = stack.popLast() else {
                     return Outcome(verdict: .notLinearizable, steps: stepCount)
                 }
                 state = top.state
                 linearized.remove(events.operation[top.call])
                 events.unlift(top.call)
-                node = events.next[top.call]
+                if !top.forced {
+                    resumeAfter = match[top.call]
+                    break
+                }
             }
         }
         return Outcome(verdict: .linearizable, steps: stepCount)
@@ -534,14 +583,17 @@ enum RegisterSearch {
                 while result && !frontier.isEmpty && depth < indeterminateHashInputs.count {
                     depth += 1
                     var nextFrontier: [String] = []
-                    for previous in frontier {
+                    expand: for previous in frontier {
                         for input in indeterminateHashInputs {
                             let stored = PutHash.newValue(previous: previous, value: input)
-                            if observed.contains(stored) { result = false }
+                            if observed.contains(stored) || seen.count >= 1_024 {
+                                // Observed, or too many chains to rule it out cheaply: keep it.
+                                result = false
+                                break expand
+                            }
                             if seen.insert(stored).inserted { nextFrontier.append(stored) }
                         }
                     }
-                    if seen.count > 4096 { result = false }
                     frontier = nextFrontier
                 }
             }

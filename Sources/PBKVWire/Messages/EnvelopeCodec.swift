@@ -235,6 +235,7 @@ public enum EnvelopeCodec {
             v.pointee.viewnum = view.viewnum
             v.pointee.primary = arena.cString(view.primary)
             v.pointee.backup = arena.cString(view.backup)
+            v.pointee.acknowledged = view.acknowledged ? 1 : 0
             r.pointee.result_case = PBKV__RESPONSE__RESULT_VIEW
             r.pointee.view = v
         case .kv(let reply):
@@ -431,7 +432,7 @@ public enum EnvelopeCodec {
                 guard let v = r.view?.pointee else { break }
                 return Response(callID: r.call_id, result: .view(View(
                     viewnum: v.viewnum, primary: try text(v.primary, "View.primary"),
-                    backup: try text(v.backup, "View.backup"))))
+                    backup: try text(v.backup, "View.backup"), acknowledged: v.acknowledged != 0)))
             case PBKV__RESPONSE__RESULT_KV:
                 guard let k = r.kv?.pointee else { break }
                 return Response(callID: r.call_id, result: .kv(try kvReply(k)))

@@ -80,11 +80,19 @@ public struct View: Sendable, Hashable, CustomStringConvertible {
     public var viewnum: UInt64
     public var primary: String
     public var backup: String
+    /// The primary has acknowledged this view (pinged with `viewnum`).
+    public var acknowledged: Bool
 
-    public init(viewnum: UInt64, primary: String, backup: String) {
+    public init(viewnum: UInt64, primary: String, backup: String, acknowledged: Bool = false) {
         self.viewnum = viewnum
         self.primary = primary
         self.backup = backup
+        self.acknowledged = acknowledged
+    }
+
+    /// Same number, primary and backup (ignores `acknowledged`).
+    public func sameAssignment(as other: View) -> Bool {
+        viewnum == other.viewnum && primary == other.primary && backup == other.backup
     }
 
     /// View 0: nobody, before any ping.

@@ -1,0 +1,206 @@
+import Logging
+import NIOCore
+import NIOPosix
+import PBKVViewService
+import PBKVWire
+
+/// Why a `KVClient` call failed for good.
+public enum KVClientError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// No primary completed the operation before the deadline.
+    case deadlineExceeded(operation: String, key: String, seconds: Double, lastProblem: String)
+    /// The view service address is not HOST:PORT.
+    case invalidAddress(String)
+    /// The client was closed.
+    case closed
+
+    public var description: String {
+        switch self {
+        case .deadlineExceeded(let operation, let key, let seconds, let lastProblem):
+            "\(operation) \"\(key)\" did not complete within \(seconds) s (last problem: \(lastProblem)); "
+                + "check that the view service and at least one server of the current view are running (pbkv view)"
+        case .invalidAddress(let address):
+            "invalid view service address \"\(address)\": expected HOST:PORT, e.g. 127.0.0.1:7000"
+        case .closed:
+            "the client was closed"
+        }
+    }
+}
+
+/// How a `KVClient` retries.
+public struct KVClientConfiguration: Sendable {
+    /// Give up on an operation after this long.
+    public var deadline: Duration = .seconds(30)
+    /// Sleep between attempts when no primary answered (about a ping interval).
+    public var retryInterval: Duration = .milliseconds(100)
+    /// Deadline of one attempt at the primary.
+    public var attemptTimeout: Duration = .seconds(1)
+    /// Deadline of one view service call.
+    public var viewServiceTimeout: Duration = .milliseconds(500)
+
+    public init() {}
+}
+
+/// Counters of what a client did, for benchmarks and tests.
+public struct KVClientStats: Sendable, Hashable {
+    public var operations = 0
+    public var attempts = 0
+    public var retries = 0
+    public var viewServiceCalls = 0
+}
+
+/// The pbkv client library: Get, Put and PutHash with at-most-once semantics across failover.
+///
+/// It finds the primary through the view service, caches the view, and talks only to that
+/// primary; on an error or timeout it asks the view service again, sleeps about a ping interval
+/// and retries with the same request id until success or the deadline. A client has one request
+/// outstanding at a time: concurrent calls on one `KVClient` wait their turn (open more clients
+/// for concurrency).
+public actor KVClient {
+    public nonisolated let clientID: UInt64
+    private let configuration: KVClientConfiguration
+    private let eventLoop: any EventLoop
+    private let logger: Logger
+    private let viewService: ViewServiceClient
+    private var seq: UInt64 = 0
+    private var primary: String?
+    private var primaryClient: RPCClient?
+    private var busy = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+    private var closed = false
+    public private(set) var stats = KVClientStats()
+
+    public init(
+        viewService: String, configuration: KVClientConfiguration = .init(),
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "pbkv.client")
+    ) throws(KVClientError) {
+        guard let address = try? PeerAddress(parsing: viewService) else { throw .invalidAddress(viewService) }
+        self.clientID = UInt64.random(in: 1...UInt64.max)
+        self.configuration = configuration
+        self.eventLoop = eventLoopGroup.next()
+        self.logger = logger
+        self.viewService = ViewServiceClient(rpc: RPCClient(peer: address, eventLoop: eventLoop, logger: logger))
+    }
+
+    /// The value of `key`, or nil if the key is absent.
+    public func get(_ key: String) async throws(KVClientError) -> String? {
+        let reply = try await perform { id in .get(key: key, id: id) }
+        return reply.code == .noKey ? nil : reply.value
+    }
+
+    /// Sets `key` to `value`.
+    public func put(_ key: String, _ value: String) async throws(KVClientError) {
+        _ = try await perform { id in .put(key: key, value: value, id: id) }
+    }
+
+    /// Sets `key` to FNV-1a-32(previous + value) in decimal; returns the previous value ("" if absent).
+    public func putHash(_ key: String, _ value: String) async throws(KVClientError) -> String {
+        try await perform { id in .putHash(key: key, value: value, id: id) }.value
+    }
+
+    /// The view as the view service reports it now (one call).
+    public func currentView() async throws -> View {
+        stats.viewServiceCalls += 1
+        return try await viewService.getView(timeout: configuration.viewServiceTimeout)
+    }
+
+    /// Closes connections; later calls fail with `.closed`.
+    public func close() async {
+        closed = true
+        try? await viewService.rpc.shutdown().get()
+        try? await primaryClient?.shutdown().get()
+    }
+
+    // MARK: - internals
+
+    private func perform(_ makeCall: (RequestID) -> Call) async throws(KVClientError) -> KVReply {
+        await acquire()
+        defer { release() }
+        guard !closed else { throw .closed }
+        seq += 1
+        let call = makeCall(RequestID(clientID: clientID, seq: seq))
+        stats.operations += 1
+        let start = ContinuousClock.now
+        var lastProblem = "no primary known yet"
+        var first = true
+        while true {
+            if !first { stats.retries += 1 }
+            first = false
+            if primary == nil { await refreshView(&lastProblem) }
+            if let primary, let client = client(for: primary) {
+                stats.attempts += 1
+                do {
+                    let result = try await client.call(call, timeout: configuration.attemptTimeout)
+                    guard case .kv(let reply) = result else { throw RPCError.protocolViolation("expected a KV reply") }
+                    if reply.code == .ok || reply.code == .noKey { return reply }
+                    lastProblem = "\(primary) answered \(reply.code)"
+                } catch {
+                    lastProblem = "\(error)"
+                }
+                // The primary we believed in failed us: ask again, and retry at once if it moved.
+                self.primary = nil
+                await refreshView(&lastProblem)
+                if let newPrimary = self.primary, newPrimary != primary, ContinuousClock.now - start < configuration.deadline {
+                    continue
+                }
+            }
+            if ContinuousClock.now - start >= configuration.deadline {
+                throw .deadlineExceeded(
+                    operation: call.method, key: call.key, seconds: Double(configuration.deadline.milliseconds) / 1000,
+                    lastProblem: lastProblem)
+            }
+            try? await Task.sleep(for: configuration.retryInterval)
+        }
+    }
+
+    private func refreshView(_ lastProblem: inout String) async {
+        stats.viewServiceCalls += 1
+        do {
+            let view = try await viewService.getView(timeout: configuration.viewServiceTimeout)
+            primary = view.primary.isEmpty ? nil : view.primary
+            if primary == nil { lastProblem = "the view service knows no primary (\(view))" }
+        } catch {
+            lastProblem = "view service: \(error)"
+            primary = nil
+        }
+    }
+
+    private func client(for address: String) -> RPCClient? {
+        if let primaryClient, "\(primaryClient.peer)" == address || primaryClient.peerText == address { return primaryClient }
+        guard let peer = try? PeerAddress(parsing: address) else { return nil }
+        if let old = primaryClient { _ = old.shutdown() }
+        let client = RPCClient(peer: peer, eventLoop: eventLoop, logger: logger)
+        primaryClient = client
+        return client
+    }
+
+    private func acquire() async {
+        if !busy {
+            busy = true
+            return
+        }
+        await withCheckedContinuation { waiters.append($0) }
+    }
+
+    private func release() {
+        if waiters.isEmpty {
+            busy = false
+        } else {
+            waiters.removeFirst().resume()
+        }
+    }
+}
+
+extension Call {
+    /// The key an operation is about ("" for others).
+    var key: String {
+        switch self {
+        case .get(let key, _), .put(let key, _, _), .putHash(let key, _, _): key
+        default: ""
+        }
+    }
+}
+
+extension RPCClient {
+    /// The peer as it was written (host:port).
+    var peerText: String { "\(peer.host):\(peer.port)" }
+}

@@ -1,0 +1,302 @@
+import Logging
+import NIOCore
+import NIOPosix
+import PBKVViewService
+import PBKVWire
+import Synchronization
+
+/// How a KV server runs.
+public struct KVServerConfiguration: Sendable {
+    /// Where to listen.
+    public var listenHost: String
+    public var listenPort: Int
+    /// The address put in views (what clients and the primary dial). Defaults to the bound
+    /// listen address.
+    public var advertise: String?
+    /// The view service, `HOST:PORT`.
+    public var viewService: PeerAddress
+    public var pingInterval: Duration = .milliseconds(100)
+    /// Inbound fault injection (testing aid: `--fault-drop-requests`, `--fault-drop-replies`).
+    public var faults: FaultInjector?
+    /// Outbound fault injection on the link to the view service (tests: cut a server off).
+    public var viewServiceFaults: FaultInjector?
+    /// Deadline of one forward to the backup before it is retried.
+    public var forwardTimeout: Duration = .milliseconds(500)
+    /// Deadline of one transfer chunk before it is retried.
+    public var transferTimeout: Duration = .seconds(5)
+    public var replica = ReplicaConfiguration()
+    public var maxPayload = Frame.defaultMaxPayload
+    public var compression = true
+
+    public init(listenHost: String, listenPort: Int, viewService: PeerAddress) {
+        self.listenHost = listenHost
+        self.listenPort = listenPort
+        self.viewService = viewService
+    }
+}
+
+/// The KV server's network shell: runs the replica state machine on one event loop, feeds
+/// it views (from pings), client calls and backup replies, and carries out its directives.
+public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable {
+    private struct State {
+        var machine: ReplicaStateMachine
+        var waiting: [ReplyToken: EventLoopPromise<KVReply>] = [:]
+        var nextToken: ReplyToken = 1
+        var pingInFlight = false
+        var pingAgain = false
+        var backupLink: (address: String, client: RPCClient)?
+        var ticker: RepeatedTask?
+        var stopped = false
+    }
+
+    public let eventLoop: any EventLoop
+    /// The address this server calls itself in views.
+    public let me: String
+    private let configuration: KVServerConfiguration
+    private let logger: Logger
+    private let state: NIOLoopBoundBox<State>
+    private let viewService: ViewServiceClient
+    private let rpcServer: NIOLoopBoundBox<RPCServer?>
+
+    private init(me: String, eventLoop: any EventLoop, configuration: KVServerConfiguration, logger: Logger) {
+        self.me = me
+        self.eventLoop = eventLoop
+        self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "server"] = "\(me)"
+        self.logger = logger
+        self.state = NIOLoopBoundBox.makeBoxSendingValue(
+            State(machine: ReplicaStateMachine(me: me, configuration: configuration.replica)), eventLoop: eventLoop)
+        var vsConfig = RPCClientConfiguration()
+        vsConfig.faults = configuration.viewServiceFaults
+        vsConfig.name = me
+        self.viewService = ViewServiceClient(
+            rpc: RPCClient(peer: configuration.viewService, eventLoop: eventLoop, configuration: vsConfig, logger: logger))
+        self.rpcServer = NIOLoopBoundBox.makeBoxSendingValue(nil, eventLoop: eventLoop)
+    }
+
+    /// Binds, starts pinging the view service, and serves until `shutdown()`.
+    public static func start(configuration: KVServerConfiguration, group: any EventLoopGroup, logger: Logger) async throws
+        -> KVServer
+    {
+        let loop = group.next()
+        // Bind first so the advertised address can default to the real port.
+        let holder = ServiceHolder()
+        var rpc = RPCServerConfiguration(host: configuration.listenHost, port: configuration.listenPort)
+        rpc.faults = configuration.faults
+        rpc.maxPayload = configuration.maxPayload
+        rpc.compression = configuration.compression
+        rpc.name = "pbkv-server"
+        let server = try await RPCServer.start(
+            configuration: rpc, group: loop,
+            tables: [.kv(LateBoundKV(holder: holder)), .replica(LateBoundReplica(holder: holder))], logger: logger)
+        let me = configuration.advertise ?? "\(configuration.listenHost):\(server.port)"
+        let kv = KVServer(me: me, eventLoop: loop, configuration: configuration, logger: logger)
+        holder.set(kv)
+        try await loop.submit {
+            kv.rpcServer.value = server
+            kv.state.value.ticker = loop.scheduleRepeatedTask(
+                initialDelay: .zero, delay: configuration.pingInterval.timeAmount
+            ) { _ in kv.ping() }
+        }.get()
+        kv.logger.info("server listening", metadata: ["address": "\(server.localAddress)", "viewservice": "\(configuration.viewService)"])
+        return kv
+    }
+
+    /// Stops pinging and serving; waiting clients get WRONG_SERVER.
+    public func shutdown() async {
+        let server: RPCServer? = try? await eventLoop.submit { () -> RPCServer? in
+            self.state.value.stopped = true
+            self.state.value.ticker?.cancel()
+            for (_, promise) in self.state.value.waiting { promise.succeed(KVReply(code: .wrongServer)) }
+            self.state.value.waiting.removeAll()
+            _ = self.state.value.backupLink?.client.shutdown()
+            _ = self.viewService.rpc.shutdown()
+            return self.rpcServer.value
+        }.get()
+        await server?.close()
+        logger.info("server stopped")
+    }
+
+    /// Role, view and key count, for status output and tests.
+    public func status() async throws -> (role: ReplicaRole, view: View, keys: Int, hasState: Bool) {
+        try await eventLoop.submit {
+            let m = self.state.value.machine
+            return (m.role, m.view, m.store.map.count, m.hasState)
+        }.get()
+    }
+
+    /// A copy of the map (tests: compare replicas).
+    public func snapshot() async throws -> [String: String] {
+        try await eventLoop.submit { self.state.value.machine.store.map }.get()
+    }
+
+    // MARK: - view service
+
+    private func ping() {
+        guard !state.value.stopped else { return }
+        guard !state.value.pingInFlight else {
+            state.value.pingAgain = true
+            return
+        }
+        state.value.pingInFlight = true
+        let viewnum = state.value.machine.pingViewnum
+        viewService.ping(server: me, viewnum: viewnum, timeout: configuration.pingInterval * 2).whenComplete { result in
+            self.state.value.pingInFlight = false
+            if case .success(let view) = result, !self.state.value.stopped {
+                self.run(self.state.value.machine.onView(view))
+            }
+            if self.state.value.pingAgain {
+                self.state.value.pingAgain = false
+                self.ping()
+            }
+        }
+    }
+
+    // MARK: - directives
+
+    private func run(_ directives: [ReplicaDirective]) {
+        for directive in directives {
+            switch directive {
+            case .reply(let token, let reply):
+                state.value.waiting.removeValue(forKey: token)?.succeed(reply)
+            case .forward(let target, let args, let delay):
+                after(delay) { self.sendForward(to: target, args) }
+            case .transfer(let target, let chunk, let delay):
+                after(delay) { self.sendTransfer(to: target, chunk) }
+            case .fetchView:
+                ping()
+            case .roleChanged(let from, let to, let view):
+                logger.info("role changed", metadata: [
+                    "role.from": "\(from)", "role.to": "\(to)", "view.num": "\(view.viewnum)",
+                    "view.primary": "\(view.primary)", "view.backup": "\(view.backup)",
+                ])
+            case .transferCompleted(let target, let entries, let chunks):
+                logger.info("state transfer completed", metadata: [
+                    "backup": "\(target)", "entries": "\(entries)", "chunks": "\(chunks)",
+                ])
+            }
+        }
+    }
+
+    private func after(_ delay: Duration, _ body: @escaping () -> Void) {
+        let bound = NIOLoopBound(body, eventLoop: eventLoop)
+        if delay <= .zero {
+            body()
+        } else {
+            eventLoop.scheduleTask(in: delay.timeAmount) { bound.value() }
+        }
+    }
+
+    private func backupClient(_ address: String) -> RPCClient? {
+        if let link = state.value.backupLink, link.address == address { return link.client }
+        if let old = state.value.backupLink { _ = old.client.shutdown() }
+        guard let peer = try? PeerAddress(parsing: address) else { return nil }
+        var config = RPCClientConfiguration()
+        config.name = me
+        config.maxPayload = configuration.maxPayload
+        config.compression = configuration.compression
+        let client = RPCClient(peer: peer, eventLoop: eventLoop, configuration: config, logger: logger)
+        state.value.backupLink = (address, client)
+        return client
+    }
+
+    private func sendForward(to target: String, _ args: ForwardArgs) {
+        guard !state.value.stopped, let client = backupClient(target) else { return }
+        client.call(.forward(args), timeout: configuration.forwardTimeout).whenComplete { result in
+            let outcome: ReplicaCallOutcome<ForwardReply>
+            if case .success(.forward(let reply)) = result { outcome = .replied(reply) } else { outcome = .failed }
+            self.run(self.state.value.machine.onForwardOutcome(to: target, firstIndex: args.firstIndex, outcome: outcome))
+        }
+    }
+
+    private func sendTransfer(to target: String, _ chunk: TransferChunk) {
+        guard !state.value.stopped, let client = backupClient(target) else { return }
+        client.call(.transfer(chunk), timeout: configuration.transferTimeout).whenComplete { result in
+            let outcome: ReplicaCallOutcome<TransferReply>
+            if case .success(.transfer(let reply)) = result { outcome = .replied(reply) } else { outcome = .failed }
+            self.run(self.state.value.machine.onTransferOutcome(
+                to: target, transferID: chunk.transferID, chunkIndex: chunk.chunkIndex, outcome: outcome))
+        }
+    }
+
+    // MARK: - KVServiceProtocol
+
+    private func submit(_ op: Operation) -> EventLoopFuture<KVReply> {
+        eventLoop.flatSubmit {
+            let promise = self.eventLoop.makePromise(of: KVReply.self)
+            guard !self.state.value.stopped else {
+                promise.succeed(KVReply(code: .wrongServer))
+                return promise.futureResult
+            }
+            let token = self.state.value.nextToken
+            self.state.value.nextToken += 1
+            self.state.value.waiting[token] = promise
+            self.run(self.state.value.machine.onClientRequest(op, token: token))
+            return promise.futureResult
+        }
+    }
+
+    public func get(key: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
+        submit(Operation(kind: .get, key: key, id: id))
+    }
+
+    public func put(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
+        submit(Operation(kind: .put, key: key, value: value, id: id))
+    }
+
+    public func putHash(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
+        submit(Operation(kind: .putHash, key: key, value: value, id: id))
+    }
+
+    // MARK: - ReplicaServiceProtocol
+
+    public func forward(_ args: ForwardArgs, context: RPCCallContext) -> EventLoopFuture<ForwardReply> {
+        eventLoop.submit {
+            let (reply, directives) = self.state.value.machine.onForward(args)
+            self.run(directives)
+            return reply
+        }
+    }
+
+    public func transfer(_ chunk: TransferChunk, context: RPCCallContext) -> EventLoopFuture<TransferReply> {
+        eventLoop.submit {
+            let (reply, directives) = self.state.value.machine.onTransfer(chunk)
+            self.run(directives)
+            return reply
+        }
+    }
+}
+
+/// Lets the RPC server be bound before the `KVServer` (which needs the bound port) exists.
+private final class ServiceHolder: Sendable {
+    private let box = Mutex<KVServer?>(nil)
+    func set(_ server: KVServer) { box.withLock { $0 = server } }
+    var server: KVServer? { box.withLock { $0 } }
+}
+
+private struct LateBoundKV: KVServiceProtocol {
+    let holder: ServiceHolder
+    func get(key: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
+        holder.server?.get(key: key, id: id, context: context) ?? context.eventLoop.makeSucceededFuture(KVReply(code: .wrongServer))
+    }
+    func put(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
+        holder.server?.put(key: key, value: value, id: id, context: context)
+            ?? context.eventLoop.makeSucceededFuture(KVReply(code: .wrongServer))
+    }
+    func putHash(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
+        holder.server?.putHash(key: key, value: value, id: id, context: context)
+            ?? context.eventLoop.makeSucceededFuture(KVReply(code: .wrongServer))
+    }
+}
+
+private struct LateBoundReplica: ReplicaServiceProtocol {
+    let holder: ServiceHolder
+    func forward(_ args: ForwardArgs, context: RPCCallContext) -> EventLoopFuture<ForwardReply> {
+        holder.server?.forward(args, context: context) ?? context.eventLoop.makeSucceededFuture(ForwardReply(code: .wrongServer))
+    }
+    func transfer(_ chunk: TransferChunk, context: RPCCallContext) -> EventLoopFuture<TransferReply> {
+        holder.server?.transfer(chunk, context: context)
+            ?? context.eventLoop.makeSucceededFuture(TransferReply(code: .wrongServer))
+    }
+}

@@ -1,0 +1,477 @@
+import PBKVWire
+
+/// What a server is in the current view.
+public enum ReplicaRole: String, Sendable, Hashable, CustomStringConvertible {
+    /// Not in the view (or not yet holding state as backup): serves nobody.
+    case idle
+    /// Backup of the view: accepts state and operations from its primary only.
+    case backup
+    /// Primary of the view with legitimate state: serves clients.
+    case primary
+    /// Named primary but holds no legitimate state (it restarted): serves nobody, pings 0.
+    case primaryWithoutState = "primary-without-state"
+
+    public var description: String { rawValue }
+}
+
+/// An opaque handle for a client waiting on a reply; the shell maps it to a promise.
+public typealias ReplyToken = UInt64
+
+/// Tuning of the replica logic.
+public struct ReplicaConfiguration: Sendable, Hashable {
+    /// Most operations in one forward batch.
+    public var maxBatchOperations = 512
+    /// Most entry bytes (keys + values) in one forward batch or transfer chunk.
+    public var maxBatchBytes = 1 << 20
+    /// Most entries in one transfer chunk.
+    public var maxChunkEntries = 16_384
+    /// Wait before re-sending to a backup that failed to answer.
+    public var retryDelay: Duration = .milliseconds(20)
+
+    public init() {}
+}
+
+/// Something the shell must do for the replica state machine.
+public enum ReplicaDirective: Sendable, Hashable {
+    /// Answer the client waiting on `token`.
+    case reply(ReplyToken, KVReply)
+    /// Send operations to the backup (after `delay`), then report with `onForwardOutcome`.
+    case forward(to: String, ForwardArgs, delay: Duration)
+    /// Send a state chunk to the backup (after `delay`), then report with `onTransferOutcome`.
+    case transfer(to: String, TransferChunk, delay: Duration)
+    /// Ping the view service now rather than at the next tick (the view probably changed).
+    case fetchView
+    /// The role changed (for logs).
+    case roleChanged(from: ReplicaRole, to: ReplicaRole, view: View)
+    /// A state transfer to the backup completed (for logs).
+    case transferCompleted(to: String, entries: Int, chunks: Int)
+}
+
+/// The outcome of a call the shell made for the machine.
+public enum ReplicaCallOutcome<Reply: Sendable & Hashable>: Sendable, Hashable {
+    case replied(Reply)
+    /// No reply: timeout, connection refused or lost. The call may or may not have run.
+    case failed
+}
+
+/// The primary/backup replica rules as a pure state machine: views, client operations and
+/// replies from the backup in; replies, forwards, transfers out. No sockets, clock or sleeping.
+///
+/// Primary: applies each operation to its state in arrival order, forwards it (Gets included)
+/// to the backup in that order — batched, one batch in flight — and answers the client only
+/// when the backup acknowledged it (or the view has no backup). A new backup first receives the
+/// whole state in chunks; the primary acknowledges the view to the view service only then.
+/// Backup: accepts transfers and forwards only from the primary of its current view, applies
+/// them in stream order, deduplicating by stream index. Any server that is not an initialized
+/// primary answers clients WRONG_SERVER and never answers from its own state.
+public struct ReplicaStateMachine: Sendable {
+    public let me: String
+    public let configuration: ReplicaConfiguration
+    public private(set) var view = View.initial
+    public private(set) var role = ReplicaRole.idle
+    public private(set) var store = KVStore()
+    /// True when `store` is legitimate: received by a complete transfer, promoted from such a
+    /// backup, or the empty state of the very first primary. False after any loss of role.
+    public private(set) var hasState = false
+
+    // Backup side.
+    private struct BackupSession: Sendable {
+        var primary: String
+        var transferID: UInt64
+        var nextChunk: UInt32
+        var complete: Bool
+        /// Stream index of the next forwarded operation expected.
+        var nextIndex: UInt64
+    }
+    private var session: BackupSession?
+
+    // Primary side.
+    private struct PendingOperation: Sendable {
+        var index: UInt64
+        var op: Operation
+        var reply: KVReply
+        var tokens: [ReplyToken]
+    }
+
+    private struct Transfer: Sendable {
+        var target: String
+        var id: UInt64
+        var cursor: TransferCursor
+        var nextChunk: UInt32
+        /// The chunk in flight (re-sent on failure).
+        var current: TransferChunk?
+        /// Operations with an index below this are part of the snapshot.
+        var snapshotIndex: UInt64
+        var entriesSent = 0
+    }
+
+    private enum BackupLink: Sendable {
+        /// The view has no backup: operations commit on the primary alone.
+        case none
+        /// The backup is receiving the state; operations wait.
+        case transferring(Transfer)
+        /// The backup holds the state; operations stream to it.
+        case streaming(target: String, inFlight: (first: UInt64, count: Int)?)
+    }
+    private var link = BackupLink.none
+    private var pending: [PendingOperation] = []
+    private var nextIndex: UInt64 = 0
+    private var transferCounter: UInt64 = 0
+    /// The view number the primary has made good and acknowledges in pings.
+    private var acknowledgedViewnum: UInt64 = 0
+
+    public init(me: String, configuration: ReplicaConfiguration = .init()) {
+        self.me = me
+        self.configuration = configuration
+    }
+
+    /// The view number to send in the next ping: 0 while holding no state that the view
+    /// service may rely on; the primary's number only once its backup holds the state.
+    public var pingViewnum: UInt64 {
+        switch role {
+        case .primaryWithoutState: 0
+        case .primary: acknowledgedViewnum
+        case .backup, .idle: view.viewnum
+        }
+    }
+
+    /// Operations applied but not yet acknowledged by the backup.
+    public var pendingCount: Int { pending.count }
+
+    // MARK: - view
+
+    /// The view service answered a ping (or a view fetch) with `newView`.
+    public mutating func onView(_ newView: View) -> [ReplicaDirective] {
+        if newView == view { return [] }
+        if newView.viewnum < view.viewnum && newView.viewnum != 0 {
+            // Numbers went backwards: the view service restarted. Follow it (it has no memory;
+            // see the README), keeping our state only if it was legitimate.
+        } else if newView.viewnum < view.viewnum {
+            return []
+        }
+        var directives: [ReplicaDirective] = []
+        let oldRole = role
+        let oldView = view
+        view = newView
+
+        let newRole: ReplicaRole
+        if newView.primary == me {
+            if oldRole == .primary || (oldRole == .backup && session?.complete == true && hasState) {
+                newRole = .primary
+            } else if newView.viewnum == 1 && !newView.acknowledged && oldRole != .primaryWithoutState
+                && (oldView.viewnum == 0 || hasState)
+            {
+                // The first primary of a fresh view service: empty is the true state. (A restarted
+                // server finds view 1 already acknowledged by its former self and must not serve.)
+                hasState = true
+                newRole = .primary
+            } else {
+                newRole = .primaryWithoutState
+            }
+        } else if newView.backup == me {
+            newRole = .backup
+        } else {
+            newRole = .idle
+        }
+
+        if oldRole == .primary && newRole != .primary {
+            // Deposed: nothing pending may be acknowledged; our state is no longer trusted.
+            for op in pending { for token in op.tokens { directives.append(.reply(token, KVReply(code: .wrongServer))) } }
+            pending.removeAll()
+            link = .none
+            hasState = false
+        }
+        if newRole == .backup {
+            if session?.primary != newView.primary || oldRole != .backup {
+                session = nil
+                if oldRole != .primary { hasState = false }
+            }
+        } else if newRole != .primary {
+            session = nil
+            if newRole == .idle { hasState = false }
+        }
+        if newRole == .primary && oldRole != .primary {
+            session = nil
+            pending.removeAll()
+            link = .none
+            nextIndex = 0
+            acknowledgedViewnum = 0
+        }
+        role = newRole
+        if oldRole != newRole { directives.append(.roleChanged(from: oldRole, to: newRole, view: newView)) }
+        if newRole == .primary { directives += syncBackup() }
+        return directives
+    }
+
+    /// Aligns the link with the view's backup: start a transfer to a new backup, or drop it.
+    private mutating func syncBackup() -> [ReplicaDirective] {
+        let backup = view.backup
+        switch link {
+        case .streaming(let target, _) where target == backup:
+            acknowledgedViewnum = view.viewnum
+            return []
+        case .transferring(let transfer) where transfer.target == backup:
+            return []
+        default:
+            break
+        }
+        if backup.isEmpty {
+            link = .none
+            acknowledgedViewnum = view.viewnum
+            return commitAllPending()
+        }
+        return startTransfer(to: backup)
+    }
+
+    private mutating func startTransfer(to target: String) -> [ReplicaDirective] {
+        transferCounter += 1
+        let id = (view.viewnum << 24) ^ transferCounter
+        var transfer = Transfer(
+            target: target, id: id, cursor: TransferCursor(store: store), nextChunk: 0, current: nil,
+            snapshotIndex: nextIndex)
+        let chunk = nextTransferChunk(&transfer)
+        link = .transferring(transfer)
+        return [.transfer(to: target, chunk, delay: .zero)]
+    }
+
+    private func nextTransferChunk(_ transfer: inout Transfer) -> TransferChunk {
+        let (entries, duplicates, last) = transfer.cursor.next(
+            maxEntries: configuration.maxChunkEntries, maxBytes: configuration.maxBatchBytes)
+        let chunk = TransferChunk(
+            viewnum: view.viewnum, primary: me, transferID: transfer.id, chunkIndex: transfer.nextChunk, last: last,
+            nextIndex: transfer.snapshotIndex, entries: entries, duplicates: duplicates)
+        transfer.entriesSent += entries.count
+        transfer.nextChunk += 1
+        transfer.current = chunk
+        return chunk
+    }
+
+    private mutating func commitAllPending() -> [ReplicaDirective] {
+        var directives: [ReplicaDirective] = []
+        for op in pending { for token in op.tokens { directives.append(.reply(token, op.reply)) } }
+        pending.removeAll()
+        return directives
+    }
+
+    // MARK: - client operations (primary)
+
+    /// A client asked for `op`; the reply comes now or later as `.reply(token, …)`.
+    public mutating func onClientRequest(_ op: Operation, token: ReplyToken) -> [ReplicaDirective] {
+        guard role == .primary else { return [.reply(token, KVReply(code: .wrongServer))] }
+        switch store.check(op.id) {
+        case .duplicate(let reply):
+            // Retried: the original may still wait for the backup; answer with it, never twice.
+            if let i = pending.firstIndex(where: { $0.op.id == op.id }) {
+                pending[i].tokens.append(token)
+                return []
+            }
+            return [.reply(token, reply)]
+        case .stale:
+            return [.reply(token, KVReply(code: .wrongServer))]
+        case .new:
+            break
+        }
+        let reply = store.apply(op)
+        if case .none = link { return [.reply(token, reply)] }
+        pending.append(PendingOperation(index: nextIndex, op: op, reply: reply, tokens: [token]))
+        nextIndex += 1
+        return sendNextBatch(delay: .zero)
+    }
+
+    /// Sends unacknowledged operations to a streaming backup if nothing is in flight.
+    private mutating func sendNextBatch(delay: Duration) -> [ReplicaDirective] {
+        guard case .streaming(let target, let inFlight) = link, inFlight == nil, let first = pending.first else { return [] }
+        var ops: [Operation] = []
+        var bytes = 0
+        for p in pending {
+            if ops.count >= configuration.maxBatchOperations || (bytes > 0 && bytes + p.op.key.utf8.count + p.op.value.utf8.count > configuration.maxBatchBytes) { break }
+            ops.append(p.op)
+            bytes += p.op.key.utf8.count + p.op.value.utf8.count
+        }
+        link = .streaming(target: target, inFlight: (first.index, ops.count))
+        let args = ForwardArgs(viewnum: view.viewnum, primary: me, firstIndex: first.index, ops: ops)
+        return [.forward(to: target, args, delay: delay)]
+    }
+
+    /// The backup answered (or did not answer) a forward.
+    public mutating func onForwardOutcome(
+        to target: String, firstIndex: UInt64, outcome: ReplicaCallOutcome<ForwardReply>
+    ) -> [ReplicaDirective] {
+        guard role == .primary, case .streaming(let current, let inFlight?) = link, current == target,
+            inFlight.first == firstIndex
+        else { return [] }  // stale: the view or link changed meanwhile
+        link = .streaming(target: target, inFlight: nil)
+        switch outcome {
+        case .failed:
+            // Keep trying until the view changes; never answer without the backup.
+            return sendNextBatch(delay: configuration.retryDelay)
+        case .replied(let reply):
+            switch reply.code {
+            case .ok:
+                let acknowledgedUpTo = firstIndex + UInt64(inFlight.count)
+                var directives: [ReplicaDirective] = []
+                var done = 0
+                for op in pending {
+                    guard op.index < acknowledgedUpTo else { break }
+                    for token in op.tokens { directives.append(.reply(token, op.reply)) }
+                    done += 1
+                }
+                pending.removeFirst(done)
+                return directives + sendNextBatch(delay: .zero)
+            case .notReady:
+                return startTransfer(to: target)
+            case .outOfOrder where pending.first.map({ reply.nextIndex >= $0.index }) == true:
+                // The backup already has operations below its nextIndex: they are acknowledged.
+                var directives: [ReplicaDirective] = []
+                var done = 0
+                for op in pending {
+                    guard op.index < reply.nextIndex else { break }
+                    for token in op.tokens { directives.append(.reply(token, op.reply)) }
+                    done += 1
+                }
+                pending.removeFirst(done)
+                return directives + sendNextBatch(delay: .zero)
+            case .outOfOrder:
+                return startTransfer(to: target)
+            default:
+                // WRONG_SERVER (the backup's view differs from ours) or anything else: re-read
+                // the view; retry until it changes.
+                return [.fetchView] + sendNextBatch(delay: configuration.retryDelay)
+            }
+        }
+    }
+
+    /// The backup answered (or did not answer) a transfer chunk.
+    public mutating func onTransferOutcome(
+        to target: String, transferID: UInt64, chunkIndex: UInt32, outcome: ReplicaCallOutcome<TransferReply>
+    ) -> [ReplicaDirective] {
+        guard role == .primary, case .transferring(var transfer) = link, transfer.target == target,
+            transfer.id == transferID, let current = transfer.current, current.chunkIndex == chunkIndex
+        else { return [] }
+        switch outcome {
+        case .failed:
+            return [.transfer(to: target, current, delay: configuration.retryDelay)]
+        case .replied(let reply) where reply.code == .ok:
+            if !current.last {
+                let chunk = nextTransferChunk(&transfer)
+                link = .transferring(transfer)
+                return [.transfer(to: target, chunk, delay: .zero)]
+            }
+            // The backup holds the snapshot: operations below snapshotIndex are safe; the view
+            // may now be acknowledged; later operations stream.
+            var directives: [ReplicaDirective] = [
+                .transferCompleted(to: target, entries: transfer.entriesSent, chunks: Int(transfer.nextChunk))
+            ]
+            var done = 0
+            for op in pending {
+                guard op.index < transfer.snapshotIndex else { break }
+                for token in op.tokens { directives.append(.reply(token, op.reply)) }
+                done += 1
+            }
+            pending.removeFirst(done)
+            link = .streaming(target: target, inFlight: nil)
+            acknowledgedViewnum = view.viewnum
+            return directives + sendNextBatch(delay: .zero)
+        case .replied(let reply) where reply.code == .wrongServer:
+            // The backup has not seen this view yet (it learns it at its next ping).
+            return [.fetchView, .transfer(to: target, current, delay: configuration.retryDelay)]
+        case .replied:
+            // Out of order or not ready: start over with a fresh snapshot.
+            return startTransfer(to: target)
+        }
+    }
+
+    // MARK: - backup side
+
+    /// A primary forwarded operations. Returns the reply to send and anything else to do.
+    public mutating func onForward(_ args: ForwardArgs) -> (ForwardReply, [ReplicaDirective]) {
+        guard role == .backup, args.primary == view.primary, args.viewnum == view.viewnum else {
+            // Not my primary (as far as I know). If it is ahead of me, I should look.
+            return (ForwardReply(code: .wrongServer), args.viewnum > view.viewnum ? [.fetchView] : [])
+        }
+        guard var session, session.complete, session.primary == args.primary else {
+            return (ForwardReply(code: .notReady), [])
+        }
+        let end = args.firstIndex + UInt64(args.ops.count)
+        if args.firstIndex > session.nextIndex {
+            return (ForwardReply(code: .outOfOrder, nextIndex: session.nextIndex), [])
+        }
+        if end > session.nextIndex {
+            let skip = Int(session.nextIndex - args.firstIndex)
+            for op in args.ops[skip...] {
+                if case .new = store.check(op.id) { _ = store.apply(op) }
+            }
+            session.nextIndex = end
+            self.session = session
+        }
+        return (ForwardReply(code: .ok, nextIndex: session.nextIndex), [])
+    }
+
+    /// A primary sent a piece of its state.
+    public mutating func onTransfer(_ chunk: TransferChunk) -> (TransferReply, [ReplicaDirective]) {
+        guard role == .backup, chunk.primary == view.primary, chunk.viewnum == view.viewnum else {
+            return (TransferReply(code: .wrongServer), chunk.viewnum > view.viewnum ? [.fetchView] : [])
+        }
+        if var session, session.primary == chunk.primary, session.transferID == chunk.transferID {
+            if chunk.chunkIndex < session.nextChunk { return (TransferReply(code: .ok), []) }  // duplicate
+            guard chunk.chunkIndex == session.nextChunk, !session.complete else {
+                return (TransferReply(code: .outOfOrder), [])
+            }
+            store.load(entries: chunk.entries, duplicates: chunk.duplicates)
+            session.nextChunk += 1
+            if chunk.last {
+                session.complete = true
+                session.nextIndex = chunk.nextIndex
+                hasState = true
+            }
+            self.session = session
+            return (TransferReply(code: .ok), [])
+        }
+        guard chunk.chunkIndex == 0 else { return (TransferReply(code: .outOfOrder), []) }
+        store.reset()
+        hasState = false
+        store.load(entries: chunk.entries, duplicates: chunk.duplicates)
+        session = BackupSession(
+            primary: chunk.primary, transferID: chunk.transferID, nextChunk: 1, complete: chunk.last,
+            nextIndex: chunk.nextIndex)
+        if chunk.last { hasState = true }
+        return (TransferReply(code: .ok), [])
+    }
+}
+
+/// Walks a snapshot of the store in chunks for a state transfer. The snapshot is a
+/// copy-on-write copy: taking it is O(1); the primary's later writes copy its map once.
+struct TransferCursor: Sendable {
+    private let map: [String: String]
+    private var mapIndex: [String: String].Index
+    private let duplicates: [DuplicateEntry]
+    private var duplicateIndex = 0
+
+    init(store: KVStore) {
+        map = store.map
+        mapIndex = map.startIndex
+        duplicates = store.duplicates.map { DuplicateEntry(clientID: $0.key, seq: $0.value.seq, reply: $0.value.reply) }
+    }
+
+    mutating func next(maxEntries: Int, maxBytes: Int) -> (entries: [Entry], duplicates: [DuplicateEntry], last: Bool) {
+        var entries: [Entry] = []
+        var bytes = 0
+        while mapIndex != map.endIndex && entries.count < maxEntries && bytes < maxBytes {
+            let (key, value) = map[mapIndex]
+            entries.append(Entry(key: key, value: value))
+            bytes += key.utf8.count + value.utf8.count + 8
+            map.formIndex(after: &mapIndex)
+        }
+        var rows: [DuplicateEntry] = []
+        if mapIndex == map.endIndex {
+            while duplicateIndex < duplicates.count && entries.count + rows.count < maxEntries && bytes < maxBytes {
+                let row = duplicates[duplicateIndex]
+                rows.append(row)
+                bytes += row.reply.value.utf8.count + 24
+                duplicateIndex += 1
+            }
+        }
+        let last = mapIndex == map.endIndex && duplicateIndex == duplicates.count
+        return (entries, rows, last)
+    }
+}

@@ -1,0 +1,284 @@
+import NIOCore
+import PBKVWire
+import Testing
+
+/// A named envelope, so a 1 MiB value does not end up in the test report.
+struct Sample: Sendable, CustomTestStringConvertible {
+    var name: String
+    var envelope: Envelope
+    var testDescription: String { name }
+}
+
+private let id1 = RequestID(clientID: 0x0123_4567_89AB_CDEF, seq: 1)
+private let idMax = RequestID(clientID: .max, seq: .max)
+private let oneMiB = String(repeating: "0123456789abcdef", count: 65_536)  // 1 MiB
+private let nonASCII = ["ключ", "鍵", "🔑🗝️", "ünïcødé", "👩‍👩‍👧‍👦"]
+
+private func request(_ call: Call, id: UInt64 = 7, timeoutMs: UInt32 = 250) -> Envelope {
+    .request(Request(callID: id, timeoutMs: timeoutMs, call: call))
+}
+
+private func response(_ result: CallResult, id: UInt64 = 7) -> Envelope {
+    .response(Response(callID: id, result: result))
+}
+
+let roundTripSamples: [Sample] = {
+    var samples: [Sample] = [
+        // Handshake and goodbye.
+        Sample(name: "Hello", envelope: .hello(Hello(protocolVersion: 1, features: [.zlib], maxFrameSize: 16 << 20, clientName: "client-1"))),
+        Sample(name: "Hello, empty", envelope: .hello(Hello(protocolVersion: 0, features: [], maxFrameSize: 0, clientName: ""))),
+        Sample(name: "Hello, repeated feature", envelope: .hello(Hello(protocolVersion: .max, features: [.zlib, .zlib], maxFrameSize: .max, clientName: "клиент"))),
+        Sample(name: "HelloReply", envelope: .helloReply(HelloReply(protocolVersion: 1, features: [.zlib], maxFrameSize: 1024, serverName: "pbkv@127.0.0.1:7000"))),
+        Sample(name: "HelloReply, empty", envelope: .helloReply(HelloReply(protocolVersion: 1, features: [], maxFrameSize: 0))),
+        Sample(name: "Goodbye", envelope: .goodbye(Goodbye(code: .protocolViolation, message: "the first frame on a connection must be Hello"))),
+        Sample(name: "Goodbye, empty message", envelope: .goodbye(Goodbye(code: .frameTooLarge, message: ""))),
+        Sample(name: "Goodbye, code OK", envelope: .goodbye(Goodbye(code: .ok, message: "bye 👋"))),
+
+        // Every call.
+        Sample(name: "Ping", envelope: request(.ping(PingArgs(server: "127.0.0.1:7001", viewnum: 3)))),
+        Sample(name: "Ping, restart (viewnum 0, empty server)", envelope: request(.ping(PingArgs(server: "", viewnum: 0)), id: 0, timeoutMs: 0)),
+        Sample(name: "Ping, max values", envelope: request(.ping(PingArgs(server: "[::1]:7001", viewnum: .max)), id: .max, timeoutMs: .max)),
+        Sample(name: "GetView", envelope: request(.getView)),
+        Sample(name: "Get", envelope: request(.get(key: "k", id: id1))),
+        Sample(name: "Get, empty key", envelope: request(.get(key: "", id: RequestID(clientID: 0, seq: 0)))),
+        Sample(name: "Put", envelope: request(.put(key: "a", value: "b", id: id1))),
+        Sample(name: "Put, empty key and value", envelope: request(.put(key: "", value: "", id: idMax))),
+        Sample(name: "Put, 1 MiB value", envelope: request(.put(key: "big", value: oneMiB, id: id1))),
+        Sample(name: "PutHash", envelope: request(.putHash(key: "h", value: "12345", id: id1))),
+        Sample(name: "PutHash, empty value", envelope: request(.putHash(key: "h", value: "", id: idMax))),
+        Sample(name: "Forward, no ops", envelope: request(.forward(ForwardArgs(viewnum: 2, primary: "p:1", firstIndex: 0, ops: [])))),
+        Sample(name: "Forward, several ops", envelope: request(.forward(ForwardArgs(
+            viewnum: 9, primary: "127.0.0.1:7001", firstIndex: 1234,
+            ops: [
+                Operation(kind: .put, key: "x", value: "1", id: RequestID(clientID: 1, seq: 1)),
+                Operation(kind: .get, key: "x", id: RequestID(clientID: 2, seq: 1)),
+                Operation(kind: .putHash, key: "ключ", value: "значение", id: RequestID(clientID: 1, seq: 2)),
+                Operation(kind: .put, key: "", value: "", id: idMax),
+                Operation(kind: .put, key: "x", value: "1", id: RequestID(clientID: 1, seq: 1)),  // a duplicate op
+            ])))),
+        Sample(name: "Transfer, entries and duplicates", envelope: request(.transfer(TransferChunk(
+            viewnum: 4, primary: "127.0.0.1:7001", transferID: 0xDEAD_BEEF_0000_0001, chunkIndex: 3, last: true, nextIndex: 77,
+            entries: [Entry(key: "a", value: "1"), Entry(key: "鍵", value: "値"), Entry(key: "empty", value: "")],
+            duplicates: [
+                DuplicateEntry(clientID: 1, seq: 5, reply: KVReply(code: .ok, value: "prev")),
+                DuplicateEntry(clientID: .max, seq: 0, reply: KVReply(code: .noKey)),
+                DuplicateEntry(clientID: 3, seq: 9, reply: KVReply(code: .ok)),
+                DuplicateEntry(clientID: 4, seq: 1, reply: KVReply(code: .wrongServer)),
+            ])))),
+        Sample(name: "Transfer, first empty chunk", envelope: request(.transfer(TransferChunk(
+            viewnum: 1, primary: "", transferID: 0, chunkIndex: 0, last: false, nextIndex: 0, entries: [], duplicates: [])))),
+
+        // Every result.
+        Sample(name: "Response view", envelope: response(.view(View(viewnum: 5, primary: "127.0.0.1:7001", backup: "127.0.0.1:7002")))),
+        Sample(name: "Response initial view", envelope: response(.view(.initial))),
+        Sample(name: "Response kv", envelope: response(.kv(KVReply(code: .ok, value: "value")))),
+        Sample(name: "Response kv, empty value", envelope: response(.kv(KVReply(code: .ok, value: "")))),
+        Sample(name: "Response kv NO_KEY", envelope: response(.kv(KVReply(code: .noKey)))),
+        Sample(name: "Response kv WRONG_SERVER", envelope: response(.kv(KVReply(code: .wrongServer)))),
+        Sample(name: "Response kv, 1 MiB value", envelope: response(.kv(KVReply(code: .ok, value: oneMiB)), id: .max)),
+        Sample(name: "Response forward", envelope: response(.forward(ForwardReply(code: .ok, nextIndex: 99)))),
+        Sample(name: "Response forward OUT_OF_ORDER", envelope: response(.forward(ForwardReply(code: .outOfOrder, nextIndex: .max)))),
+        Sample(name: "Response forward NOT_READY", envelope: response(.forward(ForwardReply(code: .notReady)))),
+        Sample(name: "Response transfer", envelope: response(.transfer(TransferReply(code: .ok)))),
+        Sample(name: "Response transfer WRONG_SERVER", envelope: response(.transfer(TransferReply(code: .wrongServer)))),
+    ]
+    // Error responses, one for each error code.
+    let errorCodes: [Code] = [.noKey, .wrongServer, .notReady, .unknownMethod, .badRequest, .protocolViolation,
+                              .frameTooLarge, .unsupportedVersion, .internal, .outOfOrder]
+    for (i, code) in errorCodes.enumerated() {
+        samples.append(Sample(
+            name: "Error response \(code)",
+            envelope: .response(Response(callID: UInt64(i), code: code, message: "failed: \(code) — детали"))))
+    }
+    samples.append(Sample(name: "Error response, empty message", envelope: .response(Response(callID: 1, code: .internal, message: ""))))
+    // Non-ASCII keys and values in every kind of key/value field.
+    for key in nonASCII {
+        samples.append(Sample(name: "Put, key \(key)", envelope: request(.put(key: key, value: key + key, id: id1))))
+        samples.append(Sample(name: "Get, key \(key)", envelope: request(.get(key: key, id: id1))))
+        samples.append(Sample(name: "PutHash, key \(key)", envelope: request(.putHash(key: key, value: "→" + key, id: id1))))
+    }
+    // Many repeated entries.
+    samples.append(Sample(name: "Forward, 5,000 ops", envelope: request(.forward(ForwardArgs(
+        viewnum: 3, primary: "p", firstIndex: 10,
+        ops: (0..<5_000).map { i in
+            Operation(kind: OpKind(rawValue: Int32(i % 3))!, key: "key-\(i % 97)", value: i % 3 == 0 ? "" : "v\(i)",
+                      id: RequestID(clientID: UInt64(i % 13), seq: UInt64(i)))
+        })))))
+    samples.append(Sample(name: "Transfer, 20,000 entries and 2,000 duplicates", envelope: request(.transfer(TransferChunk(
+        viewnum: 3, primary: "p", transferID: 1, chunkIndex: 0, last: true, nextIndex: 0,
+        entries: (0..<20_000).map { Entry(key: "k\($0)-ключ", value: String(repeating: "v", count: $0 % 50)) },
+        duplicates: (0..<2_000).map {
+            DuplicateEntry(clientID: UInt64($0), seq: UInt64($0 * 7), reply: KVReply(code: $0 % 2 == 0 ? .ok : .noKey, value: "r\($0)"))
+        })))))
+    return samples
+}()
+
+@Suite("Envelope codec (protoc-c)")
+struct EnvelopeCodecTests {
+    @Test("Every message kind survives encode then decode unchanged", arguments: roundTripSamples)
+    func roundTrip(sample: Sample) throws {
+        let encoded = EnvelopeCodec.encode(sample.envelope)
+        #expect(encoded.readableBytes > 0)
+        let decoded = try EnvelopeCodec.decode(encoded)
+        #expect(decoded == sample.envelope)
+        // Encoding into an existing buffer appends after what is there and reports its size.
+        var buffer = ByteBuffer(bytes: [0xAA, 0xBB])
+        let written = EnvelopeCodec.encode(sample.envelope, into: &buffer)
+        #expect(written == encoded.readableBytes)
+        #expect(buffer.readBytes(length: 2) == [0xAA, 0xBB])
+        #expect(buffer == encoded)
+    }
+
+    @Test("Encoding uses the field numbers and wire types of pbkv.proto")
+    func encodingMatchesSchema() throws {
+        // Envelope.request(3) { call_id(1)=300, timeout_ms(2)=5, put(21) { key(1), value(2), id(3) { client_id(1) fixed64, seq(2) } } }
+        var expected = ProtoWriter()
+        expected.messageField(3) { r in
+            r.varintField(1, 300)
+            r.varintField(2, 5)
+            r.messageField(21) { p in
+                p.bytesField(1, Array("ключ".utf8))
+                p.bytesField(2, [0x61, 0x00, 0x62])
+                p.messageField(3) { id in
+                    id.fixed64Field(1, 0x0102_0304_0506_0708)
+                    id.varintField(2, 9)
+                }
+            }
+        }
+        let envelope = Envelope.request(Request(
+            callID: 300, timeoutMs: 5, call: .put(key: "ключ", value: "a\u{0}b", id: RequestID(clientID: 0x0102_0304_0506_0708, seq: 9))))
+        #expect(bytes(of: EnvelopeCodec.encode(envelope)) == expected.bytes)
+        #expect(try EnvelopeCodec.decode(buffer(expected.bytes)) == envelope)
+
+        // Envelope.goodbye(5) { code(1)=FRAME_TOO_LARGE(7), message(2) }
+        var goodbye = ProtoWriter()
+        goodbye.messageField(5) { g in
+            g.varintField(1, 7)
+            g.stringField(2, "too big")
+        }
+        #expect(bytes(of: EnvelopeCodec.encode(.goodbye(Goodbye(code: .frameTooLarge, message: "too big")))) == goodbye.bytes)
+    }
+
+    @Test("NUL bytes in keys and values round-trip unchanged")
+    func nulBytes() throws {
+        let key = "a\u{0}b"
+        let value = "\u{0}x\u{0}\u{0}y\u{0}"
+        let envelopes: [Envelope] = [
+            .request(Request(callID: 1, call: .put(key: key, value: value, id: id1))),
+            .request(Request(callID: 2, call: .get(key: key, id: id1))),
+            .request(Request(callID: 3, call: .putHash(key: "\u{0}", value: "\u{0}", id: id1))),
+            .request(Request(callID: 4, call: .forward(ForwardArgs(
+                viewnum: 1, primary: "p", firstIndex: 0, ops: [Operation(kind: .put, key: key, value: value, id: id1)])))),
+            .request(Request(callID: 5, call: .transfer(TransferChunk(
+                viewnum: 1, primary: "p", transferID: 1, chunkIndex: 0, last: true, nextIndex: 0,
+                entries: [Entry(key: key, value: value)],
+                duplicates: [DuplicateEntry(clientID: 1, seq: 1, reply: KVReply(code: .ok, value: value))])))),
+            .response(Response(callID: 6, result: .kv(KVReply(code: .ok, value: value)))),
+        ]
+        for envelope in envelopes {
+            let decoded = try EnvelopeCodec.decode(EnvelopeCodec.encode(envelope))
+            #expect(decoded == envelope)
+        }
+        // And the bytes really are on the wire: key "a\0b" is three bytes long.
+        let encoded = bytes(of: EnvelopeCodec.encode(.request(Request(callID: 1, call: .get(key: key, id: id1)))))
+        #expect(encoded.count > 0)
+        #expect(contains(encoded, [0x0A, 0x03, 0x61, 0x00, 0x62]))
+    }
+
+    @Test("A key that is not UTF-8 (from a foreign client) is refused, never altered", arguments: [
+        [UInt8]([0xFF, 0xFE]), [0x61, 0x80], [0xC3], [0xED, 0xA0, 0x80],  // lone byte, truncated sequence, surrogate
+    ])
+    func invalidUTF8Key(key: [UInt8]) throws {
+        var raw = ProtoWriter()
+        raw.messageField(3) { r in
+            r.varintField(1, 11)
+            r.messageField(21) { p in
+                p.bytesField(1, key)
+                p.bytesField(2, Array("v".utf8))
+            }
+        }
+        let decoded = try EnvelopeCodec.decode(buffer(raw.bytes))
+        guard case .request(let request) = decoded else {
+            Issue.record("expected a request, got \(decoded)")
+            return
+        }
+        #expect(request.callID == 11)  // still answerable per call
+        guard case .failure(.badArguments(let why)) = request.call else {
+            Issue.record("expected badArguments, got \(request.call)")
+            return
+        }
+        #expect(why.contains("UTF-8"))
+        #expect(why.contains("PutArgs.key"))
+    }
+
+    @Test("Invalid UTF-8 in any key/value or string field of a call is refused", arguments: [
+        "Get.key", "PutHash.value", "Ping.server", "Forward op key", "Transfer entry value", "Transfer duplicate reply",
+    ])
+    func invalidUTF8Elsewhere(where field: String) throws {
+        let bad: [UInt8] = [0x6B, 0xFF]
+        var raw = ProtoWriter()
+        raw.messageField(3) { r in
+            r.varintField(1, 12)
+            switch field {
+            case "Get.key": r.messageField(20) { $0.bytesField(1, bad) }
+            case "PutHash.value":
+                r.messageField(22) { p in
+                    p.bytesField(1, [0x6B])
+                    p.bytesField(2, bad)
+                }
+            case "Ping.server": r.messageField(10) { $0.bytesField(1, bad) }
+            case "Forward op key": r.messageField(30) { f in f.messageField(4) { $0.bytesField(2, bad) } }
+            case "Transfer entry value": r.messageField(31) { t in t.messageField(7) { $0.bytesField(2, bad) } }
+            default: r.messageField(31) { t in t.messageField(8) { d in d.messageField(3) { $0.bytesField(2, bad) } } }
+            }
+        }
+        guard case .request(let request) = try EnvelopeCodec.decode(buffer(raw.bytes)),
+            case .failure(.badArguments(let why)) = request.call
+        else {
+            Issue.record("expected badArguments")
+            return
+        }
+        #expect(request.callID == 12)
+        #expect(why.contains("UTF-8"))
+    }
+
+    @Test("Invalid UTF-8 in a reply value is a protocol violation, not altered data")
+    func invalidUTF8InReply() throws {
+        var raw = ProtoWriter()
+        raw.messageField(4) { r in
+            r.varintField(1, 3)
+            r.messageField(20) { $0.bytesField(2, [0xFF]) }
+        }
+        guard case .response(let response) = try EnvelopeCodec.decode(buffer(raw.bytes)) else {
+            Issue.record("expected a response")
+            return
+        }
+        #expect(response.callID == 3)
+        #expect(response.code == .protocolViolation)
+        #expect(response.result == nil)
+        #expect(response.message.contains("UTF-8"))
+    }
+
+    @Test("Bytes that are not an Envelope are rejected", arguments: [
+        [UInt8]([0x1A, 0x64, 0x01, 0x02]),  // request of 100 bytes, 2 present
+        [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF],  // endless varint
+        [0x08],  // field 1 varint without a value
+    ])
+    func malformed(raw: [UInt8]) {
+        #expect(throws: MessageCodecError.self) { try EnvelopeCodec.decode(buffer(raw)) }
+    }
+
+    @Test("An empty payload or an envelope with only unknown fields has no body")
+    func emptyEnvelope() {
+        #expect(throws: MessageCodecError.emptyEnvelope) { try EnvelopeCodec.decode(ByteBuffer()) }
+        var newer = ProtoWriter()
+        newer.messageField(9) { $0.varintField(1, 1) }  // a body kind from a newer protocol
+        #expect(throws: MessageCodecError.emptyEnvelope) { try EnvelopeCodec.decode(buffer(newer.bytes)) }
+    }
+}
+
+/// Whether `haystack` contains `needle` as a contiguous run.
+func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
+    guard needle.count <= haystack.count else { return false }
+    return (0...(haystack.count - needle.count)).contains { Array(haystack[$0..<($0 + needle.count)]) == needle }
+}
