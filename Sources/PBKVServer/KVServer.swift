@@ -141,7 +141,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         }
         state.value.pingInFlight = true
         let viewnum = state.value.machine.pingViewnum
-        viewService.ping(server: me, viewnum: viewnum, timeout: configuration.pingInterval * 2).whenComplete { result in
+        viewService.ping(server: me, viewnum: viewnum, timeout: max(configuration.pingInterval * 2, .milliseconds(500))).whenComplete { result in
             self.state.value.pingInFlight = false
             if case .success(let view) = result, !self.state.value.stopped {
                 self.run(self.state.value.machine.onView(view))

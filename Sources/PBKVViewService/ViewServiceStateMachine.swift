@@ -39,6 +39,8 @@ public struct ViewServiceStateMachine: Sendable {
 
     public let configuration: ViewServiceConfiguration
     public private(set) var view = View.initial
+    /// The view before `view`.
+    private var previousView = View.initial
     /// True once the primary of `view` pinged with `view.viewnum`.
     public private(set) var acknowledged = false
     private var servers: [String: ServerRecord] = [:]
@@ -66,7 +68,11 @@ public struct ViewServiceStateMachine: Sendable {
         if viewnum == 0 && view.viewnum > 0 && (server == view.primary || server == view.backup) {
             // The first primary starts empty, so repeating its first ping (a lost reply) loses nothing.
             let firstPrimaryRetrying = view.viewnum == 1 && server == view.primary && !acknowledged
-            if !firstPrimaryRetrying { servers[server]?.restarted = true }
+            // Likewise a backup that joined in this still unacknowledged view holds nothing the
+            // view relies on yet (its primary acknowledges only after the transfer); its primary
+            // notices the lost state and starts the transfer again.
+            let newBackupRetrying = server == view.backup && !acknowledged && previousView.backup != server
+            if !firstPrimaryRetrying && !newBackupRetrying { servers[server]?.restarted = true }
         }
         if server == view.primary && viewnum == view.viewnum && viewnum > 0 {
             acknowledged = true
@@ -140,6 +146,7 @@ public struct ViewServiceStateMachine: Sendable {
 
     private mutating func change(to next: View) -> ViewChange {
         let previous = view
+        previousView = view
         view = next
         acknowledged = false
         // Servers that left the view are ordinary idle servers again (a restarted one may

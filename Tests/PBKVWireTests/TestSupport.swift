@@ -103,14 +103,34 @@ final class CallLog: Sendable {
     var connections: Set<String> { state.withLock { Set($0.map(\.remote)) } }
 }
 
+/// Calls a test double holds unanswered until the test releases them.
+final class HeldCalls: Sendable {
+    private let promises = Mutex<[EventLoopPromise<View>]>([])
+
+    func hold(on eventLoop: any EventLoop) -> EventLoopFuture<View> {
+        let promise = eventLoop.makePromise(of: View.self)
+        promises.withLock { $0.append(promise) }
+        return promise.futureResult
+    }
+
+    var count: Int { promises.withLock { $0.count } }
+
+    func releaseAll() {
+        for promise in promises.withLock({ p in defer { p.removeAll() }; return p }) { promise.succeed(.initial) }
+    }
+}
+
 /// A view service double: Ping echoes the caller's arguments back as a view (so every reply is
-/// specific to its call), GetView returns a fixed view.
+/// specific to its call), GetView returns a fixed view. A Ping from server "hold" is not
+/// answered until the test releases it.
 struct EchoViewService: ViewServiceProtocol {
     static let fixedView = View(viewnum: 42, primary: "127.0.0.1:7001", backup: "127.0.0.1:7002")
     let log: CallLog
+    var held: HeldCalls? = nil
 
     func ping(_ args: PingArgs, context: RPCCallContext) -> EventLoopFuture<View> {
         log.record(.ping(args), context)
+        if args.server == "hold", let held { return held.hold(on: context.eventLoop) }
         return context.eventLoop.makeSucceededFuture(View(viewnum: args.viewnum, primary: args.server, backup: "echo"))
     }
 
@@ -130,12 +150,14 @@ final class LiveServer: Sendable {
     let group: MultiThreadedEventLoopGroup
     let server: RPCServer
     let log: CallLog
+    let held: HeldCalls
     private let clients = Mutex<[RPCClient]>([])
 
-    private init(group: MultiThreadedEventLoopGroup, server: RPCServer, log: CallLog) {
+    private init(group: MultiThreadedEventLoopGroup, server: RPCServer, log: CallLog, held: HeldCalls) {
         self.group = group
         self.server = server
         self.log = log
+        self.held = held
     }
 
     var port: Int { server.port }
@@ -147,18 +169,19 @@ final class LiveServer: Sendable {
     ) async throws -> T {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let log = CallLog()
+        let held = HeldCalls()
         var configuration = RPCServerConfiguration(host: "127.0.0.1", port: 0)
         configure(&configuration)
         let server: RPCServer
         do {
             server = try await RPCServer.start(
-                configuration: configuration, group: group, tables: [.viewService(EchoViewService(log: log))],
+                configuration: configuration, group: group, tables: [.viewService(EchoViewService(log: log, held: held))],
                 logger: quietLogger)
         } catch {
             try await group.shutdownGracefully()
             throw error
         }
-        let live = LiveServer(group: group, server: server, log: log)
+        let live = LiveServer(group: group, server: server, log: log, held: held)
         do {
             let result = try await body(live)
             await live.shutdown()
@@ -182,6 +205,7 @@ final class LiveServer: Sendable {
     func raw() async throws -> RawConnection { try await RawConnection.connect(port: port, group: group) }
 
     private func shutdown() async {
+        held.releaseAll()
         for client in clients.withLock({ $0 }) { try? await client.shutdown().get() }
         await server.close()
     }

@@ -1,0 +1,154 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One pbkv process started by a `ProcessCluster`.
+public final class ClusterProcess: @unchecked Sendable {
+    // @unchecked: `Process` is not Sendable; it is only started once and then read or signalled by pid.
+    public let name: String
+    public let address: String
+    public let process: Process
+    public let logFile: URL
+
+    init(name: String, address: String, process: Process, logFile: URL) {
+        self.name = name
+        self.address = address
+        self.process = process
+        self.logFile = logFile
+    }
+
+    public var pid: Int32 { process.processIdentifier }
+    public var isRunning: Bool { process.isRunning }
+
+    /// Sends `signal` to this process (and only this one).
+    public func signal(_ signal: Int32) {
+        if process.isRunning { kill(pid, signal) }
+    }
+
+    /// SIGKILL, then waits for it to be gone.
+    public func killAndWait() {
+        signal(SIGKILL)
+        process.waitUntilExit()
+    }
+}
+
+/// Starts a view service and KV servers as real `pbkv` processes on loopback, for `pbkv local`,
+/// chaos runs and end-to-end tests. Kills only what it started, by pid.
+public final class ProcessCluster: @unchecked Sendable {
+    // @unchecked: the process list is guarded by `lock`.
+    public let executable: URL
+    public let host: String
+    public let pingIntervalMs: Int
+    public let logDirectory: URL
+    private let lock = NSLock()
+    private var processes: [ClusterProcess] = []
+    public private(set) var viewServiceAddress = ""
+
+    public init(executable: URL, host: String = "127.0.0.1", pingIntervalMs: Int = 100, logDirectory: URL? = nil) throws {
+        self.executable = executable
+        self.host = host
+        self.pingIntervalMs = pingIntervalMs
+        let dir = logDirectory ?? FileManager.default.temporaryDirectory.appendingPathComponent("pbkv-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        self.logDirectory = dir
+    }
+
+    /// The running `pbkv` binary (for a cluster of the same build).
+    public static var currentExecutable: URL {
+        URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+    }
+
+    /// Starts the view service.
+    @discardableResult
+    public func startViewService(deadPings: Int = 5) throws -> ClusterProcess {
+        let port = try Self.freePort(host: host)
+        let address = "\(host):\(port)"
+        let proc = try launch(name: "viewservice", address: address, arguments: [
+            "viewservice", "--listen", address, "--ping-interval-ms", "\(pingIntervalMs)", "--dead-pings", "\(deadPings)",
+        ])
+        viewServiceAddress = address
+        return proc
+    }
+
+    /// Starts a KV server (fresh, empty). `address` reuses a port (a restart); nil picks a free one.
+    @discardableResult
+    public func startServer(name: String, address: String? = nil, extraArguments: [String] = []) throws -> ClusterProcess {
+        let address = try address ?? "\(host):\(Self.freePort(host: host))"
+        return try launch(name: name, address: address, arguments: [
+            "server", "--listen", address, "--viewservice", viewServiceAddress, "--ping-interval-ms", "\(pingIntervalMs)",
+        ] + extraArguments)
+    }
+
+    /// Every process started, in order.
+    public var all: [ClusterProcess] { lock.withLock { processes } }
+
+    /// The running process serving `address`, if any.
+    public func process(at address: String) -> ClusterProcess? {
+        all.last { $0.address == address && $0.isRunning }
+    }
+
+    /// SIGKILLs every process this cluster started that still runs.
+    public func stopAll() {
+        for p in all where p.isRunning {
+            p.signal(SIGTERM)
+        }
+        let deadline = Date().addingTimeInterval(2)
+        for p in all {
+            while p.isRunning && Date() < deadline { usleep(20_000) }
+            if p.isRunning { p.killAndWait() }
+        }
+    }
+
+    private func launch(name: String, address: String, arguments: [String]) throws -> ClusterProcess {
+        let process = Process()
+        process.executableURL = executable
+        process.arguments = arguments
+        let logFile = logDirectory.appendingPathComponent("\(name)-\(address.replacingOccurrences(of: ":", with: "_"))-\(all.count).log")
+        FileManager.default.createFile(atPath: logFile.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: logFile)
+        process.standardOutput = handle
+        process.standardError = handle
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        try? handle.close()
+        let proc = ClusterProcess(name: name, address: address, process: process, logFile: logFile)
+        lock.withLock { processes.append(proc) }
+        return proc
+    }
+
+    /// A TCP port on `host` that was free a moment ago (bound to port 0, then released).
+    public static func freePort(host: String = "127.0.0.1") throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw ClusterError.noFreePort }
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = 0
+        addr.sin_addr.s_addr = inet_addr(host)
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else { throw ClusterError.noFreePort }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        guard named == 0 else { throw ClusterError.noFreePort }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+}
+
+/// Why a local cluster could not be run.
+public enum ClusterError: Error, CustomStringConvertible {
+    case noFreePort
+    case notReady(String)
+
+    public var description: String {
+        switch self {
+        case .noFreePort: "no free TCP port on loopback"
+        case .notReady(let what): "cluster not ready: \(what)"
+        }
+    }
+}

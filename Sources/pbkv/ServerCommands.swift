@@ -1,0 +1,113 @@
+import ArgumentParser
+import Logging
+import NIOCore
+import NIOPosix
+import PBKVServer
+import PBKVViewService
+import PBKVWire
+import ServiceLifecycle
+
+/// `pbkv viewservice`: runs the view service until SIGTERM/SIGINT.
+struct ViewServiceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "viewservice", abstract: "Run the view service (failure detector and view manager).")
+
+    @Option(help: "Address to listen on, HOST:PORT.")
+    var listen: String = "127.0.0.1:7000"
+    @Option(help: "Expected interval between a server's pings, in milliseconds.")
+    var pingIntervalMs: Int = 100
+    @Option(help: "A server that misses this many pings in a row is dead.")
+    var deadPings: Int = 5
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        guard pingIntervalMs > 0 else { throw ValidationError("--ping-interval-ms must be positive") }
+        guard deadPings > 0 else { throw ValidationError("--dead-pings must be positive") }
+        guard (try? PeerAddress(parsing: listen)) != nil else { throw ValidationError("--listen must be HOST:PORT") }
+    }
+
+    func run() async throws {
+        let logger = logging.bootstrap(label: "pbkv.viewservice")
+        let address = try PeerAddress(parsing: listen)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let (service, server) = try await ViewServiceServer.start(
+            rpc: RPCServerConfiguration(host: address.host, port: address.port),
+            configuration: ViewServiceConfiguration(pingInterval: .milliseconds(pingIntervalMs), deadPings: deadPings),
+            group: group, logger: logger)
+        let lifecycle = ShutdownOnSignal {
+            await service.stop()
+            await server.close()
+        }
+        let serviceGroup = ServiceGroup(
+            configuration: .init(services: [lifecycle], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await serviceGroup.run()
+        try await group.shutdownGracefully()
+        logger.info("view service stopped")
+    }
+}
+
+/// `pbkv server`: runs a KV server until SIGTERM/SIGINT.
+struct ServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "server", abstract: "Run a KV server (primary, backup or idle, as the view service decides).")
+
+    @Option(help: "Address to listen on, HOST:PORT.")
+    var listen: String
+    @Option(help: "The view service, HOST:PORT.")
+    var viewservice: String
+    @Option(help: "Address to put in views (what clients dial), HOST:PORT. Default: the listen address.")
+    var advertise: String?
+    @Option(help: "Interval between pings to the view service, in milliseconds.")
+    var pingIntervalMs: Int = 100
+    @Option(help: "TESTING AID: drop each inbound call before it runs with this probability (0...1).")
+    var faultDropRequests: Double = 0
+    @Option(help: "TESTING AID: run each inbound call but lose its reply with this probability (0...1).")
+    var faultDropReplies: Double = 0
+    @Option(help: "TESTING AID: seed of the fault injector (same seed, same faults).")
+    var faultSeed: UInt64 = 1
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        guard (try? PeerAddress(parsing: listen)) != nil else { throw ValidationError("--listen must be HOST:PORT") }
+        guard (try? PeerAddress(parsing: viewservice)) != nil else { throw ValidationError("--viewservice must be HOST:PORT") }
+        if let advertise, (try? PeerAddress(parsing: advertise)) == nil {
+            throw ValidationError("--advertise must be HOST:PORT")
+        }
+        guard (0...1).contains(faultDropRequests), (0...1).contains(faultDropReplies) else {
+            throw ValidationError("fault probabilities must be between 0 and 1")
+        }
+    }
+
+    func run() async throws {
+        let logger = logging.bootstrap(label: "pbkv.server")
+        let address = try PeerAddress(parsing: listen)
+        var configuration = KVServerConfiguration(
+            listenHost: address.host, listenPort: address.port, viewService: try PeerAddress(parsing: viewservice))
+        configuration.advertise = advertise ?? (address.port == 0 ? nil : listen)
+        configuration.pingInterval = .milliseconds(pingIntervalMs)
+        if faultDropRequests > 0 || faultDropReplies > 0 {
+            configuration.faults = FaultInjector(
+                policy: FaultPolicy(dropRequest: faultDropRequests, dropReply: faultDropReplies), seed: faultSeed)
+            logger.warning("fault injection on", metadata: [
+                "drop_requests": "\(faultDropRequests)", "drop_replies": "\(faultDropReplies)", "seed": "\(faultSeed)",
+            ])
+        }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let server = try await KVServer.start(configuration: configuration, group: group, logger: logger)
+        let lifecycle = ShutdownOnSignal { await server.shutdown() }
+        let serviceGroup = ServiceGroup(
+            configuration: .init(services: [lifecycle], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await serviceGroup.run()
+        try await group.shutdownGracefully()
+    }
+}
+
+/// A lifecycle service that waits for graceful shutdown, then runs `onShutdown`.
+struct ShutdownOnSignal: Service {
+    let onShutdown: @Sendable () async -> Void
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await onShutdown()
+    }
+}
