@@ -33,7 +33,7 @@ public struct KVClientConfiguration: Sendable {
     /// Sleep between attempts when no primary answered (about a ping interval).
     public var retryInterval: Duration = .milliseconds(100)
     /// Deadline of one attempt at the primary.
-    public var attemptTimeout: Duration = .seconds(1)
+    public var attemptTimeout: Duration = .milliseconds(500)
     /// Deadline of one view service call.
     public var viewServiceTimeout: Duration = .milliseconds(500)
 

@@ -21,7 +21,7 @@ public struct KVServerConfiguration: Sendable {
     /// Outbound fault injection on the link to the view service (tests: cut a server off).
     public var viewServiceFaults: FaultInjector?
     /// Deadline of one forward to the backup before it is retried.
-    public var forwardTimeout: Duration = .milliseconds(500)
+    public var forwardTimeout: Duration = .milliseconds(250)
     /// Deadline of one transfer chunk before it is retried.
     public var transferTimeout: Duration = .seconds(5)
     public var replica = ReplicaConfiguration()

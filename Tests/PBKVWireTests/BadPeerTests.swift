@@ -106,7 +106,7 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
 struct BadPeerTests {
     @Test("Bad input gets a Goodbye and a closed connection; other connections keep being served", arguments: BadInput.allCases)
     func badInput(input: BadInput) async throws {
-        try await LiveServer.with(configure: { $0.maxPayload = input.maxPayload }) { live in
+        try await LiveServer.with(configure: { $0.maxPayload = input.maxPayload }) { live async throws in
             let client = live.client()
             #expect(try await client.call(.ping(PingArgs(server: "good", viewnum: 1)), timeout: .seconds(10)) == echoed(1, "good"))
 
@@ -139,7 +139,7 @@ struct BadPeerTests {
 
     @Test("A Goodbye is sent even when the server's maximum payload is tiny")
     func goodbyeWithTinyMaximum() async throws {
-        try await LiveServer.with(configure: { $0.maxPayload = 48 }) { live in
+        try await LiveServer.with(configure: { $0.maxPayload = 48 }) { live async throws in
             let raw = try await live.raw()
             _ = try await raw.handshake()
             try await raw.send(frameBytes(payload: Array(repeating: 0, count: 49)))
@@ -154,7 +154,7 @@ struct BadPeerTests {
 
     @Test("Unknown method is answered per call with UNKNOWN_METHOD and the connection stays open")
     func unknownMethodKeepsConnection() async throws {
-        try await LiveServer.with { live in
+        try await LiveServer.with { live async throws in
             let raw = try await live.raw()
             _ = try await raw.handshake()
             var request = ProtoWriter()
@@ -186,7 +186,7 @@ struct BadPeerTests {
 
     @Test("A method no table implements fails that call only, on the RPC client too")
     func unimplementedMethodViaClient() async throws {
-        try await LiveServer.with { live in
+        try await LiveServer.with { live async throws in
             let client = live.client()
             let error = await rpcError { () async throws(RPCError) in
                 try await client.call(.get(key: "k", id: RequestID(clientID: 1, seq: 1)), timeout: .seconds(10))
@@ -204,7 +204,7 @@ struct BadPeerTests {
 
     @Test("A key that is not UTF-8 is answered BAD_REQUEST and the connection stays open")
     func invalidUTF8OnTheWire() async throws {
-        try await LiveServer.with { live in
+        try await LiveServer.with { live async throws in
             let raw = try await live.raw()
             _ = try await raw.handshake()
             var request = ProtoWriter()

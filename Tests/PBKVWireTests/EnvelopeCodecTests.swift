@@ -70,6 +70,7 @@ let roundTripSamples: [Sample] = {
 
         // Every result.
         Sample(name: "Response view", envelope: response(.view(View(viewnum: 5, primary: "127.0.0.1:7001", backup: "127.0.0.1:7002")))),
+        Sample(name: "Response acknowledged view", envelope: response(.view(View(viewnum: .max, primary: "p", backup: "", acknowledged: true)))),
         Sample(name: "Response initial view", envelope: response(.view(.initial))),
         Sample(name: "Response kv", envelope: response(.kv(KVReply(code: .ok, value: "value")))),
         Sample(name: "Response kv, empty value", envelope: response(.kv(KVReply(code: .ok, value: "")))),
@@ -98,18 +99,26 @@ let roundTripSamples: [Sample] = {
         samples.append(Sample(name: "PutHash, key \(key)", envelope: request(.putHash(key: key, value: "→" + key, id: id1))))
     }
     // Many repeated entries.
-    samples.append(Sample(name: "Forward, 5,000 ops", envelope: request(.forward(ForwardArgs(
-        viewnum: 3, primary: "p", firstIndex: 10,
-        ops: (0..<5_000).map { i in
-            Operation(kind: OpKind(rawValue: Int32(i % 3))!, key: "key-\(i % 97)", value: i % 3 == 0 ? "" : "v\(i)",
-                      id: RequestID(clientID: UInt64(i % 13), seq: UInt64(i)))
-        })))))
-    samples.append(Sample(name: "Transfer, 20,000 entries and 2,000 duplicates", envelope: request(.transfer(TransferChunk(
-        viewnum: 3, primary: "p", transferID: 1, chunkIndex: 0, last: true, nextIndex: 0,
-        entries: (0..<20_000).map { Entry(key: "k\($0)-ключ", value: String(repeating: "v", count: $0 % 50)) },
-        duplicates: (0..<2_000).map {
-            DuplicateEntry(clientID: UInt64($0), seq: UInt64($0 * 7), reply: KVReply(code: $0 % 2 == 0 ? .ok : .noKey, value: "r\($0)"))
-        })))))
+    var manyOps: [Operation] = []
+    for i in 0..<5_000 {
+        let kind: OpKind = [.get, .put, .putHash][i % 3]
+        let value = kind == .get ? "" : "v\(i)"
+        manyOps.append(Operation(kind: kind, key: "key-\(i % 97)", value: value, id: RequestID(clientID: UInt64(i % 13), seq: UInt64(i))))
+    }
+    let manyOpsArgs = ForwardArgs(viewnum: 3, primary: "p", firstIndex: 10, ops: manyOps)
+    samples.append(Sample(name: "Forward, 5,000 ops", envelope: request(.forward(manyOpsArgs))))
+    var entries: [Entry] = []
+    for i in 0..<20_000 {
+        entries.append(Entry(key: "k\(i)-ключ", value: String(repeating: "v", count: i % 50)))
+    }
+    var duplicates: [DuplicateEntry] = []
+    for i in 0..<2_000 {
+        let reply = KVReply(code: i % 2 == 0 ? .ok : .noKey, value: "r\(i)")
+        duplicates.append(DuplicateEntry(clientID: UInt64(i), seq: UInt64(i * 7), reply: reply))
+    }
+    let bigChunk = TransferChunk(
+        viewnum: 3, primary: "p", transferID: 1, chunkIndex: 0, last: true, nextIndex: 0, entries: entries, duplicates: duplicates)
+    samples.append(Sample(name: "Transfer, 20,000 entries and 2,000 duplicates", envelope: request(.transfer(bigChunk))))
     return samples
 }()
 

@@ -57,7 +57,7 @@ struct FaultInjectorTests {
     @Test("dropReply on a live server: the handler ran, the caller times out")
     func dropReplyOnLiveServer() async throws {
         let faults = FaultInjector(policy: FaultPolicy(dropReply: 1.0), seed: 5)
-        try await LiveServer.with(configure: { $0.faults = faults }) { live in
+        try await LiveServer.with(configure: { $0.faults = faults }) { live async throws in
             let client = live.client()
             let start = ContinuousClock.now
             let error = await rpcError { () async throws(RPCError) in
@@ -78,15 +78,15 @@ struct FaultInjectorTests {
 
     @Test("Client-side faults: a dropped request never reaches the server, a dropped reply times out after it ran")
     func clientSideFaults() async throws {
-        try await LiveServer.with { live in
+        try await LiveServer.with { live async throws in
             let dropRequests = FaultInjector(policy: FaultPolicy(dropRequest: 1.0), seed: 1)
-            let a = live.client { $0.faults = dropRequests }
+            let a = live.client(configure: { $0.faults = dropRequests })
             let first = await rpcError { () async throws(RPCError) in try await a.call(.getView, timeout: .milliseconds(200)) }
             if case .timeout? = first {} else { Issue.record("expected timeout, got \(String(describing: first))") }
             #expect(live.log.count == 0)
 
             let dropReplies = FaultInjector(policy: FaultPolicy(dropReply: 1.0), seed: 1)
-            let b = live.client { $0.faults = dropReplies }
+            let b = live.client(configure: { $0.faults = dropReplies })
             let second = await rpcError { () async throws(RPCError) in try await b.call(.getView, timeout: .milliseconds(200)) }
             if case .timeout? = second {} else { Issue.record("expected timeout, got \(String(describing: second))") }
             #expect(live.log.calls == [.getView])
@@ -97,7 +97,7 @@ struct FaultInjectorTests {
     @Test("refuseConnection closes new connections; the client reports connectionRefused")
     func refuseConnection() async throws {
         let faults = FaultInjector(policy: FaultPolicy(refuseConnection: 1.0), seed: 1)
-        try await LiveServer.with(configure: { $0.faults = faults }) { live in
+        try await LiveServer.with(configure: { $0.faults = faults }) { live async throws in
             let client = live.client()
             let error = await rpcError { () async throws(RPCError) in try await client.call(.getView, timeout: .seconds(5)) }
             if case .connectionRefused? = error {} else { Issue.record("expected connectionRefused, got \(String(describing: error))") }

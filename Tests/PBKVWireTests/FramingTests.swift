@@ -15,7 +15,7 @@ struct FramingTests {
     @Test("FrameDecoder splits plain frames fed byte by byte, in batches and all at once")
     func decoderVerifierPlain() throws {
         let payloads: [[UInt8]] = [
-            [], [0x42], Array("hello".utf8), Array(repeating: 0xAB, count: 70_000),
+            [], [0x42], Array("hello".utf8), Array(repeating: 0xAB, count: 3_000),
             bytes(of: EnvelopeCodec.encode(putEnvelope("v"))),
         ]
         var pairs: [(ByteBuffer, [Frame])] = payloads.map { payload in
@@ -52,7 +52,7 @@ struct FramingTests {
     }
 
     @Test("A frame above the maximum is refused from its header alone")
-    func tooLargeFromHeader() {
+    func tooLargeFromHeader() throws {
         var header = buffer(Array(frameBytes(payload: Array(repeating: 0, count: 1_001)).prefix(5)))
         #expect(throws: FrameError.frameTooLarge(size: 1_001, max: 1_000)) {
             try FrameDecoder.readFrame(from: &header, maxPayload: 1_000)

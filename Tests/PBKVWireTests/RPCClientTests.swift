@@ -7,7 +7,7 @@ import Testing
 struct RPCClientTests {
     @Test("1,000 concurrent calls on one connection are all answered, each to its own caller")
     func manyConcurrentCalls() async throws {
-        try await LiveServer.with { live in
+        try await LiveServer.with { live async throws in
             let client = live.client()
             let results = try await withThrowingTaskGroup(of: (UInt64, CallResult).self) { group in
                 for n in UInt64(1)...1_000 {
@@ -30,11 +30,11 @@ struct RPCClientTests {
 
     @Test("Large values travel compressed both ways and come back intact")
     func largeValues() async throws {
-        try await LiveServer.with { live in
+        try await LiveServer.with { live async throws in
             let client = live.client()
             let big = String(repeating: "сервер-", count: 100_000)  // ~1.3 MB, compressed on the wire
             #expect(try await client.call(.ping(PingArgs(server: big, viewnum: 1)), timeout: .seconds(20)) == echoed(1, big))
-            let plain = live.client { $0.compression = false }
+            let plain = live.client(configure: { $0.compression = false })
             #expect(try await plain.call(.ping(PingArgs(server: big, viewnum: 2)), timeout: .seconds(20)) == echoed(2, big))
         }
     }
@@ -42,7 +42,7 @@ struct RPCClientTests {
     @Test("A call to a server that drops requests fails with timeout at its deadline")
     func timeoutWhenRequestsDropped() async throws {
         let faults = FaultInjector(policy: FaultPolicy(dropRequest: 1.0), seed: 1)
-        try await LiveServer.with(configure: { $0.faults = faults }) { live in
+        try await LiveServer.with(configure: { $0.faults = faults }) { live async throws in
             let client = live.client()
             let start = ContinuousClock.now
             let error = await rpcError { () async throws(RPCError) in
@@ -87,7 +87,7 @@ struct RPCClientTests {
             await dropping.close()
             // A new server, same port, no faults. (Rebinding is polled: the port may not be free at once.)
             var restarted: RPCServer?
-            _ = try await poll {
+            _ = await poll {
                 restarted = try? await RPCServer.start(
                     configuration: RPCServerConfiguration(host: "127.0.0.1", port: port), group: group, tables: tables,
                     logger: quietLogger)
@@ -119,7 +119,7 @@ struct RPCClientTests {
 
     @Test("Closing a server also closes its open connections")
     func closeClosesConnections() async throws {
-        try await LiveServer.with { live in
+        try await LiveServer.with { live async throws in
             let raw = try await live.raw()
             _ = try await raw.handshake()
             await live.server.close()
@@ -179,7 +179,7 @@ struct RPCClientTests {
 
     @Test("Calls in flight fail with connectionLost when the connection drops; the client then reconnects")
     func connectionLostThenReconnect() async throws {
-        try await LiveServer.with { live in
+        try await LiveServer.with { live async throws in
             let client = live.client()
             async let stuck = rpcError { () async throws(RPCError) in
                 try await client.call(.ping(PingArgs(server: "hold", viewnum: 1)), timeout: .seconds(20))

@@ -267,7 +267,6 @@ final class RawConnection: Sendable {
     static func connect(port: Int, group: any EventLoopGroup) async throws -> RawConnection {
         let box = Box()
         let channel = try await ClientBootstrap(group: group)
-            .channelOption(.allowRemoteHalfClosure, value: true)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(Collector(box: box))
@@ -280,7 +279,7 @@ final class RawConnection: Sendable {
 
     var received: Received { box.state.withLock { $0 } }
 
-    /// Whether the server closed (or half-closed) its side.
+    /// Whether the connection is closed (the server closed it, or we did).
     var isClosed: Bool { received.closed }
 
     func send(_ bytes: [UInt8]) async throws {

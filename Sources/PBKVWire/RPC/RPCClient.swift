@@ -304,6 +304,12 @@ final class RPCClientHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard error is FrameError || error is ByteToMessageDecoderError else {
+            // A transport error (e.g. connection reset), not a protocol violation: close, and
+            // channelInactive fails the calls with connectionLost (connectionRefused in the handshake).
+            logger.debug("connection error", metadata: ["error": "\(error)"])
+            return context.close(promise: nil)
+        }
         protocolError(context: context, "\(error)")
     }
 

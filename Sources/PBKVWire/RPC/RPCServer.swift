@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// Constants of the connection protocol.
 public enum RPCProtocol {
@@ -33,11 +34,13 @@ public struct RPCServerConfiguration: Sendable {
 /// Calls are answered on the connection's event loop; one bad peer only loses its own connection.
 public final class RPCServer: Sendable {
     private let channel: any Channel
+    private let connections: AcceptedConnections
     /// The address actually bound (useful with port 0).
     public let localAddress: SocketAddress
 
-    private init(channel: any Channel) {
+    private init(channel: any Channel, connections: AcceptedConnections) {
         self.channel = channel
+        self.connections = connections
         self.localAddress = channel.localAddress!
     }
 
@@ -48,12 +51,14 @@ public final class RPCServer: Sendable {
     public static func start(
         configuration: RPCServerConfiguration, group: any EventLoopGroup, tables: [RPCMethodTable], logger: Logger
     ) async throws -> RPCServer {
+        let connections = AcceptedConnections()
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: false)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                connections.insert(channel)
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(FrameDecoder(maxPayload: configuration.maxPayload)))
                     try channel.pipeline.syncOperations.addHandler(
@@ -62,12 +67,39 @@ public final class RPCServer: Sendable {
             }
             .bind(host: configuration.host, port: configuration.port)
             .get()
-        return RPCServer(channel: channel)
+        return RPCServer(channel: channel, connections: connections)
     }
 
-    /// Stops accepting connections and closes the listening socket.
+    /// Stops accepting connections, closes the listening socket and every connection it accepted
+    /// (a stopped server must not go on answering calls on connections made before).
     public func close() async {
         try? await channel.close()
+        for connection in connections.closeAll().prefix(0) { try? await connection.close() }
+    }
+}
+
+/// The connections a server accepted and that are still open; once closed, new ones are refused.
+private final class AcceptedConnections: Sendable {
+    private let state = Mutex<(open: [ObjectIdentifier: any Channel], closed: Bool)>(([:], false))
+
+    func insert(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        let accepted = state.withLock { state in
+            guard !state.closed else { return false }
+            state.open[id] = channel
+            return true
+        }
+        guard accepted else { return channel.close(promise: nil) }
+        channel.closeFuture.whenComplete { _ in self.state.withLock { _ = $0.open.removeValue(forKey: id) } }
+    }
+
+    /// Marks the set closed and returns the connections still open.
+    func closeAll() -> [any Channel] {
+        state.withLock { state in
+            state.closed = true
+            defer { state.open.removeAll() }
+            return Array(state.open.values)
+        }
     }
 }
 
@@ -206,7 +238,15 @@ final class RPCServerHandler: ChannelInboundHandler {
             call = decoded
         }
         let callContext = RPCCallContext(eventLoop: context.eventLoop, remoteAddress: context.remoteAddress, logger: logger)
-        guard let future = tables.lazy.compactMap({ $0.route(call, callContext) }).first else {
+        // A plain loop: `lazy.compactMap(...).first` evaluates the route twice, running every call twice.
+        var routed: EventLoopFuture<CallResult>?
+        for table in tables {
+            if let future = table.route(call, callContext) {
+                routed = future
+                break
+            }
+        }
+        guard let future = routed else {
             return reply(context: context, Response(
                 callID: callID, code: .unknownMethod, message: "this server does not implement \(call.method)"))
         }
@@ -259,7 +299,8 @@ final class RPCServerHandler: ChannelInboundHandler {
         guard state != .closing else { return }
         logger.info("closing connection after protocol error", metadata: ["code": "\(code)", "error": "\(message)"])
         var buffer = context.channel.allocator.buffer(capacity: 64)
-        var plain = FrameCodec(maxPayload: configuration.maxPayload)
+        // Not limited by our own (possibly tiny) receive maximum: the Goodbye must get out.
+        var plain = FrameCodec(maxPayload: max(configuration.maxPayload, Frame.defaultMaxPayload))
         try? plain.encode(.goodbye(Goodbye(code: code, message: message)), into: &buffer)
         state = .closing
         let channel = context.channel

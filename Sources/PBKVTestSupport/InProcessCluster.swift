@@ -1,0 +1,149 @@
+import Logging
+import NIOCore
+import NIOPosix
+import PBKVClient
+import PBKVServer
+import PBKVViewService
+import PBKVWire
+
+/// A view service and KV servers inside the test process, each on its own event loop, talking
+/// real TCP over loopback. Servers can be killed (their loop and sockets vanish at once),
+/// restarted empty on the same address, made lossy, or cut off from the view service.
+public final class InProcessCluster: Sendable {
+    /// A running in-process KV server and what it needs to be killed or restarted.
+    public struct Node: Sendable {
+        public let name: String
+        public let address: String
+        public let server: KVServer
+        public let group: MultiThreadedEventLoopGroup
+        /// Inbound faults (drop requests/replies); its policy can be changed at any time.
+        public let faults: FaultInjector
+        /// Faults on the link to the view service (set `partitioned` to cut the server off).
+        public let viewServiceFaults: FaultInjector
+    }
+
+    public let pingInterval: Duration
+    public let viewServiceAddress: String
+    private let viewService: ViewServiceServer
+    private let rpcServer: RPCServer
+    private let vsGroup: MultiThreadedEventLoopGroup
+    private let logger: Logger
+
+    private init(
+        pingInterval: Duration, viewService: ViewServiceServer, rpcServer: RPCServer, vsGroup: MultiThreadedEventLoopGroup,
+        logger: Logger
+    ) {
+        self.pingInterval = pingInterval
+        self.viewService = viewService
+        self.rpcServer = rpcServer
+        self.vsGroup = vsGroup
+        self.viewServiceAddress = "127.0.0.1:\(rpcServer.port)"
+        self.logger = logger
+    }
+
+    /// Starts the view service.
+    public static func start(pingInterval: Duration = .milliseconds(100), deadPings: Int = 5, logger: Logger? = nil) async throws
+        -> InProcessCluster
+    {
+        var logger = logger ?? Logger(label: "pbkv.test")
+        if logger.logLevel > .warning || logger.logLevel == .info { logger.logLevel = .warning }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let (service, server) = try await ViewServiceServer.start(
+            rpc: RPCServerConfiguration(host: "127.0.0.1", port: 0),
+            configuration: ViewServiceConfiguration(pingInterval: pingInterval, deadPings: deadPings), group: group,
+            logger: logger)
+        return InProcessCluster(pingInterval: pingInterval, viewService: service, rpcServer: server, vsGroup: group, logger: logger)
+    }
+
+    /// Starts a fresh (empty) server; `port` 0 picks a free one, another value restarts on it.
+    public func startServer(name: String, port: Int = 0, faults: FaultPolicy = .none, seed: UInt64 = 1) async throws -> Node {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let chosenPort = port == 0 ? try ProcessCluster.freePort() : port
+        var configuration = KVServerConfiguration(
+            listenHost: "127.0.0.1", listenPort: chosenPort, viewService: try PeerAddress(parsing: viewServiceAddress))
+        configuration.pingInterval = pingInterval
+        let inbound = FaultInjector(policy: faults, seed: seed)
+        let toViewService = FaultInjector(policy: .none, seed: seed &+ 1)
+        configuration.faults = inbound
+        configuration.viewServiceFaults = toViewService
+        var serverLogger = logger
+        serverLogger[metadataKey: "node"] = "\(name)"
+        // A restart may find the port in TIME_WAIT or not yet released: retry briefly.
+        var lastError: (any Error)?
+        for _ in 0..<50 {
+            do {
+                let server = try await KVServer.start(configuration: configuration, group: group, logger: serverLogger)
+                return Node(
+                    name: name, address: server.me, server: server, group: group, faults: inbound,
+                    viewServiceFaults: toViewService)
+            } catch {
+                lastError = error
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        try await group.shutdownGracefully()
+        throw lastError!
+    }
+
+    /// Kills a server: its event loop stops, its sockets close, its state is gone.
+    public func kill(_ node: Node) async {
+        await node.server.shutdown()
+        try? await node.group.shutdownGracefully()
+    }
+
+    /// Restarts a killed server on the same address, empty.
+    public func restart(_ node: Node, faults: FaultPolicy = .none, seed: UInt64 = 1) async throws -> Node {
+        let port = try PeerAddress(parsing: node.address).port
+        return try await startServer(name: node.name, port: port, faults: faults, seed: seed)
+    }
+
+    /// The view service's current view (with its acknowledged flag) and counters.
+    public func view() async throws -> View {
+        try await viewService.snapshot().view
+    }
+
+    public func viewServiceStats() async throws -> ViewServiceStats {
+        try await viewService.snapshot().stats
+    }
+
+    /// Polls the view until `condition` holds; throws after `timeout`.
+    @discardableResult
+    public func waitForView(
+        timeout: Duration = .seconds(10), _ what: String = "the expected view", _ condition: (View) -> Bool
+    ) async throws -> View {
+        let start = ContinuousClock.now
+        while true {
+            let view = try await self.view()
+            if condition(view) { return view }
+            if ContinuousClock.now - start > timeout {
+                throw ClusterError.notReady("\(what) did not appear within \(timeout); last \(view)")
+            }
+            try await Task.sleep(for: pingInterval / 2)
+        }
+    }
+
+    /// Polls `condition` until it holds; throws after `timeout`.
+    public func waitUntil(timeout: Duration = .seconds(10), _ what: String, _ condition: () async throws -> Bool) async throws {
+        let start = ContinuousClock.now
+        while try await !condition() {
+            if ContinuousClock.now - start > timeout { throw ClusterError.notReady("\(what) within \(timeout)") }
+            try await Task.sleep(for: pingInterval / 2)
+        }
+    }
+
+    /// A client of this cluster.
+    public func client(deadline: Duration = .seconds(30)) throws -> KVClient {
+        var configuration = KVClientConfiguration()
+        configuration.deadline = deadline
+        configuration.retryInterval = pingInterval
+        configuration.attemptTimeout = .milliseconds(300)
+        return try KVClient(viewService: viewServiceAddress, configuration: configuration, logger: logger)
+    }
+
+    /// Stops the view service (kill servers first).
+    public func shutdown() async {
+        await viewService.stop()
+        await rpcServer.close()
+        try? await vsGroup.shutdownGracefully()
+    }
+}
