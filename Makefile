@@ -4,7 +4,7 @@ SWIFT ?= swift
 DEB_PACKAGES := protobuf-c-compiler libprotobuf-c-dev zlib1g-dev pkg-config
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 PROTO_OUT := Sources/CPBKVProto
-SWIFT_TEST_FLAGS ?=
+SWIFT_TEST_FLAGS ?= --no-parallel
 
 .PHONY: deps build release test run proto clean chaos bench
 

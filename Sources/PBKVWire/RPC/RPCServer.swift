@@ -74,7 +74,7 @@ public final class RPCServer: Sendable {
     /// (a stopped server must not go on answering calls on connections made before).
     public func close() async {
         try? await channel.close()
-        for connection in connections.closeAll().prefix(0) { try? await connection.close() }
+        for connection in connections.closeAll() { try? await connection.close() }
     }
 }
 
