@@ -6,7 +6,9 @@ SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 PROTO_OUT := Sources/CPBKVProto
 SWIFT_TEST_FLAGS ?= --no-parallel
 
-.PHONY: deps build release test run proto clean chaos bench
+.PHONY: deps build release test run proto clean chaos chaos-short bench
+SECONDS ?= 60
+SEEDS ?= 1
 
 ## deps: install the Debian packages pbkv needs, only those missing (apt-get update first).
 deps:
@@ -24,10 +26,20 @@ build: deps
 release: deps
 	$(SWIFT) build -c release
 
-## test: every test of every module (unit, end to end over loopback).
+## test: every test of every module (unit, end to end over loopback), and a short chaos run.
 test: deps
 	$(SWIFT) build --build-tests
+	$(MAKE) --no-print-directory chaos-short
 	$(SWIFT) test --skip-build $(SWIFT_TEST_FLAGS)
+
+## chaos-short: three seeds of 20 s each against a multi-process cluster (part of `make test`).
+chaos-short:
+	$$($(SWIFT) build --show-bin-path)/pbkv chaos --seconds 20 --seeds 1,2,3
+
+## chaos: a long randomized fault run, e.g. `make chaos SECONDS=600 SEEDS=1,2`.
+chaos: deps
+	$(SWIFT) build -c release --product pbkv
+	$$($(SWIFT) build -c release --show-bin-path)/pbkv chaos --seconds $(SECONDS) --seeds $(SEEDS)
 
 ## run: start a local cluster, show it surviving a primary kill.
 run: deps

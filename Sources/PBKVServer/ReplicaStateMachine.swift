@@ -195,7 +195,9 @@ public struct ReplicaStateMachine: Sendable {
             pending.removeAll()
             link = .none
             nextIndex = 0
-            acknowledgedViewnum = 0
+            // Until the new backup holds the state, ping with the last view we knew — never 0,
+            // which would tell the view service we restarted and lost everything.
+            acknowledgedViewnum = max(oldView.viewnum, 1)
         }
         role = newRole
         if oldRole != newRole { directives.append(.roleChanged(from: oldRole, to: newRole, view: newView)) }

@@ -196,6 +196,26 @@ struct FramingTests {
         #expect(try payload(compressed).readableBytes == actual)
     }
 
+    @Test("Compression does not sneak a payload above the maximum past the limit")
+    func compressedAboveMaximum() throws {
+        // 5,000 repetitive bytes deflate to far below 1,000, but inflate to above it: a peer with the
+        // same maximum would refuse the frame (and close the connection), so the sender must refuse it.
+        let envelope = putEnvelope(String(repeating: "a", count: 5_000))
+        var sender = FrameCodec(maxPayload: 1_000, compressionThreshold: 0)
+        sender.compressionEnabled = true
+        var out = ByteBuffer()
+        #expect(throws: FrameError.self) { try sender.encode(envelope, into: &out) }
+        #expect(out.readableBytes == 0)
+        // Just below the limit it goes through, compressed, and the peer accepts it.
+        let fits = putEnvelope(String(repeating: "a", count: 900))
+        try sender.encode(fits, into: &out)
+        #expect(out.getInteger(at: 4, as: UInt8.self) == FrameFlags.zlib.rawValue)
+        var receiver = FrameCodec(maxPayload: 1_000)
+        receiver.compressionEnabled = true
+        let frame = try #require(try FrameDecoder.readFrame(from: &out, maxPayload: 1_000))
+        #expect(try EnvelopeCodec.decode(receiver.payload(of: frame, allocator: ByteBufferAllocator())) == fits)
+    }
+
     @Test("Encoding refuses a payload above the maximum and leaves the buffer as it was")
     func encodeTooLarge() throws {
         var codec = FrameCodec(maxPayload: 100)

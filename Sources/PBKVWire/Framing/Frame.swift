@@ -143,6 +143,11 @@ public struct FrameCodec {
         out.writeInteger(UInt8(0))
         let payloadStart = out.writerIndex
         let size = EnvelopeCodec.encode(envelope, into: &out)
+        // The limit holds for the inflated payload too (the receiver checks the declared size).
+        guard size <= maxPayload else {
+            out.moveWriterIndex(to: headerIndex)
+            throw .frameTooLarge(size: size, max: maxPayload)
+        }
         if compressionEnabled && size >= compressionThreshold {
             // Re-encode compressed: copy the plain payload aside, deflate it in place of itself.
             scratch.clear()

@@ -1,0 +1,263 @@
+import Foundation
+import Logging
+import PBKVClient
+import PBKVWire
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a chaos run does.
+public struct ChaosConfiguration: Sendable {
+    /// How long clients run, in seconds.
+    public var seconds: Double = 20
+    /// Concurrent clients (each one `KVClient`, one request outstanding).
+    public var clients = 4
+    /// Keys the clients share (few keys: more contention, stronger check).
+    public var keys = 4
+    /// Seed of the nemesis schedule, the workload and the servers' fault injectors.
+    public var seed: UInt64 = 1
+    /// Request/reply drop probability on every server (through `--fault-drop-*`).
+    public var dropProbability = 0.02
+    /// Ping interval of the cluster, in milliseconds.
+    public var pingIntervalMs = 100
+    /// The pbkv binary to run the cluster with.
+    public var executable = ProcessCluster.currentExecutable
+    /// Per-operation deadline of the clients; an operation still unanswered then is recorded as
+    /// indeterminate (it may or may not have happened).
+    public var operationDeadline: Duration = .seconds(4)
+
+    public init() {}
+}
+
+/// The kinds of fault the nemesis injects.
+public enum NemesisFault: String, Sendable, CaseIterable {
+    /// SIGKILL a random server, restart it empty on the same address.
+    case killRestart = "kill+restart"
+    /// SIGKILL the primary, restart it empty.
+    case killPrimary = "kill-primary"
+    /// SIGSTOP the primary long enough to be declared dead, then SIGCONT (split-brain trap).
+    case pausePrimary = "pause-primary"
+    /// SIGSTOP the backup for a while, then SIGCONT.
+    case pauseBackup = "pause-backup"
+}
+
+/// The outcome of a chaos run.
+public struct ChaosReport: Sendable, CustomStringConvertible {
+    public var seed: UInt64
+    public var seconds: Double
+    public var completed = 0
+    public var indeterminate = 0
+    public var byKind: [OperationKind: Int] = [:]
+    public var faults: [String] = []
+    public var faultCounts: [NemesisFault: Int] = [:]
+    public var viewChanges: UInt64 = 0
+    public var auditedKeys = 0
+    public var clusterSettledAtEnd = true
+    public var linearizability: LinearizabilityResult?
+
+    /// True when the history was judged linearizable (including the final audit reads).
+    public var passed: Bool { linearizability?.verdict == .linearizable && clusterSettledAtEnd }
+
+    public var description: String {
+        var lines: [String] = []
+        lines.append("seed \(seed), \(String(format: "%.0f", seconds)) s")
+        let kinds = OperationKind.allCases.map { "\($0): \(byKind[$0] ?? 0)" }.joined(separator: ", ")
+        lines.append("operations: \(completed + indeterminate) (\(completed) completed, \(indeterminate) indeterminate; \(kinds))")
+        let faultSummary = NemesisFault.allCases.map { "\($0.rawValue) \(faultCounts[$0] ?? 0)" }.joined(separator: ", ")
+        lines.append("faults injected: \(faults.count) (\(faultSummary))")
+        lines.append("view changes: \(viewChanges)")
+        lines.append("audit: \(auditedKeys) keys read back after the faults stopped\(clusterSettledAtEnd ? "" : " — CLUSTER DID NOT SETTLE")")
+        if let result = linearizability {
+            lines.append("linearizable: \(result.verdict == .linearizable ? "yes" : result.verdict.description) (\(result.searchSteps) search steps)")
+            if result.verdict != .linearizable { lines.append(result.description) }
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// Runs clients against a real multi-process cluster while a nemesis kills, restarts and
+/// pauses servers; records the history and checks it. Every process it starts, it stops.
+public struct ChaosRunner: Sendable {
+    public let configuration: ChaosConfiguration
+    /// Receives one line per event (fault, view change, progress).
+    public let log: @Sendable (String) -> Void
+
+    public init(configuration: ChaosConfiguration, log: @escaping @Sendable (String) -> Void) {
+        self.configuration = configuration
+        self.log = log
+    }
+
+    public func run() async throws -> ChaosReport {
+        let config = configuration
+        var report = ChaosReport(seed: config.seed, seconds: config.seconds)
+        let cluster = try ProcessCluster(executable: config.executable, pingIntervalMs: config.pingIntervalMs)
+        defer { cluster.stopAll() }
+        try cluster.startViewService()
+        var quiet = Logger(label: "pbkv.chaos")
+        quiet.logLevel = .critical
+        var observerConfig = KVClientConfiguration()
+        observerConfig.deadline = .seconds(2)
+        let observer = try KVClient(viewService: cluster.viewServiceAddress, configuration: observerConfig, logger: quiet)
+
+        func faultArguments(_ n: UInt64) -> [String] {
+            guard config.dropProbability > 0 else { return [] }
+            return [
+                "--fault-drop-requests", "\(config.dropProbability)", "--fault-drop-replies", "\(config.dropProbability)",
+                "--fault-seed", "\(config.seed &* 1000 &+ n)",
+            ]
+        }
+        var restarts: UInt64 = 0
+        var addresses: [String] = []
+        for i in 1...3 {
+            let p = try cluster.startServer(name: "s\(i)", extraArguments: faultArguments(UInt64(i)))
+            addresses.append(p.address)
+            if i == 1 {
+                _ = try await waitForView(observer, timeout: .seconds(10)) { $0.primary == p.address && $0.acknowledged }
+            }
+        }
+        let firstView = try await waitForView(observer, timeout: .seconds(15)) { $0.acknowledged && !$0.backup.isEmpty }
+        log("cluster up: view \(firstView.viewnum), primary \(firstView.primary), backup \(firstView.backup)")
+
+        let recorder = HistoryRecorder()
+        let stopAt = ContinuousClock.now + .milliseconds(Int64(config.seconds * 1000))
+        let keys = (0..<config.keys).map { "key\($0)" }
+
+        // Clients.
+        let clientTasks = try (0..<config.clients).map { n -> Task<Void, Never> in
+            var clientConfig = KVClientConfiguration()
+            clientConfig.deadline = config.operationDeadline
+            clientConfig.attemptTimeout = .milliseconds(300)
+            let client = try KVClient(viewService: cluster.viewServiceAddress, configuration: clientConfig, logger: quiet)
+            return Task {
+                var rng = SplitMix64(seed: config.seed &* 7919 &+ UInt64(n))
+                var i = 0
+                while ContinuousClock.now < stopAt {
+                    let key = keys[Int(rng.next() % UInt64(keys.count))]
+                    let roll = rng.next() % 10
+                    let value = "c\(n)-\(i)"
+                    i += 1
+                    do {
+                        if roll < 4 {
+                            let token = recorder.invoke(client: n, kind: .get, key: key)
+                            do {
+                                let v = try await client.get(key)
+                                recorder.complete(token, output: v.map { .value($0) } ?? .absent)
+                            } catch { recorder.completeIndeterminate(token) }
+                        } else if roll < 8 {
+                            let token = recorder.invoke(client: n, kind: .put, key: key, value: value)
+                            do {
+                                try await client.put(key, value)
+                                recorder.complete(token, output: .ok)
+                            } catch { recorder.completeIndeterminate(token) }
+                        } else {
+                            let token = recorder.invoke(client: n, kind: .putHash, key: key, value: value)
+                            do {
+                                let previous = try await client.putHash(key, value)
+                                recorder.complete(token, output: .value(previous))
+                            } catch { recorder.completeIndeterminate(token) }
+                        }
+                    }
+                }
+                await client.close()
+            }
+        }
+
+        // Nemesis.
+        var rng = SplitMix64(seed: config.seed)
+        var faults: [String] = []
+        var faultCounts: [NemesisFault: Int] = [:]
+        var lastView = firstView
+        let started = ContinuousClock.now
+        func stamp() -> String {
+            let t = ContinuousClock.now - started
+            return String(format: "%6.2fs", Double(t.components.seconds) + Double(t.components.attoseconds) / 1e18)
+        }
+        while ContinuousClock.now + .milliseconds(1500) < stopAt {
+            try await Task.sleep(for: .milliseconds(Int64(400 + rng.next() % 1200)))
+            // Destroy only a settled cluster (a view acknowledged with a backup holding the state);
+            // otherwise two faults in a row may leave no server with the state, which this design
+            // answers with unavailability, not loss.
+            guard let view = try? await waitForView(observer, timeout: .seconds(10), { $0.acknowledged && !$0.backup.isEmpty })
+            else {
+                log("[\(stamp())] cluster not settled within 10 s; nemesis waits")
+                continue
+            }
+            if !view.sameAssignment(as: lastView) {
+                log("[\(stamp())] view \(view.viewnum): primary \(view.primary), backup \(view.backup)")
+                lastView = view
+            }
+            guard ContinuousClock.now + .milliseconds(1000) < stopAt else { break }
+            let fault = NemesisFault.allCases[Int(rng.next() % UInt64(NemesisFault.allCases.count))]
+            faultCounts[fault, default: 0] += 1
+            switch fault {
+            case .killRestart, .killPrimary:
+                let target = fault == .killPrimary ? view.primary : addresses[Int(rng.next() % 3)]
+                guard let process = cluster.process(at: target) else { continue }
+                process.killAndWait()
+                let downFor = Int64(rng.next() % 800)
+                faults.append("\(fault.rawValue) \(target)")
+                log("[\(stamp())] SIGKILL \(target)\(target == view.primary ? " (primary)" : target == view.backup ? " (backup)" : ""); restart in \(downFor) ms")
+                try await Task.sleep(for: .milliseconds(downFor))
+                restarts += 1
+                let name = "s\((addresses.firstIndex(of: target) ?? 0) + 1)"
+                try cluster.startServer(name: name, address: target, extraArguments: faultArguments(100 + restarts))
+            case .pausePrimary, .pauseBackup:
+                let target = fault == .pausePrimary ? view.primary : view.backup
+                guard let process = cluster.process(at: target) else { continue }
+                let pauseFor = Int64(300 + rng.next() % 1200)
+                faults.append("\(fault.rawValue) \(target) \(pauseFor) ms")
+                log("[\(stamp())] SIGSTOP \(target) (\(fault == .pausePrimary ? "primary" : "backup")) for \(pauseFor) ms")
+                process.signal(SIGSTOP)
+                try await Task.sleep(for: .milliseconds(pauseFor))
+                process.signal(SIGCONT)
+                log("[\(stamp())] SIGCONT \(target)")
+            }
+        }
+        for task in clientTasks { await task.value }
+        report.faults = faults
+        report.faultCounts = faultCounts
+
+        // Audit: after the faults stopped, every key must read back consistently with the history.
+        let finalView = try? await waitForView(observer, timeout: .seconds(20)) { $0.acknowledged && !$0.primary.isEmpty }
+        report.clusterSettledAtEnd = finalView != nil
+        if let finalView {
+            report.viewChanges = finalView.viewnum - firstView.viewnum
+            log("[\(stamp())] final view \(finalView.viewnum): primary \(finalView.primary), backup \(finalView.backup)")
+        }
+        var auditConfig = KVClientConfiguration()
+        auditConfig.deadline = .seconds(10)
+        let auditor = try KVClient(viewService: cluster.viewServiceAddress, configuration: auditConfig, logger: quiet)
+        for key in keys {
+            let token = recorder.invoke(client: config.clients, kind: .get, key: key)
+            do {
+                let v = try await auditor.get(key)
+                recorder.complete(token, output: v.map { .value($0) } ?? .absent)
+                report.auditedKeys += 1
+            } catch {
+                recorder.completeIndeterminate(token)
+                report.clusterSettledAtEnd = false
+            }
+        }
+        await auditor.close()
+        await observer.close()
+
+        let history = recorder.history()
+        for op in history {
+            report.byKind[op.kind, default: 0] += 1
+            if op.isIndeterminate { report.indeterminate += 1 } else { report.completed += 1 }
+        }
+        log("[\(stamp())] checking \(history.count) operations for linearizability")
+        report.linearizability = LinearizabilityChecker().check(history)
+        return report
+    }
+
+    private func waitForView(_ client: KVClient, timeout: Duration, _ condition: (View) -> Bool) async throws -> View {
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < timeout {
+            if let view = try? await client.currentView(), condition(view) { return view }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw ClusterError.notReady("view condition not met within \(timeout)")
+    }
+}

@@ -1,0 +1,64 @@
+import ArgumentParser
+import Foundation
+import PBKVTestSupport
+
+/// `pbkv chaos`: clients against a real cluster under a seeded nemesis; checks linearizability
+/// and that nothing acknowledged was lost. Exit status 1 on a violation.
+struct ChaosCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "chaos",
+        abstract: "Run clients against a local cluster under random faults and check the history.")
+
+    @Option(help: "Seconds of workload per seed.")
+    var seconds: Double = 20
+    @Option(help: "Seeds to run, comma-separated (each run replays exactly from its seed's schedule).")
+    var seeds: String = "1"
+    @Option(help: "Concurrent clients.")
+    var clients: Int = 4
+    @Option(help: "Number of keys the clients share.")
+    var keys: Int = 4
+    @Option(help: "Request and reply drop probability on every server.")
+    var drop: Double = 0.02
+    @Option(help: "Ping interval of the cluster, in milliseconds.")
+    var pingIntervalMs: Int = 100
+
+    func validate() throws {
+        guard seconds > 0, clients > 0, keys > 0 else { throw ValidationError("--seconds, --clients and --keys must be positive") }
+        guard parsedSeeds != nil else { throw ValidationError("--seeds must be comma-separated integers, e.g. 1,2,3") }
+    }
+
+    private var parsedSeeds: [UInt64]? {
+        let parts = seeds.split(separator: ",").map { UInt64($0.trimmingCharacters(in: .whitespaces)) }
+        return parts.contains(nil) || parts.isEmpty ? nil : parts.compactMap { $0 }
+    }
+
+    func run() async throws {
+        var passed = 0
+        var failed = 0
+        for seed in parsedSeeds ?? [1] {
+            var configuration = ChaosConfiguration()
+            configuration.seconds = seconds
+            configuration.clients = clients
+            configuration.keys = keys
+            configuration.seed = seed
+            configuration.dropProbability = drop
+            configuration.pingIntervalMs = pingIntervalMs
+            print("== chaos run, seed \(seed): \(clients) clients, \(keys) keys, \(seconds) s, drops \(drop)")
+            let runner = ChaosRunner(configuration: configuration) { line in
+                print("  " + line)
+                fflush(nil)
+            }
+            let report = try await runner.run()
+            print(report.description.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+            if report.passed {
+                passed += 1
+                print("  PASS")
+            } else {
+                failed += 1
+                print("  FAIL (replay with: pbkv chaos --seeds \(seed) --seconds \(seconds) --clients \(clients) --keys \(keys) --drop \(drop))")
+            }
+        }
+        print("chaos: \(passed) passed, \(failed) failed")
+        if failed > 0 { throw ExitCode(1) }
+    }
+}
