@@ -118,6 +118,9 @@ public final class FrameDecoder: ByteToMessageDecoder {
 public struct FrameCodec {
     /// Largest payload accepted, before and after decompression.
     public var maxPayload: Int
+    /// Largest payload the peer accepts (from the handshake); nil until known.
+    public var peerMaxPayload: Int?
+    private var sendLimit: Int { min(maxPayload, peerMaxPayload ?? maxPayload) }
     /// Payloads at least this large are compressed when compression is on.
     public var compressionThreshold: Int
     /// Set once the handshake agreed zlib.
@@ -144,9 +147,9 @@ public struct FrameCodec {
         let payloadStart = out.writerIndex
         let size = EnvelopeCodec.encode(envelope, into: &out)
         // The limit holds for the inflated payload too (the receiver checks the declared size).
-        guard size <= maxPayload else {
+        guard size <= sendLimit else {
             out.moveWriterIndex(to: headerIndex)
-            throw .frameTooLarge(size: size, max: maxPayload)
+            throw .frameTooLarge(size: size, max: sendLimit)
         }
         if compressionEnabled && size >= compressionThreshold {
             // Re-encode compressed: copy the plain payload aside, deflate it in place of itself.
@@ -164,9 +167,9 @@ public struct FrameCodec {
             out.setInteger(UInt8(FrameFlags.zlib.rawValue), at: headerIndex + 4)
         }
         let payloadLength = out.writerIndex - payloadStart
-        guard payloadLength <= maxPayload else {
+        guard payloadLength <= sendLimit else {
             out.moveWriterIndex(to: headerIndex)
-            throw .frameTooLarge(size: payloadLength, max: maxPayload)
+            throw .frameTooLarge(size: payloadLength, max: sendLimit)
         }
         out.setInteger(UInt32(payloadLength), at: headerIndex)
     }

@@ -278,6 +278,7 @@ final class RPCClientHandler: ChannelDuplexHandler {
             handshakeComplete = true
             handshakeTimer?.cancel()
             codec.compressionEnabled = configuration.compression && reply.features.contains(.zlib)
+            if reply.maxFrameSize > 0 { codec.peerMaxPayload = Int(reply.maxFrameSize) }
             handshakeDone.succeed()
         case .response(let response) where handshakeComplete:
             guard let call = inFlight.removeValue(forKey: response.callID) else { return }  // timed out already

@@ -199,6 +199,7 @@ final class RPCServerHandler: ChannelInboundHandler {
                 message: "protocol version \(hello.protocolVersion) not supported; this server speaks \(RPCProtocol.version)")
         }
         let features: [Feature] = configuration.compression && hello.features.contains(.zlib) ? [.zlib] : []
+        if hello.maxFrameSize > 0 { codec.peerMaxPayload = Int(hello.maxFrameSize) }
         let reply = HelloReply(
             protocolVersion: RPCProtocol.version, features: features, maxFrameSize: UInt32(configuration.maxPayload),
             serverName: configuration.name)
