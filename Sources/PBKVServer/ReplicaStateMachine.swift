@@ -260,6 +260,10 @@ public struct ReplicaStateMachine: Sendable {
     /// A client asked for `op`; the reply comes now or later as `.reply(token, …)`.
     public mutating func onClientRequest(_ op: Operation, token: ReplyToken) -> [ReplicaDirective] {
         guard role == .primary else { return [.reply(token, KVReply(code: .wrongServer))] }
+        // The first primary waits until the view service has its acknowledgement of view 1: a
+        // crash before that lets it come back empty as the same primary (the view service cannot
+        // tell a restart from a repeated first ping), so it must not have answered anything yet.
+        guard view.viewnum > 1 || view.acknowledged else { return [.reply(token, KVReply(code: .wrongServer))] }
         switch store.check(op.id) {
         case .duplicate(let reply):
             // Retried: the original may still wait for the backup; answer with it, never twice.

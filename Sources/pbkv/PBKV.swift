@@ -10,7 +10,7 @@ struct PBKV: AsyncParsableCommand {
         abstract: "A fault-tolerant primary/backup replicated key/value store.",
         subcommands: [
             ViewServiceCommand.self, ServerCommand.self, ViewCommand.self,
-            GetCommand.self, PutCommand.self, PutHashCommand.self, LocalCommand.self, ChaosCommand.self,
+            GetCommand.self, PutCommand.self, PutHashCommand.self, LocalCommand.self, ChaosCommand.self, BenchCommand.self,
         ]
     )
 }

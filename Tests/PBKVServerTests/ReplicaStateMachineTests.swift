@@ -1,4 +1,5 @@
 import PBKVTestSupport
+import PBKVViewService
 import PBKVWire
 import Testing
 
@@ -138,6 +139,7 @@ struct ReplicaNetwork {
     static func primaryWithBackup(configuration: ReplicaConfiguration = .init(), others: [String] = []) -> ReplicaNetwork {
         var net = ReplicaNetwork(["p", "b"] + others, configuration: configuration)
         net.onView("p", view(1, "p"))
+        net.onView("p", view(1, "p", acknowledged: true))
         net.onView("p", view(2, "p", "b"))
         net.onView("b", view(2, "p", "b"))
         net.settle()
@@ -150,7 +152,7 @@ struct ReplicaNetwork {
 
 @Suite("Replica rules: role from the view")
 struct ReplicaRoleTests {
-    @Test("A fresh server named primary of unacknowledged view 1 serves at once")
+    @Test("A fresh server named primary of view 1 serves once the view service confirms its acknowledgement")
     func firstPrimaryServes() {
         var a = ReplicaStateMachine(me: "a")
         let v1 = view(1, "a")
@@ -158,7 +160,9 @@ struct ReplicaRoleTests {
         #expect(a.role == .primary)
         #expect(a.hasState)
         #expect(a.pingViewnum == 1)
-        #expect(a.onClientRequest(put("k", "v", seq: 1), token: 1) == [.reply(1, ok)])
+        #expect(a.onClientRequest(put("k", "v", seq: 1), token: 1) == [.reply(1, wrongServer)])
+        #expect(a.onView(view(1, "a", acknowledged: true)) == [])
+        #expect(a.onClientRequest(put("k", "v", seq: 2), token: 2) == [.reply(2, ok)])
     }
 
     @Test("A restarted server named primary of an acknowledged view has no state: WRONG_SERVER, pings 0")
@@ -177,6 +181,24 @@ struct ReplicaRoleTests {
         let v3 = view(3, "c", "d")
         #expect(c.onView(v3) == [.roleChanged(from: .idle, to: .primaryWithoutState, view: v3)])
         #expect(c.pingViewnum == 0)
+    }
+
+    @Test("A first primary that restarts before acknowledging view 1 does not serve an empty state")
+    func restartedFirstPrimaryLosesNothing() {
+        var vs = ViewServiceStateMachine(configuration: .init(pingInterval: .milliseconds(100), deadPings: 5))
+        var a = ReplicaStateMachine(me: "a")
+        _ = a.onView(vs.onPing(server: "a", viewnum: 0, now: .zero).view)
+        // View 1 is not served before the view service confirms the acknowledgement...
+        let first = a.onClientRequest(put("k", "v", seq: 1), token: 1)
+        #expect(first == [.reply(1, wrongServer)])
+        // ...so a crash now (before the acknowledging ping) loses nothing acknowledged.
+        var restarted = ReplicaStateMachine(me: "a")
+        _ = restarted.onView(vs.onPing(server: "a", viewnum: 0, now: .milliseconds(50)).view)
+        let answer = restarted.onClientRequest(get("k", client: 2, seq: 1), token: 2)
+        #expect(answer == [.reply(2, wrongServer)])
+        // Once the acknowledgement is confirmed, it serves.
+        _ = restarted.onView(vs.onPing(server: "a", viewnum: 1, now: .milliseconds(100)).view)
+        #expect(restarted.onClientRequest(put("k", "v", client: 2, seq: 2), token: 3) == [.reply(3, ok)])
     }
 
     @Test("Backup and idle servers answer clients WRONG_SERVER")
@@ -204,6 +226,7 @@ struct ReplicaPrimaryAloneTests {
     func answersAtOnce() {
         var p = ReplicaStateMachine(me: "p")
         _ = p.onView(view(1, "p"))
+        _ = p.onView(view(1, "p", acknowledged: true))
         #expect(p.onClientRequest(put("k", "v", seq: 1), token: 1) == [.reply(1, ok)])
         #expect(p.onClientRequest(get("k", seq: 2), token: 2) == [.reply(2, ok("v"))])
         #expect(p.onClientRequest(putHash("k", "x", seq: 3), token: 3) == [.reply(3, ok("v"))])
@@ -218,6 +241,7 @@ struct ReplicaPrimaryAloneTests {
     func absentVersusEmpty() {
         var p = ReplicaStateMachine(me: "p")
         _ = p.onView(view(1, "p"))
+        _ = p.onView(view(1, "p", acknowledged: true))
         #expect(p.onClientRequest(get("missing", seq: 1), token: 1) == [.reply(1, KVReply(code: .noKey))])
         #expect(p.onClientRequest(put("empty", "", seq: 2), token: 2) == [.reply(2, ok)])
         #expect(p.onClientRequest(get("empty", seq: 3), token: 3) == [.reply(3, ok(""))])
@@ -265,6 +289,7 @@ struct ReplicaForwardingTests {
         configuration.maxChunkEntries = 3
         var net = ReplicaNetwork(["p", "b"], configuration: configuration)
         net.onView("p", view(1, "p"))
+        net.onView("p", view(1, "p", acknowledged: true))
         // 10 keys written by 4 clients: 10 map entries and 4 duplicate rows.
         for i in 0..<10 {
             net.request("p", put("key\(i)", "value\(i)", client: UInt64(i % 4), seq: UInt64(i)), token: ReplyToken(i))
@@ -360,6 +385,7 @@ struct ReplicaBackupAcceptanceTests {
         #expect(c.onForward(ForwardArgs(viewnum: 2, primary: "p", firstIndex: 0, ops: [op])).0 == ForwardReply(code: .wrongServer))
         var p = ReplicaStateMachine(me: "p")
         _ = p.onView(view(1, "p"))
+        _ = p.onView(view(1, "p", acknowledged: true))
         #expect(p.onForward(ForwardArgs(viewnum: 1, primary: "p", firstIndex: 0, ops: [op])).0 == ForwardReply(code: .wrongServer))
         #expect(p.store == KVStore())
     }
@@ -419,6 +445,7 @@ struct ReplicaAtMostOnceTests {
     func retryGetsOriginalReply() {
         var p = ReplicaStateMachine(me: "p")
         _ = p.onView(view(1, "p"))
+        _ = p.onView(view(1, "p", acknowledged: true))
         let hash = putHash("k", "x", client: 7, seq: 1)
         #expect(p.onClientRequest(hash, token: 1) == [.reply(1, ok(""))])
         #expect(p.onClientRequest(hash, token: 2) == [.reply(2, ok(""))])
@@ -451,6 +478,7 @@ struct ReplicaAtMostOnceTests {
     func duplicateTableTransferred() {
         var net = ReplicaNetwork(["p", "b"])
         net.onView("p", view(1, "p"))
+        net.onView("p", view(1, "p", acknowledged: true))
         let hash = putHash("k", "x", client: 5, seq: 1)
         #expect(net.request("p", hash, token: 1) == [.reply(1, ok(""))])
         let v2 = view(2, "p", "b")
@@ -526,6 +554,7 @@ struct ReplicaFailureTests {
     func backupPromoted() {
         var net = ReplicaNetwork(["p", "b"])
         net.onView("p", view(1, "p"))
+        net.onView("p", view(1, "p", acknowledged: true))
         net.request("p", put("a", "1", client: 1, seq: 1), token: 1)
         net.request("p", put("b", "2", client: 1, seq: 2), token: 2)
         net.onView("p", view(2, "p", "b"))
@@ -557,18 +586,19 @@ struct ReplicaFailureTests {
         #expect(b.onClientRequest(get("a", seq: 1), token: 1) == [.reply(1, wrongServer)])
     }
 
-    @Test(
-        "A promoted backup does not ping 0 while transferring to its new backup",
-        .disabled("bug: a promoted primary pings 0 during the transfer, which the view service reads as a restart"))
-    func promotedPrimaryDoesNotPingZero() {
+    @Test("A promoted backup acknowledges the old view, never 0, until its new backup holds the state")
+    func promotedPrimaryPingsOldViewDuringTransfer() {
         var net = ReplicaNetwork.primaryWithBackup(others: ["c"])
         let v3 = view(3, "b", "c")
-        net.onView("b", v3)
+        let promoted = net.onView("b", v3)
         net.onView("c", v3)
         #expect(net["b"].role == .primary)
-        #expect(net["b"].pingViewnum != 0, "pinging 0 as primary of view 3 means 'I restarted' to the view service")
+        #expect(promoted.first == .roleChanged(from: .backup, to: .primary, view: v3))
+        // Pinging 0 would tell the view service that b restarted and lost its state.
+        #expect(net["b"].pingViewnum == 2)
         net.settle()
         #expect(net["b"].pingViewnum == 3)
+        #expect(net["c"].store == net["b"].store)
     }
 }
 

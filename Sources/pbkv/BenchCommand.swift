@@ -1,0 +1,168 @@
+import ArgumentParser
+import Foundation
+import Histogram
+import Logging
+import NIOCore
+import NIOPosix
+import PBKVClient
+import PBKVWire
+
+/// `pbkv bench`: N concurrent clients (each its own `KVClient`, one request outstanding) for a
+/// fixed time; prints throughput and latency percentiles (HdrHistogram), errors and retries.
+struct BenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench", abstract: "Measure throughput and latency of a running pbkv cluster.")
+
+    @Option(help: "The view service, HOST:PORT.")
+    var viewservice: String = "127.0.0.1:7000"
+    @Option(help: "Concurrent clients (one request outstanding each).")
+    var clients: Int = 1
+    @Option(help: "Seconds to run.")
+    var duration: Double = 10
+    @Option(help: "Number of distinct keys.")
+    var keys: Int = 1000
+    @Option(help: "Value size in bytes.")
+    var valueSize: Int = 16
+    @Option(help: "Operation mix in percent, e.g. get=90,put=10,puthash=0.")
+    var mix: String = "put=100"
+    @Option(help: "Seconds of warm-up before measuring.")
+    var warmup: Double = 1
+    @Flag(help: "Print one JSON object instead of text.")
+    var json = false
+
+    struct Mix {
+        var get = 0
+        var put = 0
+        var putHash = 0
+    }
+
+    func parseMix() throws -> Mix {
+        var m = Mix()
+        for part in mix.split(separator: ",") {
+            let kv = part.split(separator: "=")
+            guard kv.count == 2, let n = Int(kv[1]), n >= 0 else { throw ValidationError("--mix: bad part \"\(part)\"") }
+            switch kv[0].lowercased() {
+            case "get": m.get = n
+            case "put": m.put = n
+            case "puthash": m.putHash = n
+            default: throw ValidationError("--mix: unknown operation \"\(kv[0])\" (get, put, puthash)")
+            }
+        }
+        guard m.get + m.put + m.putHash > 0 else { throw ValidationError("--mix must name at least one operation") }
+        return m
+    }
+
+    func validate() throws {
+        _ = try parseMix()
+        guard clients > 0, duration > 0, keys > 0, valueSize >= 0 else {
+            throw ValidationError("--clients, --duration and --keys must be positive")
+        }
+    }
+
+    func run() async throws {
+        // Run async code on NIO's threads: one thread hop less per request (a measured choice).
+        _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        let mix = try parseMix()
+        var logger = Logger(label: "pbkv.bench")
+        logger.logLevel = .critical
+        let total = mix.get + mix.put + mix.putHash
+        let value = String(repeating: "x", count: valueSize)
+        let keyNames = (0..<keys).map { "bench-key-\($0)" }
+
+        let kvClients = try (0..<clients).map { _ in
+            try KVClient(viewService: viewservice, logger: logger)
+        }
+        // Make sure every key exists so Gets measure the same path as writes.
+        if mix.get > 0 {
+            let loader = kvClients[0]
+            for key in keyNames.prefix(min(keys, 10_000)) { try await loader.put(key, value) }
+        }
+        let warmupEnd = ContinuousClock.now + .milliseconds(Int64(warmup * 1000))
+        let end = warmupEnd + .milliseconds(Int64(duration * 1000))
+        let progress = Progress()
+        let reporter = Task {
+            var last = 0
+            while ContinuousClock.now < end {
+                try? await Task.sleep(for: .seconds(1))
+                let done = await progress.count
+                if !json { FileHandle.standardError.write(Data("  \(done - last) ops/s\n".utf8)) }
+                last = done
+            }
+        }
+        let results = try await withThrowingTaskGroup(of: (Histogram<UInt64>, Int).self) { group in
+            for (n, client) in kvClients.enumerated() {
+                group.addTask {
+                    var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+                    var rng = SplitMix64(seed: UInt64(n + 1))
+                    var errors = 0
+                    var localCount = 0
+                    while true {
+                        let now = ContinuousClock.now
+                        if now >= end { break }
+                        let key = keyNames[Int(rng.next() % UInt64(keyNames.count))]
+                        let roll = Int(rng.next() % UInt64(total))
+                        do {
+                            if roll < mix.get {
+                                _ = try await client.get(key)
+                            } else if roll < mix.get + mix.put {
+                                try await client.put(key, value)
+                            } else {
+                                _ = try await client.putHash(key, value)
+                            }
+                        } catch {
+                            errors += 1
+                        }
+                        let after = ContinuousClock.now
+                        if now >= warmupEnd {
+                            let ns = (after - now).components
+                            _ = histogram.record(UInt64(ns.seconds) * 1_000_000_000 + UInt64(ns.attoseconds / 1_000_000_000))
+                        }
+                        localCount += 1
+                        if localCount % 64 == 0 { await progress.add(64) }
+                    }
+                    return (histogram, errors)
+                }
+            }
+            var merged = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+            var errors = 0
+            for try await (h, e) in group {
+                merged.add(h)
+                errors += e
+            }
+            return (merged, errors)
+        }
+        reporter.cancel()
+        var retries = 0
+        var vsCalls = 0
+        var operations = 0
+        for client in kvClients {
+            let stats = await client.stats
+            retries += stats.retries
+            vsCalls += stats.viewServiceCalls
+            operations += stats.operations
+            await client.close()
+        }
+        let h = results.0
+        let count = Double(h.totalCount)
+        let throughput = count / duration
+        func us(_ p: Double) -> Double { Double(h.valueAtPercentile(p)) / 1000 }
+        let vsPerOp = operations > 0 ? Double(vsCalls) / Double(operations) : 0
+        if json {
+            print("{\"mix\":\"\(self.mix)\"," + String(
+                format: "\"clients\":%d,\"value_size\":%d,\"seconds\":%.1f,\"ops\":%d,\"throughput\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f,\"errors\":%d,\"retries\":%d,\"viewservice_calls_per_op\":%.5f}",
+                clients, valueSize, duration, Int(count), throughput, us(50), us(90), us(99), us(99.9),
+                Double(h.max) / 1000, results.1, retries, vsPerOp))
+        } else {
+            print("pbkv bench: \(clients) clients, \(keys) keys, \(valueSize) B values, mix \(self.mix), \(duration) s")
+            print(String(format: "  throughput  %.0f ops/s (%d ops)", throughput, Int(count)))
+            print(String(format: "  latency µs  p50 %.0f  p90 %.0f  p99 %.0f  p99.9 %.0f  max %.0f", us(50), us(90), us(99), us(99.9), Double(h.max) / 1000))
+            print("  errors \(results.1), retries \(retries), view service calls per operation \(String(format: "%.5f", vsPerOp))")
+        }
+    }
+}
+
+/// Counts operations across client tasks for the progress line.
+actor Progress {
+    private(set) var count = 0
+    func add(_ n: Int) { count += n }
+}
