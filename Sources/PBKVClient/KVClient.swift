@@ -58,7 +58,8 @@ public struct KVClientStats: Sendable, Hashable {
 public actor KVClient {
     public nonisolated let clientID: UInt64
     private let configuration: KVClientConfiguration
-    private let eventLoop: any EventLoop
+    private nonisolated let eventLoop: any EventLoop
+    private nonisolated let executor: any SerialExecutor
     private let logger: Logger
     private let viewService: ViewServiceClient
     private var seq: UInt64 = 0
@@ -77,9 +78,13 @@ public actor KVClient {
         self.clientID = UInt64.random(in: 1...UInt64.max)
         self.configuration = configuration
         self.eventLoop = eventLoopGroup.next()
+        self.executor = eventLoop.executor
         self.logger = logger
         self.viewService = ViewServiceClient(rpc: RPCClient(peer: address, eventLoop: eventLoop, logger: logger))
     }
+
+    /// The actor runs on its connections' event loop: a call and its reply need no thread hop.
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
 
     /// The value of `key`, or nil if the key is absent.
     public func get(_ key: String) async throws(KVClientError) -> String? {

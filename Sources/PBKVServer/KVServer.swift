@@ -222,8 +222,14 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
 
     // MARK: - KVServiceProtocol
 
+    /// Runs `body` on the server's loop: at once when already there (the usual case: the RPC
+    /// server shares the loop), so a reply can go out in the same read batch.
+    private func onLoop<T>(_ body: @escaping @Sendable () -> EventLoopFuture<T>) -> EventLoopFuture<T> {
+        eventLoop.inEventLoop ? body() : eventLoop.flatSubmit(body)
+    }
+
     private func submit(_ op: Operation) -> EventLoopFuture<KVReply> {
-        eventLoop.flatSubmit {
+        onLoop {
             let promise = self.eventLoop.makePromise(of: KVReply.self)
             guard !self.state.value.stopped else {
                 promise.succeed(KVReply(code: .wrongServer))
@@ -252,18 +258,18 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
     // MARK: - ReplicaServiceProtocol
 
     public func forward(_ args: ForwardArgs, context: RPCCallContext) -> EventLoopFuture<ForwardReply> {
-        eventLoop.submit {
+        onLoop {
             let (reply, directives) = self.state.value.machine.onForward(args)
             self.run(directives)
-            return reply
+            return self.eventLoop.makeSucceededFuture(reply)
         }
     }
 
     public func transfer(_ chunk: TransferChunk, context: RPCCallContext) -> EventLoopFuture<TransferReply> {
-        eventLoop.submit {
+        onLoop {
             let (reply, directives) = self.state.value.machine.onTransfer(chunk)
             self.run(directives)
-            return reply
+            return self.eventLoop.makeSucceededFuture(reply)
         }
     }
 }

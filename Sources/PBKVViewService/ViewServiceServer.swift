@@ -73,8 +73,12 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
         ])
     }
 
+    private func onLoop<T: Sendable>(_ body: @escaping @Sendable () -> T) -> EventLoopFuture<T> {
+        eventLoop.inEventLoop ? eventLoop.makeSucceededFuture(body()) : eventLoop.submit(body)
+    }
+
     public func ping(_ args: PingArgs, context: RPCCallContext) -> EventLoopFuture<View> {
-        eventLoop.submit {
+        onLoop {
             self.state.value.stats.pings += 1
             let (view, change) = self.state.value.machine.onPing(server: args.server, viewnum: args.viewnum, now: self.now)
             if let change { self.record(change) }
@@ -83,7 +87,7 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
     }
 
     public func getView(context: RPCCallContext) -> EventLoopFuture<View> {
-        eventLoop.submit {
+        onLoop {
             self.state.value.stats.getViews += 1
             return self.state.value.machine.currentView
         }

@@ -59,6 +59,8 @@ struct ServerCommand: AsyncParsableCommand {
     var advertise: String?
     @Option(help: "Interval between pings to the view service, in milliseconds.")
     var pingIntervalMs: Int = 100
+    @Flag(help: "Do not offer zlib compression on connections (for measurements).")
+    var noCompression = false
     @Option(help: "TESTING AID: drop each inbound call before it runs with this probability (0...1).")
     var faultDropRequests: Double = 0
     @Option(help: "TESTING AID: run each inbound call but lose its reply with this probability (0...1).")
@@ -85,6 +87,7 @@ struct ServerCommand: AsyncParsableCommand {
             listenHost: address.host, listenPort: address.port, viewService: try PeerAddress(parsing: viewservice))
         configuration.advertise = advertise ?? (address.port == 0 ? nil : listen)
         configuration.pingInterval = .milliseconds(pingIntervalMs)
+        configuration.compression = !noCompression
         if faultDropRequests > 0 || faultDropReplies > 0 {
             configuration.faults = FaultInjector(
                 policy: FaultPolicy(dropRequest: faultDropRequests, dropReply: faultDropReplies), seed: faultSeed)

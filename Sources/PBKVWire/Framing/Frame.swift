@@ -126,6 +126,7 @@ public struct FrameCodec {
     /// Set once the handshake agreed zlib.
     public var compressionEnabled = false
 
+    private let arena = CArena()
     private var deflater: ZlibDeflater?
     private var inflater: ZlibInflater?
     private var scratch: ByteBuffer
@@ -145,7 +146,7 @@ public struct FrameCodec {
         out.writeInteger(UInt32(0))
         out.writeInteger(UInt8(0))
         let payloadStart = out.writerIndex
-        let size = EnvelopeCodec.encode(envelope, into: &out)
+        let size = EnvelopeCodec.encode(envelope, into: &out, arena: arena)
         // The limit holds for the inflated payload too (the receiver checks the declared size).
         guard size <= sendLimit else {
             out.moveWriterIndex(to: headerIndex)

@@ -13,12 +13,31 @@ final class CArena {
     private var blocks: [UnsafeMutableRawPointer] = []
     private var cursor: UnsafeMutableRawPointer?
     private var remaining = 0
+    /// Whether `blocks[0]` is a regular block (not a large one-off allocation).
+    private var firstIsBlockSized = false
     private static let blockSize = 16 * 1024
 
     init() {}
 
     deinit {
         for block in blocks { free(block) }
+    }
+
+    /// Forgets every allocation but keeps the first block for the next message (one arena per
+    /// connection, reset after each encode: no malloc per message for small ones).
+    func reset() {
+        guard let first = blocks.first else { return }
+        for block in blocks.dropFirst() { free(block) }
+        blocks.removeAll(keepingCapacity: true)
+        if firstIsBlockSized {
+            blocks.append(first)
+            cursor = first
+            remaining = Self.blockSize
+        } else {
+            free(first)
+            cursor = nil
+            remaining = 0
+        }
     }
 
     /// Raw, zero-filled memory for `count` values of `T`, suitably aligned.
@@ -58,6 +77,7 @@ final class CArena {
     private func allocateRaw(size: Int, alignment: Int) -> UnsafeMutableRawPointer {
         if size > Self.blockSize / 4 {
             let block = malloc(size)!
+            if blocks.isEmpty { firstIsBlockSized = false }
             blocks.append(block)
             return block
         }
@@ -71,6 +91,7 @@ final class CArena {
             }
         }
         let block = malloc(Self.blockSize)!
+        if blocks.isEmpty { firstIsBlockSized = true }
         blocks.append(block)
         cursor = block + size
         remaining = Self.blockSize - size

@@ -30,7 +30,13 @@ public enum EnvelopeCodec {
     /// Appends the protobuf encoding of `envelope` to `buffer`; returns the number of bytes written.
     @discardableResult
     public static func encode(_ envelope: Envelope, into buffer: inout ByteBuffer) -> Int {
-        let arena = CArena()
+        encode(envelope, into: &buffer, arena: CArena())
+    }
+
+    /// As `encode(_:into:)`, building the C message in `arena` (reset afterwards).
+    @discardableResult
+    static func encode(_ envelope: Envelope, into buffer: inout ByteBuffer, arena: CArena) -> Int {
+        defer { arena.reset() }
         var message = Pbkv__Envelope()
         pbkv__envelope__init(&message)
         switch envelope {
