@@ -421,21 +421,10 @@ enum RegisterSearch {
         if count == 0 { return Outcome(verdict: .linearizable, steps: 0) }
 
         var model = Model()
-        let steps: [Step] = operations.map { operation in
-            switch (operation.kind, operation.outcome) {
-            case (.get, .completed(.value(let value), _)): return .read(expected: model.intern(value))
-            case (.get, .completed(.absent, _)): return .read(expected: -1)
-            case (.get, _): return .impossible  // a get answering "ok" is malformed
-            case (.put, _): return .write(model.intern(operation.value ?? ""))
-            case (.putHash, let outcome):
-                let input = model.intern(operation.value ?? "")
-                switch outcome {
-                case .completed(.value(let previous), _):
-                    return .hash(input: input, expectedPrevious: model.intern(previous))
-                case .completed(.absent, _): return .hash(input: input, expectedPrevious: model.emptyID)
-                case .completed(.ok, _), .indeterminate: return .hash(input: input, expectedPrevious: nil)
-                }
-            }
+        var steps: [Step] = []
+        steps.reserveCapacity(count)
+        for operation in operations {
+            steps.append(step(for: operation, model: &model))
         }
 
         // Events sorted by time; at equal times calls come first (treated as concurrent).
@@ -446,9 +435,11 @@ enum RegisterSearch {
         }
         var timeline: [Event] = []
         timeline.reserveCapacity(2 * count)
-        for (index, operation) in operations.enumerated() {
-            timeline.append(Event(time: operation.invokedAt, isCall: true, operation: index))
-            let returnTime = operation.completedAt.map { max($0, operation.invokedAt) } ?? UInt64.max
+        for index in 0..<count {
+            let invokedAt = operations[index].invokedAt
+            var returnTime = UInt64.max  // indeterminate: returns at +infinity
+            if let completedAt = operations[index].completedAt { returnTime = max(completedAt, invokedAt) }
+            timeline.append(Event(time: invokedAt, isCall: true, operation: index))
             timeline.append(Event(time: returnTime, isCall: false, operation: index))
         }
         timeline.sort { a, b in
@@ -496,12 +487,18 @@ enum RegisterSearch {
                 node = events.next[node]
             }
             let match = events.match
-            candidates.sort { match[$0] < match[$1] }
+            sortByReturn(&candidates, match: match)
 
             var stuck = false
-            if resumeAfter < 0,
-                let read = candidates.first(where: { steps[events.operation[$0]].reads(state) })
-            {
+            var forcedRead = -1
+            if resumeAfter < 0 {
+                for call in candidates where steps[events.operation[call]].reads(state) {
+                    forcedRead = call
+                    break
+                }
+            }
+            if forcedRead >= 0 {
+                let read = forcedRead
                 // A get that can be linearized now can always be linearized first (it changes
                 // nothing, and whatever must precede it already is), so it gets no alternative.
                 var newLinearized = linearized
@@ -546,6 +543,52 @@ enum RegisterSearch {
             }
         }
         return Outcome(verdict: .linearizable, steps: stepCount)
+    }
+
+    /// The register transition of one operation. A separate function with nested switches, not
+    /// a closure switching on a tuple: the latter crashed the Swift 6.3 optimizer (SIL
+    /// CopyPropagation ownership error) in whole-module release builds.
+    private static func step(for operation: HistoryOperation, model: inout Model) -> Step {
+        let outcome = operation.outcome
+        switch operation.kind {
+        case .get:
+            guard case .completed(let reply, _) = outcome else { return .impossible }
+            switch reply {
+            case .value(let value): return .read(expected: model.intern(value))
+            case .absent: return .read(expected: -1)
+            case .ok: return .impossible  // a get answering "ok" is malformed
+            }
+        case .put:
+            return .write(model.intern(operation.value ?? ""))
+        case .putHash:
+            let input = model.intern(operation.value ?? "")
+            guard case .completed(let reply, _) = outcome else {
+                return .hash(input: input, expectedPrevious: nil)
+            }
+            switch reply {
+            case .value(let previous): return .hash(input: input, expectedPrevious: model.intern(previous))
+            case .absent: return .hash(input: input, expectedPrevious: model.emptyID)
+            case .ok: return .hash(input: input, expectedPrevious: nil)
+            }
+        }
+    }
+
+    /// Insertion sort of call nodes by their return node (the candidate lists are short and
+    /// nearly sorted). A plain loop rather than `sort(by:)` with a capturing closure: the latter
+    /// crashed the Swift 6.3 optimizer (SIL CopyPropagation ownership error) in release builds.
+    private static func sortByReturn(_ calls: inout [Int], match: [Int]) {
+        var index = 1
+        while index < calls.count {
+            let call = calls[index]
+            let key = match[call]
+            var position = index - 1
+            while position >= 0 && match[calls[position]] > key {
+                calls[position + 1] = calls[position]
+                position -= 1
+            }
+            calls[position + 1] = call
+            index += 1
+        }
     }
 
     /// Drops operations that cannot change the verdict: indeterminate gets (no effect, any
