@@ -383,7 +383,7 @@ struct LinearizabilityCheckerTests {
         let history = generateHistory(seed: 99, clients: 8, operations: 4_000, keys: ["k"])
         let result = LinearizabilityChecker().check(history)
         #expect(result.verdict == .linearizable, "\(result)")
-        #expect(result.searchSteps < 1_000_000)
+        #expect(result.searchSteps < 100_000, "the search backtracks far more than a nearly sequential history needs")
     }
 }
 
