@@ -46,6 +46,10 @@ run: deps
 	$(SWIFT) build -c release --product pbkv
 	$$($(SWIFT) build -c release --show-bin-path)/pbkv local
 
+## bench: pbkv next to Redis (installs redis-server), failover, transfer, memory; see scripts/bench.sh.
+bench: deps
+	bash scripts/bench.sh
+
 ## proto: regenerate the committed C code from proto/*.proto with protoc-c.
 proto: deps
 	@tmp=$$(mktemp -d) && (cd proto && protoc-c --c_out=$$tmp *.proto) && \

@@ -9,6 +9,9 @@ import PBKVWire
 
 /// `pbkv bench`: N concurrent clients (each its own `KVClient`, one request outstanding) for a
 /// fixed time; prints throughput and latency percentiles (HdrHistogram), errors and retries.
+/// With `--redis` the same loop drives a Redis server instead (SET/GET, optionally each SET
+/// followed by `WAIT`), so both stores are measured by one load generator; with `--fill` it
+/// writes every key once and reports the load rate.
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench", abstract: "Measure throughput and latency of a running pbkv cluster.")
@@ -29,6 +32,12 @@ struct BenchCommand: AsyncParsableCommand {
     var warmup: Double = 1
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
+    @Option(help: "Benchmark a Redis server at HOST:PORT instead of pbkv (get and put only).")
+    var redis: String?
+    @Option(help: "With --redis: send WAIT N 0 after every SET (synchronous replication to N replicas).")
+    var redisWait: Int = 0
+    @Flag(help: "Write each of the --keys keys once (split among the clients), report the rate, and exit.")
+    var fill = false
 
     struct Mix {
         var get = 0
@@ -57,6 +66,9 @@ struct BenchCommand: AsyncParsableCommand {
         guard clients > 0, duration > 0, keys > 0, valueSize >= 0 else {
             throw ValidationError("--clients, --duration and --keys must be positive")
         }
+        if redis != nil, try parseMix().putHash > 0 {
+            throw ValidationError("--redis supports get and put only; drop puthash from --mix")
+        }
     }
 
     func run() async throws {
@@ -67,14 +79,29 @@ struct BenchCommand: AsyncParsableCommand {
         logger.logLevel = .critical
         let total = mix.get + mix.put + mix.putHash
         let value = String(repeating: "x", count: valueSize)
-        let keyNames = (0..<keys).map { "bench-key-\($0)" }
+        let keyNames = (0..<keys).map { "key:\($0)" }  // as Redis's DEBUG POPULATE names them
 
-        let kvClients = try (0..<clients).map { _ in
-            try KVClient(viewService: viewservice, logger: logger)
+        let targets: [any BenchTarget]
+        if let redis {
+            var list: [any BenchTarget] = []
+            for _ in 0..<clients {
+                let client = try await RedisBenchClient.connect(to: redis, group: MultiThreadedEventLoopGroup.singleton)
+                list.append(RedisBenchTarget(client: client, waitReplicas: redisWait))
+            }
+            targets = list
+        } else {
+            targets = try (0..<clients).map { _ in
+                PBKVBenchTarget(client: try KVClient(viewService: viewservice, logger: logger))
+            }
+        }
+        if fill {
+            try await runFill(targets, keyNames: keyNames, value: value)
+            for target in targets { await target.close() }
+            return
         }
         // Make sure every key exists so Gets measure the same path as writes.
         if mix.get > 0 {
-            let loader = kvClients[0]
+            let loader = targets[0]
             for key in keyNames.prefix(min(keys, 10_000)) { try await loader.put(key, value) }
         }
         let warmupEnd = ContinuousClock.now + .milliseconds(Int64(warmup * 1000))
@@ -90,7 +117,7 @@ struct BenchCommand: AsyncParsableCommand {
             }
         }
         let results = try await withThrowingTaskGroup(of: (Histogram<UInt64>, Int).self) { group in
-            for (n, client) in kvClients.enumerated() {
+            for (n, client) in targets.enumerated() {
                 group.addTask {
                     var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
                     var rng = SplitMix64(seed: UInt64(n + 1))
@@ -135,12 +162,13 @@ struct BenchCommand: AsyncParsableCommand {
         var retries = 0
         var vsCalls = 0
         var operations = 0
-        for client in kvClients {
-            let stats = await client.stats
-            retries += stats.retries
-            vsCalls += stats.viewServiceCalls
-            operations += stats.operations
-            await client.close()
+        for target in targets {
+            if let stats = await target.stats {
+                retries += stats.retries
+                vsCalls += stats.viewServiceCalls
+                operations += stats.operations
+            }
+            await target.close()
         }
         let h = results.0
         let count = Double(h.totalCount)
@@ -148,17 +176,97 @@ struct BenchCommand: AsyncParsableCommand {
         func us(_ p: Double) -> Double { Double(h.valueAtPercentile(p)) / 1000 }
         let vsPerOp = operations > 0 ? Double(vsCalls) / Double(operations) : 0
         if json {
-            print("{\"mix\":\"\(self.mix)\"," + String(
+            print("{\"target\":\"\(targetName)\",\"mix\":\"\(self.mix)\"," + String(
                 format: "\"clients\":%d,\"value_size\":%d,\"seconds\":%.1f,\"ops\":%d,\"throughput\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f,\"errors\":%d,\"retries\":%d,\"viewservice_calls_per_op\":%.5f}",
                 clients, valueSize, duration, Int(count), throughput, us(50), us(90), us(99), us(99.9),
                 Double(h.max) / 1000, results.1, retries, vsPerOp))
         } else {
-            print("pbkv bench: \(clients) clients, \(keys) keys, \(valueSize) B values, mix \(self.mix), \(duration) s")
+            print("\(targetName) bench: \(clients) clients, \(keys) keys, \(valueSize) B values, mix \(self.mix), \(duration) s")
             print(String(format: "  throughput  %.0f ops/s (%d ops)", throughput, Int(count)))
             print(String(format: "  latency µs  p50 %.0f  p90 %.0f  p99 %.0f  p99.9 %.0f  max %.0f", us(50), us(90), us(99), us(99.9), Double(h.max) / 1000))
             print("  errors \(results.1), retries \(retries), view service calls per operation \(String(format: "%.5f", vsPerOp))")
         }
     }
+}
+
+extension BenchCommand {
+    var targetName: String {
+        guard let redis else { return "pbkv" }
+        return redisWait > 0 ? "redis+wait\(redisWait)@\(redis)" : "redis@\(redis)"
+    }
+
+    /// Writes every key once, the keys split evenly among the clients, and prints the rate.
+    func runFill(_ targets: [any BenchTarget], keyNames: [String], value: String) async throws {
+        let start = ContinuousClock.now
+        let count = targets.count
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (n, target) in targets.enumerated() {
+                group.addTask {
+                    var index = n
+                    while index < keyNames.count {
+                        try await target.put(keyNames[index], value)
+                        index += count
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let elapsed = ContinuousClock.now - start
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let rate = Double(keyNames.count) / seconds
+        if json {
+            print("{\"target\":\"\(targetName)\"," + String(format: "\"fill_keys\":%d,\"value_size\":%d,\"seconds\":%.3f,\"throughput\":%.1f}",
+                keyNames.count, valueSize, seconds, rate))
+        } else {
+            print("\(targetName) fill: " + String(format: "%d keys of %d B in %.2f s (%.0f puts/s)", keyNames.count, valueSize, seconds, rate))
+        }
+    }
+}
+
+/// One benchmark client: a pbkv `KVClient` or a Redis connection, one request outstanding.
+protocol BenchTarget: Sendable {
+    func get(_ key: String) async throws
+    func put(_ key: String, _ value: String) async throws
+    func putHash(_ key: String, _ value: String) async throws
+    /// The client's retry and view service counters (pbkv only).
+    var stats: KVClientStats? { get async }
+    func close() async
+}
+
+/// Drives pbkv through its real client.
+struct PBKVBenchTarget: BenchTarget {
+    let client: KVClient
+    func get(_ key: String) async throws { _ = try await client.get(key) }
+    func put(_ key: String, _ value: String) async throws { try await client.put(key, value) }
+    func putHash(_ key: String, _ value: String) async throws { _ = try await client.putHash(key, value) }
+    var stats: KVClientStats? { get async { await client.stats } }
+    func close() async { await client.close() }
+}
+
+/// Drives Redis: GET, and SET optionally followed (in the same write) by `WAIT n 0`.
+struct RedisBenchTarget: BenchTarget {
+    let client: RedisBenchClient
+    let waitReplicas: Int
+
+    func get(_ key: String) async throws { _ = try await client.pipeline([["GET", key]]) }
+
+    func put(_ key: String, _ value: String) async throws {
+        if waitReplicas > 0 {
+            let replies = try await client.pipeline([["SET", key, value], ["WAIT", String(waitReplicas), "0"]])
+            if case .integer(let acknowledged) = replies.last, acknowledged < waitReplicas {
+                throw RedisBenchClient.Failure.redisError("WAIT: only \(acknowledged) replicas acknowledged")
+            }
+        } else {
+            _ = try await client.pipeline([["SET", key, value]])
+        }
+    }
+
+    func putHash(_ key: String, _ value: String) async throws {
+        throw RedisBenchClient.Failure.redisError("pbkv bench has no Redis equivalent of PutHash")
+    }
+
+    var stats: KVClientStats? { get async { nil } }
+    func close() async { await client.close() }
 }
 
 /// Counts operations across client tasks for the progress line.
