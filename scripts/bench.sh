@@ -41,11 +41,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A loopback port nobody listens on (probed with bash's /dev/tcp), from a random start.
+# take_port VAR: sets VAR to a loopback port nobody listens on (probed with bash's /dev/tcp),
+# counting up from a random start so no two calls hand out the same port.
 NEXT_PORT=$((20000 + RANDOM % 20000))
-free_port() {
+take_port() {
   while (exec 3<>"/dev/tcp/127.0.0.1/$NEXT_PORT") 2>/dev/null; do NEXT_PORT=$((NEXT_PORT + 1)); done
-  echo "$NEXT_PORT"
+  printf -v "$1" '%s' "$NEXT_PORT"
   NEXT_PORT=$((NEXT_PORT + 1))
 }
 # json FIELD: a field of the flat JSON object on stdin.
@@ -60,7 +61,7 @@ wait_until() { # wait_until SECONDS COMMAND...: polls COMMAND every 0.1 s
 }
 
 # --- pbkv cluster ---------------------------------------------------------------------------
-VS="127.0.0.1:$(free_port)"; S1="127.0.0.1:$(free_port)"; S2="127.0.0.1:$(free_port)"
+take_port P; VS="127.0.0.1:$P"; take_port P; S1="127.0.0.1:$P"; take_port P; S2="127.0.0.1:$P"
 "$PBKV" viewservice --listen "$VS" >"$WORK/vs.log" 2>&1 & PIDS+=($!)
 wait_until 10 "$PBKV" view --viewservice "$VS" --timeout 1
 "$PBKV" server --listen "$S1" --viewservice "$VS" >"$WORK/s1.log" 2>&1 & PIDS+=($!)
@@ -70,7 +71,7 @@ wait_until 10 bash -c "'$PBKV' view --viewservice '$VS' --json | grep -q '\"back
 "$PBKV" put bench-ready yes --viewservice "$VS" --timeout 10 >/dev/null
 
 # --- Redis primary + replica ----------------------------------------------------------------
-R1=$(free_port); R2=$(free_port)
+take_port R1; take_port R2
 redis_start() { # redis_start PORT [replicaof-port]
   local extra=()
   [ $# -gt 1 ] && extra=(--replicaof 127.0.0.1 "$2")
@@ -131,7 +132,7 @@ cleanup; PIDS=()
   --transfer-keys "$TRANSFER_KEYS" --memory-keys "$MEMORY_KEYS"
 
 if [[ "$SECTIONS" == *memory* ]]; then
-  R3=$(free_port)
+  take_port R3
   redis_start "$R3"
   wait_until 10 redis-cli -p "$R3" ping
   pid=${PIDS[-1]}

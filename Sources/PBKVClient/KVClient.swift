@@ -10,6 +10,8 @@ public enum KVClientError: Error, Sendable, Hashable, CustomStringConvertible {
     case deadlineExceeded(operation: String, key: String, seconds: Double, lastProblem: String)
     /// The view service address is not HOST:PORT.
     case invalidAddress(String)
+    /// The primary refused the request as malformed (retrying cannot help).
+    case rejected(operation: String, key: String, reason: String)
     /// The client was closed.
     case closed
 
@@ -20,6 +22,8 @@ public enum KVClientError: Error, Sendable, Hashable, CustomStringConvertible {
                 + "check that the view service and at least one server of the current view are running (pbkv view)"
         case .invalidAddress(let address):
             "invalid view service address \"\(address)\": expected HOST:PORT, e.g. 127.0.0.1:7000"
+        case .rejected(let operation, let key, let reason):
+            "\(operation) \"\(key)\" was refused by the primary as a bad request: \(reason)"
         case .closed:
             "the client was closed"
         }
@@ -137,7 +141,12 @@ public actor KVClient {
                     let result = try await client.call(call, timeout: configuration.attemptTimeout)
                     guard case .kv(let reply) = result else { throw RPCError.protocolViolation("expected a KV reply") }
                     if reply.code == .ok || reply.code == .noKey { return reply }
+                    if reply.code == .badRequest {
+                        throw KVClientError.rejected(operation: call.method, key: call.key, reason: reply.value)
+                    }
                     lastProblem = "\(primary) answered \(reply.code)"
+                } catch let error as KVClientError {
+                    throw error
                 } catch {
                     lastProblem = "\(error)"
                 }

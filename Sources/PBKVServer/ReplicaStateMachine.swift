@@ -259,6 +259,12 @@ public struct ReplicaStateMachine: Sendable {
 
     /// A client asked for `op`; the reply comes now or later as `.reply(token, …)`.
     public mutating func onClientRequest(_ op: Operation, token: ReplyToken) -> [ReplicaDirective] {
+        // Client id 0 or sequence number 0 (also what a missing RequestId decodes to) would
+        // share one duplicate-table row with every other such request and get its reply:
+        // refuse it rather than answer from someone else's row.
+        guard op.id.clientID != 0, op.id.seq != 0 else {
+            return [.reply(token, KVReply(code: .badRequest, value: "RequestId with a non-zero client_id and seq is required"))]
+        }
         guard role == .primary else { return [.reply(token, KVReply(code: .wrongServer))] }
         // The first primary waits until the view service has its acknowledgement of view 1: a
         // crash before that lets it come back empty as the same primary (the view service cannot
@@ -273,7 +279,10 @@ public struct ReplicaStateMachine: Sendable {
             }
             return [.reply(token, reply)]
         case .stale:
-            return [.reply(token, KVReply(code: .wrongServer))]
+            // Older than this client's last request: a correct client (one request outstanding,
+            // seq increasing) no longer waits for it, so only a misbehaving one sees this. Retrying
+            // elsewhere would not help, hence not WRONG_SERVER.
+            return [.reply(token, KVReply(code: .badRequest, value: "seq is older than this client's last request: one request outstanding per client id, seq increasing"))]
         case .new:
             break
         }

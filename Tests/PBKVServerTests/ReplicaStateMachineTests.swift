@@ -292,7 +292,7 @@ struct ReplicaForwardingTests {
         net.onView("p", view(1, "p", acknowledged: true))
         // 10 keys written by 4 clients: 10 map entries and 4 duplicate rows.
         for i in 0..<10 {
-            net.request("p", put("key\(i)", "value\(i)", client: UInt64(i % 4), seq: UInt64(i)), token: ReplyToken(i))
+            net.request("p", put("key\(i)", "value\(i)", client: UInt64(i % 4 + 1), seq: UInt64(i + 1)), token: ReplyToken(i))
         }
         let snapshot = net["p"].store
         #expect(snapshot.map.count == 10 && snapshot.duplicates.count == 4)
@@ -455,8 +455,31 @@ struct ReplicaAtMostOnceTests {
         #expect(p.onClientRequest(putHash("k", "x", client: 7, seq: 2), token: 3) == [.reply(3, ok(once))])
         // An older request than the client's last is never run (the client stopped waiting for it).
         let twice = p.store
-        #expect(p.onClientRequest(putHash("k", "x", client: 7, seq: 1), token: 4) == [.reply(4, wrongServer)])
+        let stale = p.onClientRequest(putHash("k", "x", client: 7, seq: 1), token: 4)
+        guard case .reply(4, let reply) = stale.first, stale.count == 1 else {
+            Issue.record("expected one reply, got \(stale)")
+            return
+        }
+        #expect(reply.code == .badRequest, "a stale seq cannot succeed anywhere: not WRONG_SERVER")
         #expect(p.store == twice)
+    }
+
+    @Test("A request without a client id or seq is refused, not answered from a shared duplicate row")
+    func missingRequestIDRefused() {
+        var p = ReplicaStateMachine(me: "p")
+        _ = p.onView(view(1, "p"))
+        _ = p.onView(view(1, "p", acknowledged: true))
+        for (token, id) in [(1, RequestID(clientID: 0, seq: 0)), (2, RequestID(clientID: 0, seq: 5)), (3, RequestID(clientID: 9, seq: 0))] {
+            let before = p.store
+            let directives = p.onClientRequest(Operation(kind: .put, key: "k", value: "v\(token)", id: id), token: UInt64(token))
+            guard case .reply(let replyToken, let reply) = directives.first, directives.count == 1 else {
+                Issue.record("expected one reply, got \(directives)")
+                continue
+            }
+            #expect(replyToken == UInt64(token))
+            #expect(reply.code == .badRequest)
+            #expect(p.store == before, "nothing applied, nothing recorded")
+        }
     }
 
     @Test("A retry arriving while the original waits for the backup is answered with it, once")

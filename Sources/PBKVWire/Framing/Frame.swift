@@ -49,7 +49,7 @@ public enum FrameError: Error, Sendable, Hashable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .frameTooLarge(let size, let max):
-            "frame of \(size) bytes exceeds the maximum of \(max) bytes (raise --max-frame-size on both sides if intended)"
+            "frame of \(size) bytes exceeds the maximum of \(max) bytes (keep keys and values well below it; library users can raise maxPayload in the RPC configuration of both sides)"
         case .unknownFlags(let flags):
             "frame has unknown flag bits 0x\(String(flags, radix: 16)) (peer speaks a newer protocol?)"
         case .truncatedFrame(let expected, let received):
