@@ -61,6 +61,7 @@ public struct KVStore: Sendable, Hashable {
 
     /// Adds transferred entries and duplicate rows.
     public mutating func load(entries: [Entry], duplicates rows: [DuplicateEntry]) {
+        map.reserveCapacity(map.count + entries.count)
         for entry in entries { map[entry.key] = entry.value }
         for row in rows { duplicates[row.clientID] = DuplicateRecord(seq: row.seq, reply: row.reply) }
     }

@@ -25,6 +25,9 @@ public struct ReplicaConfiguration: Sendable, Hashable {
     public var maxBatchBytes = 1 << 20
     /// Most entries in one transfer chunk.
     public var maxChunkEntries = 16_384
+    /// Transfer chunks sent ahead of the backup's acknowledgements, once it accepted the first:
+    /// the primary encodes the next chunks while the backup loads the previous ones.
+    public var maxChunksInFlight = 4
     /// Wait before re-sending to a backup that failed to answer.
     public var retryDelay: Duration = .milliseconds(20)
 
@@ -98,8 +101,13 @@ public struct ReplicaStateMachine: Sendable {
         var id: UInt64
         var cursor: TransferCursor
         var nextChunk: UInt32
-        /// The chunk in flight (re-sent on failure).
-        var current: TransferChunk?
+        /// Chunks sent and not yet acknowledged, in order.
+        var inFlight: [TransferChunk] = []
+        /// Whether the chunk marked `last` has been produced.
+        var lastProduced = false
+        /// Whether the backup accepted a chunk (so it knows the view): only then are several
+        /// chunks sent ahead.
+        var accepted = false
         /// Operations with an index below this are part of the snapshot.
         var snapshotIndex: UInt64
         var entriesSent = 0
@@ -225,15 +233,15 @@ public struct ReplicaStateMachine: Sendable {
         return startTransfer(to: backup)
     }
 
-    private mutating func startTransfer(to target: String) -> [ReplicaDirective] {
+    /// Starts sending a fresh snapshot (a new transfer id: answers about older ones are ignored).
+    private mutating func startTransfer(to target: String, delay: Duration = .zero) -> [ReplicaDirective] {
         transferCounter += 1
         let id = (view.viewnum << 24) ^ transferCounter
         var transfer = Transfer(
-            target: target, id: id, cursor: TransferCursor(store: store), nextChunk: 0, current: nil,
-            snapshotIndex: nextIndex)
+            target: target, id: id, cursor: TransferCursor(store: store), nextChunk: 0, snapshotIndex: nextIndex)
         let chunk = nextTransferChunk(&transfer)
         link = .transferring(transfer)
-        return [.transfer(to: target, chunk, delay: .zero)]
+        return [.transfer(to: target, chunk, delay: delay)]
     }
 
     private func nextTransferChunk(_ transfer: inout Transfer) -> TransferChunk {
@@ -244,7 +252,8 @@ public struct ReplicaStateMachine: Sendable {
             nextIndex: transfer.snapshotIndex, entries: entries, duplicates: duplicates)
         transfer.entriesSent += entries.count
         transfer.nextChunk += 1
-        transfer.current = chunk
+        transfer.lastProduced = last
+        transfer.inFlight.append(chunk)
         return chunk
     }
 
@@ -357,25 +366,36 @@ public struct ReplicaStateMachine: Sendable {
     }
 
     /// The backup answered (or did not answer) a transfer chunk.
+    ///
+    /// Until the backup accepted the first chunk, one chunk is in flight and a WRONG_SERVER or a
+    /// missing answer re-sends it (the backup usually learns the view a ping after the primary).
+    /// Then up to `maxChunksInFlight` go ahead; the backup applies them in order, so an OK for
+    /// chunk i covers every chunk up to i. A failure after that point starts over with a fresh
+    /// snapshot: simpler than re-sending a window in order, and rare.
     public mutating func onTransferOutcome(
         to target: String, transferID: UInt64, chunkIndex: UInt32, outcome: ReplicaCallOutcome<TransferReply>
     ) -> [ReplicaDirective] {
         guard role == .primary, case .transferring(var transfer) = link, transfer.target == target,
-            transfer.id == transferID, let current = transfer.current, current.chunkIndex == chunkIndex
+            transfer.id == transferID, let position = transfer.inFlight.firstIndex(where: { $0.chunkIndex == chunkIndex })
         else { return [] }
         switch outcome {
-        case .failed:
-            return [.transfer(to: target, current, delay: configuration.retryDelay)]
         case .replied(let reply) where reply.code == .ok:
-            if !current.last {
-                let chunk = nextTransferChunk(&transfer)
+            transfer.inFlight.removeFirst(position + 1)
+            transfer.accepted = true
+            if !transfer.inFlight.isEmpty || !transfer.lastProduced {
+                var directives: [ReplicaDirective] = []
+                while !transfer.lastProduced && transfer.inFlight.count < max(1, configuration.maxChunksInFlight) {
+                    directives.append(.transfer(to: target, nextTransferChunk(&transfer), delay: .zero))
+                }
                 link = .transferring(transfer)
-                return [.transfer(to: target, chunk, delay: .zero)]
+                return directives
             }
             // The backup holds the snapshot: operations below snapshotIndex are safe; the view
-            // may now be acknowledged; later operations stream.
+            // may now be acknowledged (at once: the view service waits for it); later
+            // operations stream.
             var directives: [ReplicaDirective] = [
-                .transferCompleted(to: target, entries: transfer.entriesSent, chunks: Int(transfer.nextChunk))
+                .transferCompleted(to: target, entries: transfer.entriesSent, chunks: Int(transfer.nextChunk)),
+                .fetchView,
             ]
             var done = 0
             for op in pending {
@@ -387,12 +407,17 @@ public struct ReplicaStateMachine: Sendable {
             link = .streaming(target: target, inFlight: nil)
             acknowledgedViewnum = view.viewnum
             return directives + sendNextBatch(delay: .zero)
-        case .replied(let reply) where reply.code == .wrongServer:
+        case .replied(let reply) where reply.code == .wrongServer && !transfer.accepted:
             // The backup has not seen this view yet (it learns it at its next ping).
-            return [.fetchView, .transfer(to: target, current, delay: configuration.retryDelay)]
-        case .replied:
-            // Out of order or not ready: start over with a fresh snapshot.
-            return startTransfer(to: target)
+            return [.fetchView, .transfer(to: target, transfer.inFlight[position], delay: configuration.retryDelay)]
+        case .failed where !transfer.accepted:
+            return [.transfer(to: target, transfer.inFlight[position], delay: configuration.retryDelay)]
+        case .replied(let reply):
+            // Out of order, or refused after accepting: start over with a fresh snapshot.
+            return (reply.code == .wrongServer ? [.fetchView] : [])
+                + startTransfer(to: target, delay: configuration.retryDelay)
+        case .failed:
+            return startTransfer(to: target, delay: configuration.retryDelay)
         }
     }
 

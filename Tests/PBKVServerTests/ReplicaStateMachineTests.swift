@@ -287,6 +287,7 @@ struct ReplicaForwardingTests {
     func chunkedTransfer() {
         var configuration = ReplicaConfiguration()
         configuration.maxChunkEntries = 3
+        configuration.maxChunksInFlight = 2
         var net = ReplicaNetwork(["p", "b"], configuration: configuration)
         net.onView("p", view(1, "p"))
         net.onView("p", view(1, "p", acknowledged: true))
@@ -311,17 +312,25 @@ struct ReplicaForwardingTests {
         let late = put("late", "1", client: 9, seq: 1)
         #expect(net.request("p", late, token: 100) == [])
 
+        // One chunk until the backup accepted one (it may not know the view yet); then two ahead:
+        // each acknowledgement lets one more go until the last is out.
         var chunks = [chunk0]
-        for i in 1..<5 {
+        for expectedNew in [2, 1, 1, 0] {
             let next = net.deliver()
             #expect(net["p"].pingViewnum == 1, "acknowledged before the transfer completed")
-            guard next.count == 1, case .transfer(to: "b", let chunk, delay: .zero) = next[0] else {
-                Issue.record("expected the next chunk, got \(next)")
-                return
+            var sent: [TransferChunk] = []
+            for directive in next {
+                guard case .transfer(to: "b", let chunk, delay: .zero) = directive else {
+                    Issue.record("expected only chunks, got \(next)")
+                    return
+                }
+                sent.append(chunk)
             }
-            #expect(chunk.chunkIndex == UInt32(i) && chunk.transferID == chunk0.transferID)
-            chunks.append(chunk)
+            #expect(sent.count == expectedNew, "\(next)")
+            chunks += sent
         }
+        #expect(chunks.map(\.chunkIndex) == [0, 1, 2, 3, 4])
+        #expect(chunks.allSatisfy { $0.transferID == chunk0.transferID })
         #expect(chunks.map(\.last) == [false, false, false, false, true])
         #expect(chunks.map { $0.entries.count + $0.duplicates.count } == [3, 3, 3, 3, 2])
 
@@ -330,12 +339,41 @@ struct ReplicaForwardingTests {
             net.deliver()
                 == [
                     .transferCompleted(to: "b", entries: 10, chunks: 5),
+                    .fetchView,
                     .forward(to: "b", ForwardArgs(viewnum: 2, primary: "p", firstIndex: 0, ops: [late]), delay: .zero),
                 ])
         #expect(net["p"].pingViewnum == 2)
         #expect(net["b"].store == snapshot, "the transfer carried exactly the snapshot")
         #expect(net.deliver() == [.reply(100, ok)])
         #expect(net["b"].store == net["p"].store)
+    }
+
+    @Test("A chunk lost after the backup accepted the first starts a fresh transfer; stale answers are ignored")
+    func lostChunkRestartsTransfer() {
+        var configuration = ReplicaConfiguration()
+        configuration.maxChunkEntries = 2
+        configuration.maxChunksInFlight = 2
+        var net = ReplicaNetwork(["p", "b"], configuration: configuration)
+        net.onView("p", view(1, "p"))
+        net.onView("p", view(1, "p", acknowledged: true))
+        for i in 0..<7 { net.request("p", put("key\(i)", "v\(i)", client: 1, seq: UInt64(i + 1)), token: ReplyToken(i)) }
+        let v2 = view(2, "p", "b")
+        net.onView("b", v2)
+        net.onView("p", v2)
+        #expect(net.deliver().count == 2, "chunk 0 accepted: chunks 1 and 2 go ahead")
+        // Chunk 1 gets no answer: the primary starts over with a new snapshot, after a pause.
+        let restarted = net.fail()
+        guard restarted.count == 1, case .transfer(to: "b", let fresh, let delay) = restarted[0] else {
+            Issue.record("expected a fresh transfer, got \(restarted)")
+            return
+        }
+        #expect(fresh.chunkIndex == 0 && delay == configuration.retryDelay)
+        // Chunk 2 of the abandoned transfer reaches the backup out of order; its answer is ignored.
+        #expect(net.deliver() == [])
+        net.settle()
+        #expect(net["p"].pingViewnum == 2)
+        #expect(net["b"].store == net["p"].store)
+        #expect(net["b"].store.map.count == 7)
     }
 
     @Test("A backup that lost its state (NOT_READY) gets a fresh transfer; the waiting operation is answered after it")
@@ -356,7 +394,7 @@ struct ReplicaForwardingTests {
         #expect(chunk.chunkIndex == 0 && chunk.last && chunk.nextIndex == 2)
         #expect(net.replies == [.reply(1, ok)])
         // The operation was applied before the snapshot: the transfer completes it.
-        #expect(net.deliver() == [.transferCompleted(to: "b", entries: 2, chunks: 1), .reply(2, ok)])
+        #expect(net.deliver() == [.transferCompleted(to: "b", entries: 2, chunks: 1), .fetchView, .reply(2, ok)])
         #expect(net["b"].store == net["p"].store)
     }
 }

@@ -351,8 +351,29 @@ public enum EnvelopeCodec {
     private static func utf8(_ data: ProtobufCBinaryData, _ field: String) throws(MessageCodecError) -> String {
         guard data.len > 0, let bytes = data.data else { return "" }
         let buffer = UnsafeBufferPointer(start: bytes, count: data.len)
+        // ASCII (the common case) is valid UTF-8 and takes the fast non-generic initializer;
+        // `String(validating:as:)` instantiates generic metadata on every call (seen in profiles
+        // of state transfers), so it is kept for text with non-ASCII bytes.
+        if isASCII(buffer) { return String(decoding: buffer, as: UTF8.self) }
         guard let string = String(validating: buffer, as: UTF8.self) else { throw .invalidUTF8(field: field) }
         return string
+    }
+
+    /// Whether every byte is below 0x80, eight at a time.
+    private static func isASCII(_ buffer: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard let base = buffer.baseAddress else { return true }
+        let raw = UnsafeRawPointer(base)
+        var i = 0
+        var bits: UInt64 = 0
+        while i + 8 <= buffer.count {
+            bits |= raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            i += 8
+        }
+        while i < buffer.count {
+            bits |= UInt64(buffer[i])
+            i += 1
+        }
+        return bits & 0x8080_8080_8080_8080 == 0
     }
 
     private static func requestID(_ pointer: UnsafeMutablePointer<Pbkv__RequestId>?) -> RequestID {

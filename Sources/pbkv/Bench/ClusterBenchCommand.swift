@@ -272,7 +272,7 @@ struct ProcStats {
     init(pid: Int32) {
         if let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) {
             for line in status.split(separator: "\n") {
-                let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+                let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
                 guard parts.count >= 2, let kib = Int(parts[1]) else { continue }
                 if parts[0] == "VmRSS:" { residentBytes = kib * 1024 }
                 if parts[0] == "VmHWM:" { peakResidentBytes = kib * 1024 }
