@@ -40,6 +40,9 @@ public struct KVClientConfiguration: Sendable {
     public var attemptTimeout: Duration = .milliseconds(500)
     /// Deadline of one view service call.
     public var viewServiceTimeout: Duration = .milliseconds(500)
+    /// Smallest request that is compressed (when the primary agrees to zlib). High by default:
+    /// on a LAN deflate costs more time than the bytes it saves.
+    public var compressionThreshold = FrameCodec.latencyCompressionThreshold
 
     public init() {}
 }
@@ -182,7 +185,9 @@ public actor KVClient {
         if let primaryClient, "\(primaryClient.peer)" == address || primaryClient.peerText == address { return primaryClient }
         guard let peer = try? PeerAddress(parsing: address) else { return nil }
         if let old = primaryClient { _ = old.shutdown() }
-        let client = RPCClient(peer: peer, eventLoop: eventLoop, logger: logger)
+        var rpcConfiguration = RPCClientConfiguration()
+        rpcConfiguration.compressionThreshold = configuration.compressionThreshold
+        let client = RPCClient(peer: peer, eventLoop: eventLoop, configuration: rpcConfiguration, logger: logger)
         primaryClient = client
         return client
     }

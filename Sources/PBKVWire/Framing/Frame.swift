@@ -133,6 +133,8 @@ public struct FrameCodec {
 
     /// The default threshold: 1 KiB.
     public static let defaultCompressionThreshold = 1024
+    /// The threshold pbkv uses on latency-sensitive calls (client operations, forwards): 64 KiB.
+    public static let latencyCompressionThreshold = 64 * 1024
 
     public init(maxPayload: Int = Frame.defaultMaxPayload, compressionThreshold: Int = FrameCodec.defaultCompressionThreshold) {
         self.maxPayload = maxPayload
@@ -140,8 +142,11 @@ public struct FrameCodec {
         self.scratch = ByteBufferAllocator().buffer(capacity: 256)
     }
 
-    /// Appends the frame carrying `envelope` to `out`.
-    public mutating func encode(_ envelope: Envelope, into out: inout ByteBuffer) throws(FrameError) {
+    /// Appends the frame carrying `envelope` to `out`; `compressionThreshold` overrides the
+    /// codec's threshold for this frame (e.g. a higher one on a latency-sensitive call).
+    public mutating func encode(
+        _ envelope: Envelope, into out: inout ByteBuffer, compressionThreshold threshold: Int? = nil
+    ) throws(FrameError) {
         let headerIndex = out.writerIndex
         out.writeInteger(UInt32(0))
         out.writeInteger(UInt8(0))
@@ -152,7 +157,7 @@ public struct FrameCodec {
             out.moveWriterIndex(to: headerIndex)
             throw .frameTooLarge(size: size, max: sendLimit)
         }
-        if compressionEnabled && size >= compressionThreshold {
+        if compressionEnabled && size >= (threshold ?? compressionThreshold) {
             // Re-encode compressed: copy the plain payload aside, deflate it in place of itself.
             scratch.clear()
             var plain = out.getSlice(at: payloadStart, length: size)!

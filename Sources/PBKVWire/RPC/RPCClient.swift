@@ -43,20 +43,25 @@ public final class RPCClient: Sendable {
     }
 
     /// Calls `call` and completes with its result, or fails with an `RPCError`.
-    public func call(_ call: Call, timeout: Duration) -> EventLoopFuture<CallResult> {
+    ///
+    /// `compressionThreshold` overrides the configured threshold for this call's request frame
+    /// (when the handshake agreed zlib): latency-sensitive calls use a higher one.
+    public func call(_ call: Call, timeout: Duration, compressionThreshold: Int? = nil) -> EventLoopFuture<CallResult> {
         let promise = eventLoop.makePromise(of: CallResult.self)
         if eventLoop.inEventLoop {
-            start(call, deadline: .now() + timeout.timeAmount, promise: promise)
+            start(call, deadline: .now() + timeout.timeAmount, compressionThreshold: compressionThreshold, promise: promise)
         } else {
-            eventLoop.execute { self.start(call, deadline: .now() + timeout.timeAmount, promise: promise) }
+            eventLoop.execute {
+                self.start(call, deadline: .now() + timeout.timeAmount, compressionThreshold: compressionThreshold, promise: promise)
+            }
         }
         return promise.futureResult
     }
 
     /// Async form of `call(_:timeout:)`; throws `RPCError`.
-    public func call(_ call: Call, timeout: Duration) async throws(RPCError) -> CallResult {
+    public func call(_ call: Call, timeout: Duration, compressionThreshold: Int? = nil) async throws(RPCError) -> CallResult {
         do {
-            return try await self.call(call, timeout: timeout).get()
+            return try await self.call(call, timeout: timeout, compressionThreshold: compressionThreshold).get()
         } catch let error as RPCError {
             throw error
         } catch {
@@ -87,8 +92,8 @@ public final class RPCClient: Sendable {
         }
     }
 
-    private func start(_ call: Call, deadline: NIODeadline, promise: EventLoopPromise<CallResult>) {
-        let pending = PendingCall(call: call, deadline: deadline, promise: promise)
+    private func start(_ call: Call, deadline: NIODeadline, compressionThreshold: Int?, promise: EventLoopPromise<CallResult>) {
+        let pending = PendingCall(call: call, deadline: deadline, compressionThreshold: compressionThreshold, promise: promise)
         switch state.value {
         case .connected(let channel) where channel.isActive:
             channel.writeAndFlush(pending, promise: nil)
@@ -155,6 +160,7 @@ public final class RPCClient: Sendable {
 struct PendingCall {
     var call: Call
     var deadline: NIODeadline
+    var compressionThreshold: Int?
     var promise: EventLoopPromise<CallResult>
 }
 
@@ -252,7 +258,9 @@ final class RPCClientHandler: ChannelDuplexHandler {
         var buffer = context.channel.allocator.buffer(capacity: 64)
         let timeoutMs = UInt32(clamping: remaining.nanoseconds / 1_000_000)
         do {
-            try codec.encode(.request(Request(callID: callID, timeoutMs: timeoutMs, call: pending.call)), into: &buffer)
+            try codec.encode(
+                .request(Request(callID: callID, timeoutMs: timeoutMs, call: pending.call)), into: &buffer,
+                compressionThreshold: pending.compressionThreshold)
         } catch {
             inFlight.removeValue(forKey: callID)
             timer.cancel()
