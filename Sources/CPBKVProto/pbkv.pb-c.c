@@ -1904,7 +1904,7 @@ const ProtobufCMessageDescriptor pbkv__duplicate_entry__descriptor =
   (ProtobufCMessageInit) pbkv__duplicate_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor pbkv__transfer_chunk__field_descriptors[8] =
+static const ProtobufCFieldDescriptor pbkv__transfer_chunk__field_descriptors[9] =
 {
   {
     "viewnum",
@@ -2002,6 +2002,18 @@ static const ProtobufCFieldDescriptor pbkv__transfer_chunk__field_descriptors[8]
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "packed_entries",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__TransferChunk, packed_entries),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned pbkv__transfer_chunk__field_indices_by_name[] = {
   3,   /* field[3] = chunk_index */
@@ -2009,6 +2021,7 @@ static const unsigned pbkv__transfer_chunk__field_indices_by_name[] = {
   6,   /* field[6] = entries */
   4,   /* field[4] = last */
   5,   /* field[5] = next_index */
+  8,   /* field[8] = packed_entries */
   1,   /* field[1] = primary */
   2,   /* field[2] = transfer_id */
   0,   /* field[0] = viewnum */
@@ -2016,7 +2029,7 @@ static const unsigned pbkv__transfer_chunk__field_indices_by_name[] = {
 static const ProtobufCIntRange pbkv__transfer_chunk__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 8 }
+  { 0, 9 }
 };
 const ProtobufCMessageDescriptor pbkv__transfer_chunk__descriptor =
 {
@@ -2026,7 +2039,7 @@ const ProtobufCMessageDescriptor pbkv__transfer_chunk__descriptor =
   "Pbkv__TransferChunk",
   "pbkv",
   sizeof(Pbkv__TransferChunk),
-  8,
+  9,
   pbkv__transfer_chunk__field_descriptors,
   pbkv__transfer_chunk__field_indices_by_name,
   1,  pbkv__transfer_chunk__number_ranges,

@@ -72,6 +72,8 @@ public actor KVClient {
     private var seq: UInt64 = 0
     private var primary: String?
     private var primaryClient: RPCClient?
+    /// The view's text for `primaryClient`'s address (compared per call; never re-formatted).
+    private var primaryClientAddress: String?
     private var busy = false
     private var waiters: [CheckedContinuation<Void, Never>] = []
     private var closed = false
@@ -92,6 +94,15 @@ public actor KVClient {
 
     /// The actor runs on its connections' event loop: a call and its reply need no thread hop.
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+
+    /// Runs `body` isolated to this client, on its event loop: a sequence of operations issued
+    /// from inside does not hop between threads for each call (the caller's task otherwise
+    /// hops to the client's loop and back for every operation).
+    public func withIsolation<T: Sendable>(
+        _ body: @Sendable (isolated KVClient) async throws -> T
+    ) async rethrows -> T {
+        try await body(self)
+    }
 
     /// The value of `key`, or nil if the key is absent.
     public func get(_ key: String) async throws(KVClientError) -> String? {
@@ -182,13 +193,14 @@ public actor KVClient {
     }
 
     private func client(for address: String) -> RPCClient? {
-        if let primaryClient, "\(primaryClient.peer)" == address || primaryClient.peerText == address { return primaryClient }
+        if let primaryClient, primaryClientAddress == address { return primaryClient }
         guard let peer = try? PeerAddress(parsing: address) else { return nil }
         if let old = primaryClient { _ = old.shutdown() }
         var rpcConfiguration = RPCClientConfiguration()
         rpcConfiguration.compressionThreshold = configuration.compressionThreshold
         let client = RPCClient(peer: peer, eventLoop: eventLoop, configuration: rpcConfiguration, logger: logger)
         primaryClient = client
+        primaryClientAddress = address
         return client
     }
 
@@ -219,7 +231,3 @@ extension Call {
     }
 }
 
-extension RPCClient {
-    /// The peer as it was written (host:port).
-    var peerText: String { "\(peer.host):\(peer.port)" }
-}

@@ -146,3 +146,65 @@ struct SchemaEvolutionTests {
         #expect(response.message.contains("99"))
     }
 }
+
+@Suite("Packed transfer entries")
+struct PackedTransferEntriesTests {
+    @Test("Entries survive the packed layout: non-ASCII, NUL, empty and long (two-byte length) values")
+    func roundTrip() throws {
+        let entries = [
+            Entry(key: "ключ", value: "значение"), Entry(key: "nul", value: "a\u{0}b"), Entry(key: "", value: ""),
+            Entry(key: "long", value: String(repeating: "x", count: 300)), Entry(key: "emoji 🙂", value: "🙂"),
+        ]
+        let envelope = Envelope.request(Request(callID: 3, timeoutMs: 0, call: .transfer(TransferChunk(
+            viewnum: 4, primary: "p:1", transferID: 9, chunkIndex: 2, last: false, nextIndex: 7, entries: entries,
+            duplicates: []))))
+        #expect(try EnvelopeCodec.decode(EnvelopeCodec.encode(envelope)) == envelope)
+    }
+
+    @Test("Repeated and packed entries in one chunk are both taken, repeated first")
+    func mixed() throws {
+        var raw = ProtoWriter()
+        raw.messageField(3) { r in
+            r.varintField(1, 1)
+            r.messageField(31) { t in
+                t.messageField(7) { e in
+                    e.bytesField(1, Array("a".utf8))
+                    e.bytesField(2, Array("1".utf8))
+                }
+                t.bytesField(9, [1, 0x62, 2, 0x32, 0x32])  // "b" -> "22"
+            }
+        }
+        guard case .request(let request) = try EnvelopeCodec.decode(buffer(raw.bytes)),
+            case .success(.transfer(let chunk)) = request.call
+        else {
+            Issue.record("expected a transfer")
+            return
+        }
+        #expect(chunk.entries == [Entry(key: "a", value: "1"), Entry(key: "b", value: "22")])
+    }
+
+    @Test("Malformed packed entries are refused per call, never misread", arguments: [
+        [UInt8]([5, 0x61]),  // key length past the end
+        [1, 0x61],  // value missing
+        [1, 0x61, 0x80],  // truncated varint
+        [1, 0xFF, 0],  // key not UTF-8
+        [1, 0x61, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],  // absurd length
+    ])
+    func malformed(packed: [UInt8]) throws {
+        var raw = ProtoWriter()
+        raw.messageField(3) { r in
+            r.varintField(1, 12)
+            r.messageField(31) { t in t.bytesField(9, packed) }
+        }
+        guard case .request(let request) = try EnvelopeCodec.decode(buffer(raw.bytes)) else {
+            Issue.record("expected a request")
+            return
+        }
+        #expect(request.callID == 12)
+        guard case .failure(.badArguments(let why)) = request.call else {
+            Issue.record("expected badArguments, got \(request.call)")
+            return
+        }
+        #expect(why.contains("packed_entries"))
+    }
+}

@@ -48,6 +48,11 @@ final class CArena {
         return raw.bindMemory(to: T.self, capacity: count)
     }
 
+    /// Uninitialized bytes that live until the next `reset()`.
+    func bytes(count: Int) -> UnsafeMutablePointer<UInt8> {
+        allocateRaw(size: max(1, count), alignment: 1).assumingMemoryBound(to: UInt8.self)
+    }
+
     /// The UTF-8 bytes of `string` as a protobuf `bytes` value (copied; NUL bytes kept).
     func binary(_ string: String) -> ProtobufCBinaryData {
         var string = string

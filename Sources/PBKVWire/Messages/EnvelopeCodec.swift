@@ -196,16 +196,7 @@ public enum EnvelopeCodec {
             t.pointee.last = chunk.last ? 1 : 0
             t.pointee.next_index = chunk.nextIndex
             if !chunk.entries.isEmpty {
-                let entries = arena.allocate(UnsafeMutablePointer<Pbkv__Entry>?.self, count: chunk.entries.count)
-                for (i, entry) in chunk.entries.enumerated() {
-                    let e = arena.allocate(Pbkv__Entry.self)
-                    pbkv__entry__init(e)
-                    e.pointee.key = arena.binary(entry.key)
-                    e.pointee.value = arena.binary(entry.value)
-                    entries[i] = e
-                }
-                t.pointee.n_entries = chunk.entries.count
-                t.pointee.entries = entries
+                t.pointee.packed_entries = packEntries(chunk.entries, arena)
             }
             if !chunk.duplicates.isEmpty {
                 let dups = arena.allocate(UnsafeMutablePointer<Pbkv__DuplicateEntry>?.self, count: chunk.duplicates.count)
@@ -359,6 +350,81 @@ public enum EnvelopeCodec {
         return string
     }
 
+    /// `entries` in the `TransferChunk.packed_entries` layout, in arena memory.
+    private static func packEntries(_ entries: [Entry], _ arena: CArena) -> ProtobufCBinaryData {
+        var size = 0
+        for entry in entries {
+            let k = entry.key.utf8.count
+            let v = entry.value.utf8.count
+            size += varintSize(k) + k + varintSize(v) + v
+        }
+        let base = arena.bytes(count: size)
+        var at = 0
+        func write(_ text: String) {
+            var text = text
+            text.withUTF8 { utf8 in
+                at = writeVarint(utf8.count, to: base, at: at)
+                if let source = utf8.baseAddress { (base + at).update(from: source, count: utf8.count) }
+                at += utf8.count
+            }
+        }
+        for entry in entries {
+            write(entry.key)
+            write(entry.value)
+        }
+        return ProtobufCBinaryData(len: size, data: base)
+    }
+
+    /// Appends the entries of a `packed_entries` field; malformed lengths or UTF-8 are refused.
+    private static func unpackEntries(_ data: ProtobufCBinaryData, into entries: inout [Entry]) throws(MessageCodecError) {
+        guard data.len > 0, let base = data.data else { return }
+        let end = data.len
+        var at = 0
+        func field(_ name: String) throws(MessageCodecError) -> String {
+            var length = 0
+            var shift = 0
+            while true {
+                guard at < end, shift < 64 else { throw .malformed("TransferChunk.packed_entries: truncated length") }
+                let byte = base[at]
+                at += 1
+                length |= Int(byte & 0x7F) << shift
+                if byte & 0x80 == 0 { break }
+                shift += 7
+            }
+            guard length >= 0, length <= end - at else { throw .malformed("TransferChunk.packed_entries: length past the end") }
+            let text = try utf8(ProtobufCBinaryData(len: length, data: base + at), name)
+            at += length
+            return text
+        }
+        while at < end {
+            let key = try field("TransferChunk.packed_entries key")
+            let value = try field("TransferChunk.packed_entries value")
+            entries.append(Entry(key: key, value: value))
+        }
+    }
+
+    private static func varintSize(_ value: Int) -> Int {
+        var value = UInt(value)
+        var size = 1
+        while value >= 0x80 {
+            value >>= 7
+            size += 1
+        }
+        return size
+    }
+
+    private static func writeVarint(_ value: Int, to base: UnsafeMutablePointer<UInt8>, at start: Int) -> Int {
+        var value = UInt(value)
+        var at = start
+        while value >= 0x80 {
+            base[at] = UInt8(value & 0x7F) | 0x80
+            value >>= 7
+            at += 1
+        }
+        base[at] = UInt8(value)
+        return at + 1
+    }
+
     /// Whether every byte is below 0x80, eight at a time.
     private static func isASCII(_ buffer: UnsafeBufferPointer<UInt8>) -> Bool {
         guard let base = buffer.baseAddress else { return true }
@@ -426,6 +492,7 @@ public enum EnvelopeCodec {
                 guard let e = t.entries[i]?.pointee else { continue }
                 entries.append(Entry(key: try utf8(e.key, "Entry.key"), value: try utf8(e.value, "Entry.value")))
             }
+            try unpackEntries(t.packed_entries, into: &entries)
             var duplicates: [DuplicateEntry] = []
             duplicates.reserveCapacity(t.n_duplicates)
             for i in 0..<t.n_duplicates {

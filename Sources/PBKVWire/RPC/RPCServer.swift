@@ -122,6 +122,9 @@ final class RPCServerHandler: ChannelInboundHandler {
     private var state = State.awaitingHello
     private var inReadBatch = false
     private var needsFlush = false
+    /// The peer's address, read once: `context.remoteAddress` is a getpeername(2) call plus
+    /// formatting the address as text, which showed up per request in profiles.
+    private var remoteAddress: SocketAddress?
 
     init(configuration: RPCServerConfiguration, tables: [RPCMethodTable], logger: Logger) {
         self.configuration = configuration
@@ -131,7 +134,8 @@ final class RPCServerHandler: ChannelInboundHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        logger[metadataKey: "peer"] = "\(context.remoteAddress.map { "\($0)" } ?? "?")"
+        remoteAddress = context.remoteAddress
+        logger[metadataKey: "peer"] = "\(remoteAddress.map { "\($0)" } ?? "?")"
         if configuration.faults?.shouldRefuseConnection() == true {
             logger.debug("fault injection: refusing connection")
             context.close(promise: nil)
@@ -238,7 +242,7 @@ final class RPCServerHandler: ChannelInboundHandler {
         case .success(let decoded):
             call = decoded
         }
-        let callContext = RPCCallContext(eventLoop: context.eventLoop, remoteAddress: context.remoteAddress, logger: logger)
+        let callContext = RPCCallContext(eventLoop: context.eventLoop, remoteAddress: remoteAddress, logger: logger)
         // A plain loop: `lazy.compactMap(...).first` evaluates the route twice, running every call twice.
         var routed: EventLoopFuture<CallResult>?
         for table in tables {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Histogram
 import Logging
+import Synchronization
 import NIOCore
 import NIOPosix
 import PBKVClient
@@ -111,44 +112,18 @@ struct BenchCommand: AsyncParsableCommand {
             var last = 0
             while ContinuousClock.now < end {
                 try? await Task.sleep(for: .seconds(1))
-                let done = await progress.count
+                let done = progress.count
                 if !json { FileHandle.standardError.write(Data("  \(done - last) ops/s\n".utf8)) }
                 last = done
             }
         }
         let results = try await withThrowingTaskGroup(of: (Histogram<UInt64>, Int).self) { group in
             for (n, client) in targets.enumerated() {
-                group.addTask {
-                    var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
-                    var rng = SplitMix64(seed: UInt64(n + 1))
-                    var errors = 0
-                    var localCount = 0
-                    while true {
-                        let now = ContinuousClock.now
-                        if now >= end { break }
-                        let key = keyNames[Int(rng.next() % UInt64(keyNames.count))]
-                        let roll = Int(rng.next() % UInt64(total))
-                        do {
-                            if roll < mix.get {
-                                _ = try await client.get(key)
-                            } else if roll < mix.get + mix.put {
-                                try await client.put(key, value)
-                            } else {
-                                _ = try await client.putHash(key, value)
-                            }
-                        } catch {
-                            errors += 1
-                        }
-                        let after = ContinuousClock.now
-                        if now >= warmupEnd {
-                            let ns = (after - now).components
-                            _ = histogram.record(UInt64(ns.seconds) * 1_000_000_000 + UInt64(ns.attoseconds / 1_000_000_000))
-                        }
-                        localCount += 1
-                        if localCount % 64 == 0 { await progress.add(64) }
-                    }
-                    return (histogram, errors)
-                }
+                let loop = BenchLoop(
+                    seed: UInt64(n + 1), keyNames: keyNames, value: value, mix: mix, warmupEnd: warmupEnd, end: end,
+                    progress: progress)
+                // Each client's loop runs on that client's own event loop: no thread hop per call.
+                group.addTask { await client.drive(loop) }
             }
             var merged = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
             var errors = 0
@@ -228,6 +203,8 @@ protocol BenchTarget: Sendable {
     func get(_ key: String) async throws
     func put(_ key: String, _ value: String) async throws
     func putHash(_ key: String, _ value: String) async throws
+    /// Runs `loop` with this client, isolated to it.
+    func drive(_ loop: BenchLoop) async -> (Histogram<UInt64>, Int)
     /// The client's retry and view service counters (pbkv only).
     var stats: KVClientStats? { get async }
     func close() async
@@ -239,6 +216,17 @@ struct PBKVBenchTarget: BenchTarget {
     func get(_ key: String) async throws { _ = try await client.get(key) }
     func put(_ key: String, _ value: String) async throws { try await client.put(key, value) }
     func putHash(_ key: String, _ value: String) async throws { _ = try await client.putHash(key, value) }
+    func drive(_ loop: BenchLoop) async -> (Histogram<UInt64>, Int) {
+        await client.withIsolation { client in
+            await loop.run { kind, key in
+                switch kind {
+                case .get: _ = try await client.get(key)
+                case .put: try await client.put(key, loop.value)
+                case .putHash: _ = try await client.putHash(key, loop.value)
+                }
+            }
+        }
+    }
     var stats: KVClientStats? { get async { await client.stats } }
     func close() async { await client.close() }
 }
@@ -251,6 +239,13 @@ struct RedisBenchTarget: BenchTarget {
     func get(_ key: String) async throws { _ = try await client.pipeline([["GET", key]]) }
 
     func put(_ key: String, _ value: String) async throws {
+        try await Self.set(client, key, value, waitReplicas: waitReplicas)
+    }
+
+    /// SET, followed in the same write by `WAIT n 0` when `waitReplicas` > 0.
+    static func set(
+        _ client: isolated RedisBenchClient, _ key: String, _ value: String, waitReplicas: Int
+    ) async throws {
         if waitReplicas > 0 {
             let replies = try await client.pipeline([["SET", key, value], ["WAIT", String(waitReplicas), "0"]])
             if case .integer(let acknowledged) = replies.last, acknowledged < waitReplicas {
@@ -265,12 +260,72 @@ struct RedisBenchTarget: BenchTarget {
         throw RedisBenchClient.Failure.redisError("pbkv bench has no Redis equivalent of PutHash")
     }
 
+    func drive(_ loop: BenchLoop) async -> (Histogram<UInt64>, Int) {
+        let waitReplicas = self.waitReplicas
+        return await client.withIsolation { client in
+            await loop.run { kind, key in
+                switch kind {
+                case .get: _ = try await client.pipeline([["GET", key]])
+                case .put: try await RedisBenchTarget.set(client, key, loop.value, waitReplicas: waitReplicas)
+                case .putHash: throw RedisBenchClient.Failure.redisError("no Redis equivalent of PutHash")
+                }
+            }
+        }
+    }
+
     var stats: KVClientStats? { get async { nil } }
     func close() async { await client.close() }
 }
 
 /// Counts operations across client tasks for the progress line.
-actor Progress {
-    private(set) var count = 0
-    func add(_ n: Int) { count += n }
+final class Progress: Sendable {
+    private let counter = Atomic<Int>(0)
+    var count: Int { counter.load(ordering: .relaxed) }
+    func add(_ n: Int) { counter.add(n, ordering: .relaxed) }
+}
+
+/// One benchmark client's closed loop: pick a key and an operation, run it, record its latency
+/// (after the warm-up), until the end.
+struct BenchLoop: Sendable {
+    var seed: UInt64
+    var keyNames: [String]
+    var value: String
+    var mix: BenchCommand.Mix
+    var warmupEnd: ContinuousClock.Instant
+    var end: ContinuousClock.Instant
+    var progress: Progress
+
+    enum Kind { case get, put, putHash }
+
+    /// Runs on the caller's isolation (a client's actor), so operations issued by `perform`
+    /// stay on that actor's executor.
+    func run(
+        isolation: isolated (any Actor)? = #isolation, _ perform: (Kind, String) async throws -> Void
+    ) async -> (Histogram<UInt64>, Int) {
+        var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+        var rng = SplitMix64(seed: seed)
+        let total = UInt64(mix.get + mix.put + mix.putHash)
+        var errors = 0
+        var localCount = 0
+        while true {
+            let now = ContinuousClock.now
+            if now >= end { break }
+            let key = keyNames[Int(rng.next() % UInt64(keyNames.count))]
+            let roll = Int(rng.next() % total)
+            let kind: Kind = roll < mix.get ? .get : (roll < mix.get + mix.put ? .put : .putHash)
+            do {
+                try await perform(kind, key)
+            } catch {
+                errors += 1
+            }
+            let after = ContinuousClock.now
+            if now >= warmupEnd {
+                let ns = (after - now).components
+                _ = histogram.record(UInt64(ns.seconds) * 1_000_000_000 + UInt64(ns.attoseconds / 1_000_000_000))
+            }
+            localCount += 1
+            if localCount % 64 == 0 { progress.add(64) }
+        }
+        return (histogram, errors)
+    }
 }

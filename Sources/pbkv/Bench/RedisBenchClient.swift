@@ -5,7 +5,7 @@ import NIOPosix
 /// one write, replies matched in order. It exists so Redis is driven by the very same load loop,
 /// clock and histogram as pbkv (including `SET` followed by `WAIT 1`, which `redis-benchmark`
 /// cannot send); it is not a general Redis client.
-final class RedisBenchClient: Sendable {
+actor RedisBenchClient {
     /// A RESP reply, reduced to what the benchmark looks at.
     enum Reply: Sendable, Equatable {
         case simple(String)
@@ -32,10 +32,20 @@ final class RedisBenchClient: Sendable {
         }
     }
 
-    private let channel: Channel
+    private nonisolated let channel: Channel
+    private nonisolated let executor: any SerialExecutor
 
     private init(channel: Channel) {
         self.channel = channel
+        self.executor = channel.eventLoop.executor
+    }
+
+    /// The actor runs on its connection's event loop, as `KVClient` does.
+    nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+
+    /// Runs `body` isolated to this client (no thread hop per command).
+    func withIsolation<T: Sendable>(_ body: @Sendable (isolated RedisBenchClient) async throws -> T) async rethrows -> T {
+        try await body(self)
     }
 
     static func connect(to address: String, group: EventLoopGroup) async throws -> RedisBenchClient {
