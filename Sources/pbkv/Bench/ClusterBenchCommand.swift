@@ -123,12 +123,8 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     /// without. Measures the time from the backup's start to the acknowledged view naming it,
     /// logical MB/s, the primary's written bytes, and both processes' peak memory.
     private func runTransfer() async throws {
-        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable)
+        let (cluster, vs, watcher, primary) = try await Self.startLonePrimary()
         defer { cluster.stopAll() }
-        let vs = try cluster.startViewService()
-        let watcher = try KVClient(viewService: vs.address, logger: Self.quietLogger)
-        let primary = try cluster.startServer(name: "primary")
-        _ = try await Self.waitForView(watcher, within: .seconds(15)) { $0.acknowledged && $0.primary == primary.address }
         let fillSeconds = try await Self.fill(viewService: vs.address, keys: transferKeys, clients: fillClients) { i in
             Self.textValue(i, size: transferValueSize)
         }
@@ -175,12 +171,8 @@ struct ClusterBenchCommand: AsyncParsableCommand {
 
     /// The primary's resident memory before and after writing `memoryKeys` keys of 16 B.
     private func runMemory() async throws {
-        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable)
+        let (cluster, vs, watcher, primary) = try await Self.startLonePrimary()
         defer { cluster.stopAll() }
-        let vs = try cluster.startViewService()
-        let watcher = try KVClient(viewService: vs.address, logger: Self.quietLogger)
-        let primary = try cluster.startServer(name: "primary")
-        _ = try await Self.waitForView(watcher, within: .seconds(15)) { $0.acknowledged && $0.primary == primary.address }
         await watcher.close()
         let before = ProcStats(pid: primary.pid).residentBytes
         let seconds = try await Self.fill(viewService: vs.address, keys: memoryKeys, clients: fillClients) { i in
@@ -200,6 +192,22 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     }
 
     // MARK: Helpers
+
+    /// A view service and one server, waited for until it is the acknowledged primary; the
+    /// returned client watches the view.
+    static func startLonePrimary() async throws -> (ProcessCluster, ClusterProcess, KVClient, ClusterProcess) {
+        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable)
+        do {
+            let vs = try cluster.startViewService()
+            let watcher = try KVClient(viewService: vs.address, logger: quietLogger)
+            let primary = try cluster.startServer(name: "primary")
+            _ = try await waitForView(watcher, within: .seconds(15)) { $0.acknowledged && $0.primary == primary.address }
+            return (cluster, vs, watcher, primary)
+        } catch {
+            cluster.stopAll()
+            throw error
+        }
+    }
 
     static let quietLogger: Logger = {
         var logger = Logger(label: "pbkv.bench")
