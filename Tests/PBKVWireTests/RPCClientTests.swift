@@ -62,6 +62,31 @@ struct RPCClientTests {
         }
     }
 
+    @Test("Calls with different deadlines on one connection each time out at their own deadline")
+    func mixedDeadlines() async throws {
+        let faults = FaultInjector(policy: FaultPolicy(dropRequest: 1.0), seed: 2)
+        try await LiveServer.with(configure: { $0.faults = faults }) { live async throws in
+            let client = live.client()
+            let start = ContinuousClock.now
+            // A long call first arms the connection's deadline timer; a shorter one sent after it
+            // must re-arm it earlier, and the long one must still expire afterwards.
+            async let long: RPCError? = rpcError { () async throws(RPCError) in
+                try await client.call(.ping(PingArgs(server: "long", viewnum: 1)), timeout: .milliseconds(1_200))
+            }
+            try await Task.sleep(for: .milliseconds(50))
+            let short = await rpcError { () async throws(RPCError) in
+                try await client.call(.ping(PingArgs(server: "short", viewnum: 2)), timeout: .milliseconds(200))
+            }
+            let shortElapsed = ContinuousClock.now - start
+            let longError = await long
+            let longElapsed = ContinuousClock.now - start
+            if case .timeout? = short {} else { Issue.record("expected timeout, got \(String(describing: short))") }
+            if case .timeout? = longError {} else { Issue.record("expected timeout, got \(String(describing: longError))") }
+            #expect(shortElapsed >= .milliseconds(240) && shortElapsed < .milliseconds(1_000), "\(shortElapsed)")
+            #expect(longElapsed >= .milliseconds(1_190) && longElapsed < .seconds(5), "\(longElapsed)")
+        }
+    }
+
     @Test("After the server restarts on the same port the same client reconnects")
     func reconnectAfterRestart() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
