@@ -28,7 +28,7 @@ struct LocalCommand: AsyncParsableCommand {
         let started = ContinuousClock.now
         let say: @Sendable (String) -> Void = { line in
             let t = ContinuousClock.now - started
-            print(String(format: "[%6.2fs] ", Double(t.components.seconds) + Double(t.components.attoseconds) / 1e18) + line)
+            print(String(format: "[%6.2fs] ", t.inSeconds) + line)
             fflush(nil)
         }
         let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable, pingIntervalMs: pingIntervalMs)
@@ -49,12 +49,12 @@ struct LocalCommand: AsyncParsableCommand {
             servers.append(server)
             say("server s\(i) started at \(server.address) (pid \(server.pid))")
             if i < 3 {
-                _ = try await waitForView(client, deadline: .seconds(10)) { view in
+                _ = try await client.waitForView(within: .seconds(10)) { view in
                     view.acknowledged && (i == 1 ? view.primary == server.address : view.backup == server.address)
                 }
             }
         }
-        var lastView = try await waitForView(client, deadline: .seconds(10)) { $0.acknowledged && !$0.backup.isEmpty }
+        var lastView = try await client.waitForView(within: .seconds(10)) { $0.acknowledged && !$0.backup.isEmpty }
         say("view \(lastView.viewnum): primary \(Self.name(lastView.primary, servers)), backup \(Self.name(lastView.backup, servers))")
 
         let serverList = servers
@@ -131,14 +131,5 @@ struct LocalCommand: AsyncParsableCommand {
         guard !address.isEmpty else { return "(none)" }
         guard let i = servers.firstIndex(where: { $0.address == address }) else { return address }
         return "s\(i + 1) (\(address))"
-    }
-
-    private func waitForView(_ client: KVClient, deadline: Duration, _ condition: (View) -> Bool) async throws -> View {
-        let start = ContinuousClock.now
-        while ContinuousClock.now - start < deadline {
-            if let view = try? await client.currentView(), condition(view) { return view }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        throw ClusterError.notReady("the expected view did not appear within \(deadline)")
     }
 }

@@ -113,10 +113,10 @@ public struct ChaosRunner: Sendable {
             let p = try cluster.startServer(name: "s\(i)", extraArguments: faultArguments(UInt64(i)))
             addresses.append(p.address)
             if i == 1 {
-                _ = try await waitForView(observer, timeout: .seconds(10)) { $0.primary == p.address && $0.acknowledged }
+                _ = try await observer.waitForView(within: .seconds(10)) { $0.primary == p.address && $0.acknowledged }
             }
         }
-        let firstView = try await waitForView(observer, timeout: .seconds(15)) { $0.acknowledged && !$0.backup.isEmpty }
+        let firstView = try await observer.waitForView(within: .seconds(15)) { $0.acknowledged && !$0.backup.isEmpty }
         log("cluster up: view \(firstView.viewnum), primary \(firstView.primary), backup \(firstView.backup)")
 
         let recorder = HistoryRecorder()
@@ -171,14 +171,14 @@ public struct ChaosRunner: Sendable {
         let started = ContinuousClock.now
         func stamp() -> String {
             let t = ContinuousClock.now - started
-            return String(format: "%6.2fs", Double(t.components.seconds) + Double(t.components.attoseconds) / 1e18)
+            return String(format: "%6.2fs", t.inSeconds)
         }
         while ContinuousClock.now + .milliseconds(1500) < stopAt {
             try await Task.sleep(for: .milliseconds(Int64(400 + rng.next() % 1200)))
             // Destroy only a settled cluster (a view acknowledged with a backup holding the state);
             // otherwise two faults in a row may leave no server with the state, which this design
             // answers with unavailability, not loss.
-            guard let view = try? await waitForView(observer, timeout: .seconds(10), { $0.acknowledged && !$0.backup.isEmpty })
+            guard let view = try? await observer.waitForView(within: .seconds(10), { $0.acknowledged && !$0.backup.isEmpty })
             else {
                 log("[\(stamp())] cluster not settled within 10 s; nemesis waits")
                 continue
@@ -219,7 +219,7 @@ public struct ChaosRunner: Sendable {
         report.faultCounts = faultCounts
 
         // Audit: after the faults stopped, every key must read back consistently with the history.
-        let finalView = try? await waitForView(observer, timeout: .seconds(20)) { $0.acknowledged && !$0.primary.isEmpty }
+        let finalView = try? await observer.waitForView(within: .seconds(20)) { $0.acknowledged && !$0.primary.isEmpty }
         report.clusterSettledAtEnd = finalView != nil
         if let finalView {
             report.viewChanges = finalView.viewnum - firstView.viewnum
@@ -250,14 +250,5 @@ public struct ChaosRunner: Sendable {
         log("[\(stamp())] checking \(history.count) operations for linearizability")
         report.linearizability = LinearizabilityChecker().check(history)
         return report
-    }
-
-    private func waitForView(_ client: KVClient, timeout: Duration, _ condition: (View) -> Bool) async throws -> View {
-        let start = ContinuousClock.now
-        while ContinuousClock.now - start < timeout {
-            if let view = try? await client.currentView(), condition(view) { return view }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        throw ClusterError.notReady("view condition not met within \(timeout)")
     }
 }

@@ -316,15 +316,16 @@ enum RegisterSearch {
         }
     }
 
-    /// A linearized operation on the search stack: its call node, the state before it, and
-    /// whether it was forced (a read linearized greedily, with no alternative to explore).
+    /// A linearized operation on the search stack: its call node and the state before it.
     private struct Frame {
         var call: Int
         var state: Int
-        var forced: Bool
         /// Its position in the candidate list of the state it was chosen in; after backtracking
-        /// the search resumes with the next candidate (the list is rebuilt identically).
+        /// the search resumes with the next candidate (the list is rebuilt identically). -1 for
+        /// a forced read (linearized greedily, with no alternative to explore).
         var candidateIndex: Int
+
+        var forced: Bool { candidateIndex < 0 }
     }
 
     private struct PairKey: Hashable {
@@ -507,7 +508,7 @@ enum RegisterSearch {
                 var newLinearized = linearized
                 newLinearized.insert(events.operation[read])
                 if visited.insert(CacheKey(linearized: newLinearized, state: state)).inserted {
-                    stack.append(Frame(call: read, state: state, forced: true, candidateIndex: -1))
+                    stack.append(Frame(call: read, state: state, candidateIndex: -1))
                     linearized = newLinearized
                     events.lift(read)
                     continue search
@@ -522,7 +523,7 @@ enum RegisterSearch {
                     var newLinearized = linearized
                     newLinearized.insert(operation)
                     if visited.insert(CacheKey(linearized: newLinearized, state: newState)).inserted {
-                        stack.append(Frame(call: call, state: state, forced: false, candidateIndex: index))
+                        stack.append(Frame(call: call, state: state, candidateIndex: index))
                         state = newState
                         linearized = newLinearized
                         events.lift(call)

@@ -187,8 +187,7 @@ final class RPCClientHandler: ChannelDuplexHandler {
     /// One timer per connection, armed for the earliest deadline among the calls in flight.
     /// Calls usually share a timeout, so a new call rarely re-arms it; a timer per call (armed,
     /// then cancelled by the reply) cost ~10 % of a busy client's CPU in profiles.
-    private var deadlineTimer: Scheduled<Void>?
-    private var deadlineTimerAt: NIODeadline?
+    private var deadlineTimer: (task: Scheduled<Void>, deadline: NIODeadline)?
     private var handshakeComplete = false
     private var handshakeTimer: Scheduled<Void>?
     private var closed = false
@@ -321,44 +320,31 @@ final class RPCClientHandler: ChannelDuplexHandler {
     }
 
     private func armDeadlineTimer(context: ChannelHandlerContext, for deadline: NIODeadline) {
-        if let armed = deadlineTimerAt, armed <= deadline { return }
-        deadlineTimer?.cancel()
-        deadlineTimerAt = deadline
+        if let armed = deadlineTimer, armed.deadline <= deadline { return }
+        deadlineTimer?.task.cancel()
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        deadlineTimer = context.eventLoop.scheduleTask(deadline: deadline) {
+        let task = context.eventLoop.scheduleTask(deadline: deadline) {
             let (handler, context) = loopBound.value
             handler.expireCalls(context: context)
         }
+        deadlineTimer = (task, deadline)
     }
 
     private func cancelDeadlineTimer() {
-        deadlineTimer?.cancel()
+        deadlineTimer?.task.cancel()
         deadlineTimer = nil
-        deadlineTimerAt = nil
     }
 
     /// The deadline timer fired: fails the calls whose deadline passed, re-arms for the rest.
     private func expireCalls(context: ChannelHandlerContext) {
         deadlineTimer = nil
-        deadlineTimerAt = nil
         let now = NIODeadline.now()
-        var expiredIDs: [UInt64] = []
-        var earliest: NIODeadline?
-        for (id, call) in inFlight {
-            if call.deadline <= now {
-                expiredIDs.append(id)
-            } else if earliest == nil || call.deadline < earliest! {
-                earliest = call.deadline
-            }
-        }
-        if let earliest { armDeadlineTimer(context: context, for: earliest) }
+        let expired = inFlight.filter { $0.value.deadline <= now }
+        for id in expired.keys { inFlight.removeValue(forKey: id) }
+        if let earliest = inFlight.values.map(\.deadline).min() { armDeadlineTimer(context: context, for: earliest) }
         // Failing a promise may run callbacks that send new calls on this connection: the
         // expired calls are out of `inFlight` and the timer is armed before that happens.
-        var expired: [InFlight] = []
-        for id in expiredIDs {
-            if let call = inFlight.removeValue(forKey: id) { expired.append(call) }
-        }
-        for call in expired {
+        for call in expired.values {
             call.promise.fail(RPCError.timeout(method: call.method, peer: "\(peer)"))
         }
     }

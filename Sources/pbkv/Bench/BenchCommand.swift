@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import Histogram
-import Logging
 import Synchronization
 import NIOCore
 import NIOPosix
@@ -73,12 +72,8 @@ struct BenchCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        // Run async code on NIO's threads: one thread hop less per request (a measured choice).
-        _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        _ = NIOSingletonsInstaller.installOnce
         let mix = try parseMix()
-        var logger = Logger(label: "pbkv.bench")
-        logger.logLevel = .critical
-        let total = mix.get + mix.put + mix.putHash
         let value = String(repeating: "x", count: valueSize)
         let keyNames = (0..<keys).map { "key:\($0)" }  // as Redis's DEBUG POPULATE names them
 
@@ -92,7 +87,7 @@ struct BenchCommand: AsyncParsableCommand {
             targets = list
         } else {
             targets = try (0..<clients).map { _ in
-                PBKVBenchTarget(client: try KVClient(viewService: viewservice, logger: logger))
+                PBKVBenchTarget(client: try KVClient(viewService: viewservice, logger: ClusterBenchCommand.quietLogger))
             }
         }
         if fill {
@@ -186,8 +181,7 @@ extension BenchCommand {
             }
             try await group.waitForAll()
         }
-        let elapsed = ContinuousClock.now - start
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let seconds = (ContinuousClock.now - start).inSeconds
         let rate = Double(keyNames.count) / seconds
         if json {
             print("{\"target\":\"\(targetName)\"," + String(format: "\"fill_keys\":%d,\"value_size\":%d,\"seconds\":%.3f,\"throughput\":%.1f}",
@@ -200,9 +194,8 @@ extension BenchCommand {
 
 /// One benchmark client: a pbkv `KVClient` or a Redis connection, one request outstanding.
 protocol BenchTarget: Sendable {
-    func get(_ key: String) async throws
+    /// One Put (SET for Redis), for preloading and `--fill`.
     func put(_ key: String, _ value: String) async throws
-    func putHash(_ key: String, _ value: String) async throws
     /// Runs `loop` with this client, isolated to it.
     func drive(_ loop: BenchLoop) async -> (Histogram<UInt64>, Int)
     /// The client's retry and view service counters (pbkv only).
@@ -213,9 +206,7 @@ protocol BenchTarget: Sendable {
 /// Drives pbkv through its real client.
 struct PBKVBenchTarget: BenchTarget {
     let client: KVClient
-    func get(_ key: String) async throws { _ = try await client.get(key) }
     func put(_ key: String, _ value: String) async throws { try await client.put(key, value) }
-    func putHash(_ key: String, _ value: String) async throws { _ = try await client.putHash(key, value) }
     func drive(_ loop: BenchLoop) async -> (Histogram<UInt64>, Int) {
         await client.withIsolation { client in
             await loop.run { kind, key in
@@ -236,8 +227,6 @@ struct RedisBenchTarget: BenchTarget {
     let client: RedisBenchClient
     let waitReplicas: Int
 
-    func get(_ key: String) async throws { _ = try await client.pipeline([["GET", key]]) }
-
     func put(_ key: String, _ value: String) async throws {
         try await Self.set(client, key, value, waitReplicas: waitReplicas)
     }
@@ -254,10 +243,6 @@ struct RedisBenchTarget: BenchTarget {
         } else {
             _ = try await client.pipeline([["SET", key, value]])
         }
-    }
-
-    func putHash(_ key: String, _ value: String) async throws {
-        throw RedisBenchClient.Failure.redisError("pbkv bench has no Redis equivalent of PutHash")
     }
 
     func drive(_ loop: BenchLoop) async -> (Histogram<UInt64>, Int) {

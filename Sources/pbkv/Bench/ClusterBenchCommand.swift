@@ -62,7 +62,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
         for name in ["s1", "s2", "s3"] {
             try cluster.startServer(name: name)
             if name != "s3" {
-                _ = try await Self.waitForView(watcher, within: .seconds(15)) { $0.acknowledged && !$0.primary.isEmpty && (name == "s1" || !$0.backup.isEmpty) }
+                _ = try await watcher.waitForView(within: .seconds(15)) { $0.acknowledged && !$0.primary.isEmpty && (name == "s1" || !$0.backup.isEmpty) }
             }
         }
         let recorder = AckRecorder()
@@ -87,7 +87,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
 
         var gaps: [Double] = []
         for trial in 1...failoverTrials {
-            let view = try await Self.waitForView(watcher, within: .seconds(30)) { $0.acknowledged && !$0.backup.isEmpty }
+            let view = try await watcher.waitForView(within: .seconds(30)) { $0.acknowledged && !$0.backup.isEmpty }
             try await Task.sleep(for: .milliseconds(300))  // steady state
             guard let primary = cluster.process(at: view.primary) else { throw ClusterError.notReady("primary process not found") }
             let killedAt = ContinuousClock.now
@@ -139,7 +139,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
             let writtenBefore = ProcStats(pid: primary.pid).writtenBytes
             let start = ContinuousClock.now
             let backup = try cluster.startServer(name: "backup-\(trial)", extraArguments: compression ? [] : ["--no-compression"])
-            _ = try await Self.waitForView(watcher, within: .seconds(300), pollEvery: .milliseconds(2)) {
+            _ = try await watcher.waitForView(within: .seconds(300), pollEvery: .milliseconds(2)) {
                 $0.acknowledged && $0.backup == backup.address
             }
             let elapsed = (ContinuousClock.now - start).inSeconds
@@ -162,7 +162,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
             // Remove this backup so the next one joins afresh: the view service drops it after
             // its missed pings, and the primary acknowledges the view without a backup.
             backup.killAndWait()
-            _ = try await Self.waitForView(watcher, within: .seconds(15)) { $0.acknowledged && $0.backup.isEmpty }
+            _ = try await watcher.waitForView(within: .seconds(15)) { $0.acknowledged && $0.backup.isEmpty }
         }
         await watcher.close()
     }
@@ -201,7 +201,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
             let vs = try cluster.startViewService()
             let watcher = try KVClient(viewService: vs.address, logger: quietLogger)
             let primary = try cluster.startServer(name: "primary")
-            _ = try await waitForView(watcher, within: .seconds(15)) { $0.acknowledged && $0.primary == primary.address }
+            _ = try await watcher.waitForView(within: .seconds(15)) { $0.acknowledged && $0.primary == primary.address }
             return (cluster, vs, watcher, primary)
         } catch {
             cluster.stopAll()
@@ -256,17 +256,6 @@ struct ClusterBenchCommand: AsyncParsableCommand {
         }
         return nil
     }
-
-    static func waitForView(
-        _ client: KVClient, within limit: Duration, pollEvery: Duration = .milliseconds(20), _ condition: (View) -> Bool
-    ) async throws -> View {
-        let deadline = ContinuousClock.now + limit
-        while ContinuousClock.now < deadline {
-            if let view = try? await client.currentView(), condition(view) { return view }
-            try await Task.sleep(for: pollEvery)
-        }
-        throw ClusterError.notReady("the expected view did not appear within \(limit)")
-    }
 }
 
 /// Acknowledged Puts of the failover writers: (invoked, completed) pairs.
@@ -309,12 +298,6 @@ struct ProcStats {
     /// Resets the peak resident size (VmHWM) to the current one (`/proc/PID/clear_refs`, value 5).
     static func resetPeak(pid: Int32) {
         try? "5".write(toFile: "/proc/\(pid)/clear_refs", atomically: false, encoding: .utf8)
-    }
-}
-
-extension Duration {
-    var inSeconds: Double {
-        Double(components.seconds) + Double(components.attoseconds) / 1e18
     }
 }
 
