@@ -277,6 +277,51 @@ void   pbkv__get_view_args__free_unpacked
   assert(message->base.descriptor == &pbkv__get_view_args__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   pbkv__view_record__init
+                     (Pbkv__ViewRecord         *message)
+{
+  static const Pbkv__ViewRecord init_value = PBKV__VIEW_RECORD__INIT;
+  *message = init_value;
+}
+size_t pbkv__view_record__get_packed_size
+                     (const Pbkv__ViewRecord *message)
+{
+  assert(message->base.descriptor == &pbkv__view_record__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t pbkv__view_record__pack
+                     (const Pbkv__ViewRecord *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &pbkv__view_record__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t pbkv__view_record__pack_to_buffer
+                     (const Pbkv__ViewRecord *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &pbkv__view_record__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Pbkv__ViewRecord *
+       pbkv__view_record__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Pbkv__ViewRecord *)
+     protobuf_c_message_unpack (&pbkv__view_record__descriptor,
+                                allocator, len, data);
+}
+void   pbkv__view_record__free_unpacked
+                     (Pbkv__ViewRecord *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &pbkv__view_record__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   pbkv__request_id__init
                      (Pbkv__RequestId         *message)
 {
@@ -1303,6 +1348,70 @@ const ProtobufCMessageDescriptor pbkv__get_view_args__descriptor =
   (ProtobufCMessageInit) pbkv__get_view_args__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor pbkv__view_record__field_descriptors[3] =
+{
+  {
+    "format_version",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ViewRecord, format_version),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "view",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ViewRecord, view),
+    &pbkv__view__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "previous_backup",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ViewRecord, previous_backup),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned pbkv__view_record__field_indices_by_name[] = {
+  0,   /* field[0] = format_version */
+  2,   /* field[2] = previous_backup */
+  1,   /* field[1] = view */
+};
+static const ProtobufCIntRange pbkv__view_record__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor pbkv__view_record__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "pbkv.ViewRecord",
+  "ViewRecord",
+  "Pbkv__ViewRecord",
+  "pbkv",
+  sizeof(Pbkv__ViewRecord),
+  3,
+  pbkv__view_record__field_descriptors,
+  pbkv__view_record__field_indices_by_name,
+  1,  pbkv__view_record__number_ranges,
+  (ProtobufCMessageInit) pbkv__view_record__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCFieldDescriptor pbkv__request_id__field_descriptors[2] =
 {
   {
@@ -2229,7 +2338,7 @@ const ProtobufCMessageDescriptor pbkv__request__descriptor =
   (ProtobufCMessageInit) pbkv__request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor pbkv__response__field_descriptors[7] =
+static const ProtobufCFieldDescriptor pbkv__response__field_descriptors[8] =
 {
   {
     "call_id",
@@ -2262,6 +2371,18 @@ static const ProtobufCFieldDescriptor pbkv__response__field_descriptors[7] =
     PROTOBUF_C_TYPE_STRING,
     0,   /* quantifier_offset */
     offsetof(Pbkv__Response, message),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "leader",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__Response, leader),
     NULL,
     &protobuf_c_empty_string,
     0,             /* flags */
@@ -2319,19 +2440,20 @@ static const ProtobufCFieldDescriptor pbkv__response__field_descriptors[7] =
 static const unsigned pbkv__response__field_indices_by_name[] = {
   0,   /* field[0] = call_id */
   1,   /* field[1] = code */
-  5,   /* field[5] = forward */
-  4,   /* field[4] = kv */
+  6,   /* field[6] = forward */
+  5,   /* field[5] = kv */
+  3,   /* field[3] = leader */
   2,   /* field[2] = message */
-  6,   /* field[6] = transfer */
-  3,   /* field[3] = view */
+  7,   /* field[7] = transfer */
+  4,   /* field[4] = view */
 };
 static const ProtobufCIntRange pbkv__response__number_ranges[4 + 1] =
 {
   { 1, 0 },
-  { 10, 3 },
-  { 20, 4 },
-  { 30, 5 },
-  { 0, 7 }
+  { 10, 4 },
+  { 20, 5 },
+  { 30, 6 },
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor pbkv__response__descriptor =
 {
@@ -2341,7 +2463,7 @@ const ProtobufCMessageDescriptor pbkv__response__descriptor =
   "Pbkv__Response",
   "pbkv",
   sizeof(Pbkv__Response),
-  7,
+  8,
   pbkv__response__field_descriptors,
   pbkv__response__field_indices_by_name,
   4,  pbkv__response__number_ranges,
@@ -2438,7 +2560,7 @@ const ProtobufCMessageDescriptor pbkv__envelope__descriptor =
   (ProtobufCMessageInit) pbkv__envelope__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCEnumValue pbkv__code__enum_values_by_number[11] =
+static const ProtobufCEnumValue pbkv__code__enum_values_by_number[12] =
 {
   { "OK", "PBKV__CODE__OK", 0 },
   { "NO_KEY", "PBKV__CODE__NO_KEY", 1 },
@@ -2451,15 +2573,17 @@ static const ProtobufCEnumValue pbkv__code__enum_values_by_number[11] =
   { "UNSUPPORTED_VERSION", "PBKV__CODE__UNSUPPORTED_VERSION", 8 },
   { "INTERNAL", "PBKV__CODE__INTERNAL", 9 },
   { "OUT_OF_ORDER", "PBKV__CODE__OUT_OF_ORDER", 10 },
+  { "NOT_LEADER", "PBKV__CODE__NOT_LEADER", 11 },
 };
 static const ProtobufCIntRange pbkv__code__value_ranges[] = {
-{0, 0},{0, 11}
+{0, 0},{0, 12}
 };
-static const ProtobufCEnumValueIndex pbkv__code__enum_values_by_name[11] =
+static const ProtobufCEnumValueIndex pbkv__code__enum_values_by_name[12] =
 {
   { "BAD_REQUEST", 5 },
   { "FRAME_TOO_LARGE", 7 },
   { "INTERNAL", 9 },
+  { "NOT_LEADER", 11 },
   { "NOT_READY", 3 },
   { "NO_KEY", 1 },
   { "OK", 0 },
@@ -2476,9 +2600,9 @@ const ProtobufCEnumDescriptor pbkv__code__descriptor =
   "Code",
   "Pbkv__Code",
   "pbkv",
-  11,
+  12,
   pbkv__code__enum_values_by_number,
-  11,
+  12,
   pbkv__code__enum_values_by_name,
   1,
   pbkv__code__value_ranges,

@@ -21,6 +21,7 @@ typedef struct Pbkv__Goodbye Pbkv__Goodbye;
 typedef struct Pbkv__View Pbkv__View;
 typedef struct Pbkv__PingArgs Pbkv__PingArgs;
 typedef struct Pbkv__GetViewArgs Pbkv__GetViewArgs;
+typedef struct Pbkv__ViewRecord Pbkv__ViewRecord;
 typedef struct Pbkv__RequestId Pbkv__RequestId;
 typedef struct Pbkv__GetArgs Pbkv__GetArgs;
 typedef struct Pbkv__PutArgs Pbkv__PutArgs;
@@ -84,7 +85,11 @@ typedef enum _Pbkv__Code {
   /*
    * replica stream gap: resend from the expected index
    */
-  PBKV__CODE__OUT_OF_ORDER = 10
+  PBKV__CODE__OUT_OF_ORDER = 10,
+  /*
+   * a view service that is not the leader: ask `Response.leader` instead
+   */
+  PBKV__CODE__NOT_LEADER = 11
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(PBKV__CODE)
 } Pbkv__Code;
 typedef enum _Pbkv__Feature {
@@ -215,6 +220,29 @@ struct  Pbkv__GetViewArgs
 #define PBKV__GET_VIEW_ARGS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&pbkv__get_view_args__descriptor) \
      }
+
+
+/*
+ * What a view service stores before it shows a view to anyone (a file, or a key in etcd).
+ * Not sent on connections. `format_version` is 1; a reader refuses any other value.
+ */
+struct  Pbkv__ViewRecord
+{
+  ProtobufCMessage base;
+  uint32_t format_version;
+  /*
+   * The current view; `acknowledged` is part of what is stored.
+   */
+  Pbkv__View *view;
+  /*
+   * The backup of the view before `view` (the rules treat a new backup's retried first
+   * ping differently from an old backup's restart).
+   */
+  char *previous_backup;
+};
+#define PBKV__VIEW_RECORD__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&pbkv__view_record__descriptor) \
+    , 0, NULL, (char *)protobuf_c_empty_string }
 
 
 /*
@@ -459,6 +487,10 @@ struct  Pbkv__Response
   uint64_t call_id;
   Pbkv__Code code;
   char *message;
+  /*
+   * With NOT_LEADER: the address (HOST:PORT) of the view service leader, empty when unknown.
+   */
+  char *leader;
   Pbkv__Response__ResultCase result_case;
   union {
     Pbkv__View *view;
@@ -469,7 +501,7 @@ struct  Pbkv__Response
 };
 #define PBKV__RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&pbkv__response__descriptor) \
-    , 0, PBKV__CODE__OK, (char *)protobuf_c_empty_string, PBKV__RESPONSE__RESULT__NOT_SET, {0} }
+    , 0, PBKV__CODE__OK, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, PBKV__RESPONSE__RESULT__NOT_SET, {0} }
 
 
 typedef enum {
@@ -615,6 +647,25 @@ Pbkv__GetViewArgs *
                       const uint8_t       *data);
 void   pbkv__get_view_args__free_unpacked
                      (Pbkv__GetViewArgs *message,
+                      ProtobufCAllocator *allocator);
+/* Pbkv__ViewRecord methods */
+void   pbkv__view_record__init
+                     (Pbkv__ViewRecord         *message);
+size_t pbkv__view_record__get_packed_size
+                     (const Pbkv__ViewRecord   *message);
+size_t pbkv__view_record__pack
+                     (const Pbkv__ViewRecord   *message,
+                      uint8_t             *out);
+size_t pbkv__view_record__pack_to_buffer
+                     (const Pbkv__ViewRecord   *message,
+                      ProtobufCBuffer     *buffer);
+Pbkv__ViewRecord *
+       pbkv__view_record__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   pbkv__view_record__free_unpacked
+                     (Pbkv__ViewRecord *message,
                       ProtobufCAllocator *allocator);
 /* Pbkv__RequestId methods */
 void   pbkv__request_id__init
@@ -921,6 +972,9 @@ typedef void (*Pbkv__PingArgs_Closure)
 typedef void (*Pbkv__GetViewArgs_Closure)
                  (const Pbkv__GetViewArgs *message,
                   void *closure_data);
+typedef void (*Pbkv__ViewRecord_Closure)
+                 (const Pbkv__ViewRecord *message,
+                  void *closure_data);
 typedef void (*Pbkv__RequestId_Closure)
                  (const Pbkv__RequestId *message,
                   void *closure_data);
@@ -981,6 +1035,7 @@ extern const ProtobufCMessageDescriptor pbkv__goodbye__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__view__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__ping_args__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__get_view_args__descriptor;
+extern const ProtobufCMessageDescriptor pbkv__view_record__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__request_id__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__get_args__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__put_args__descriptor;

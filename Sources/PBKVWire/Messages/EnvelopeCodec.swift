@@ -217,24 +217,29 @@ public enum EnvelopeCodec {
         return r
     }
 
+    private static func cView(_ view: View, _ arena: CArena) -> UnsafeMutablePointer<Pbkv__View> {
+        let v = arena.allocate(Pbkv__View.self)
+        pbkv__view__init(v)
+        v.pointee.viewnum = view.viewnum
+        v.pointee.primary = arena.cString(view.primary)
+        v.pointee.backup = arena.cString(view.backup)
+        v.pointee.acknowledged = view.acknowledged ? 1 : 0
+        return v
+    }
+
     private static func cResponse(_ response: Response, _ arena: CArena) -> UnsafeMutablePointer<Pbkv__Response> {
         let r = arena.allocate(Pbkv__Response.self)
         pbkv__response__init(r)
         r.pointee.call_id = response.callID
         r.pointee.code = cCode(response.code)
         r.pointee.message = arena.cString(response.message)
+        r.pointee.leader = arena.cString(response.leader)
         switch response.result {
         case nil:
             break
         case .view(let view):
-            let v = arena.allocate(Pbkv__View.self)
-            pbkv__view__init(v)
-            v.pointee.viewnum = view.viewnum
-            v.pointee.primary = arena.cString(view.primary)
-            v.pointee.backup = arena.cString(view.backup)
-            v.pointee.acknowledged = view.acknowledged ? 1 : 0
             r.pointee.result_case = PBKV__RESPONSE__RESULT_VIEW
-            r.pointee.view = v
+            r.pointee.view = cView(view, arena)
         case .kv(let reply):
             r.pointee.result_case = PBKV__RESPONSE__RESULT_KV
             r.pointee.kv = cKVReply(reply, arena)
@@ -509,6 +514,55 @@ public enum EnvelopeCodec {
         }
     }
 
+    private static func swiftView(_ v: Pbkv__View) throws(MessageCodecError) -> View {
+        View(
+            viewnum: v.viewnum, primary: try text(v.primary, "View.primary"), backup: try text(v.backup, "View.backup"),
+            acknowledged: v.acknowledged != 0)
+    }
+
+    // MARK: view record
+
+    /// The protobuf encoding of a `pbkv.ViewRecord` (format version 1).
+    public static func encode(_ record: ViewRecord) -> [UInt8] {
+        let arena = CArena()
+        defer { arena.reset() }
+        var message = Pbkv__ViewRecord()
+        pbkv__view_record__init(&message)
+        message.format_version = ViewRecord.formatVersion
+        message.view = cView(record.view, arena)
+        message.previous_backup = arena.cString(record.previousBackup)
+        let size = pbkv__view_record__get_packed_size(&message)
+        var bytes = [UInt8](repeating: 0, count: size)
+        if size > 0 { _ = bytes.withUnsafeMutableBufferPointer { pbkv__view_record__pack(&message, $0.baseAddress!) } }
+        return bytes
+    }
+
+    /// Decodes a `pbkv.ViewRecord`; refuses bytes that are not one, a missing view and any
+    /// format version but 1.
+    public static func decodeViewRecord(_ bytes: [UInt8]) throws(MessageCodecError) -> ViewRecord {
+        let result: Result<ViewRecord, MessageCodecError> = bytes.withUnsafeBufferPointer { raw in
+            let empty: [UInt8] = [0]
+            return empty.withUnsafeBufferPointer { fallback in
+                guard let message = pbkv__view_record__unpack(nil, raw.count, raw.baseAddress ?? fallback.baseAddress!) else {
+                    return .failure(.malformed("protobuf-c could not unpack \(raw.count) bytes as pbkv.ViewRecord"))
+                }
+                defer { pbkv__view_record__free_unpacked(message, nil) }
+                let m = message.pointee
+                guard m.format_version == ViewRecord.formatVersion else {
+                    return .failure(.unknownValue(field: "ViewRecord.format_version", value: Int64(m.format_version)))
+                }
+                guard let v = m.view?.pointee else { return .failure(.malformed("ViewRecord without a view")) }
+                do throws(MessageCodecError) {
+                    return .success(ViewRecord(
+                        view: try swiftView(v), previousBackup: try text(m.previous_backup, "ViewRecord.previous_backup")))
+                } catch {
+                    return .failure(error)
+                }
+            }
+        }
+        return try result.get()
+    }
+
     private static func swiftResponse(_ r: Pbkv__Response) throws(MessageCodecError) -> Response {
         let responseCode: Code
         do throws(MessageCodecError) {
@@ -518,15 +572,14 @@ public enum EnvelopeCodec {
         }
         if responseCode != .ok {
             let message = (try? text(r.message, "Response.message")) ?? "<invalid UTF-8>"
-            return Response(callID: r.call_id, code: responseCode, message: message)
+            let leader = (try? text(r.leader, "Response.leader")) ?? ""
+            return Response(callID: r.call_id, code: responseCode, message: message, leader: leader)
         }
         do throws(MessageCodecError) {
             switch r.result_case {
             case PBKV__RESPONSE__RESULT_VIEW:
                 guard let v = r.view?.pointee else { break }
-                return Response(callID: r.call_id, result: .view(View(
-                    viewnum: v.viewnum, primary: try text(v.primary, "View.primary"),
-                    backup: try text(v.backup, "View.backup"), acknowledged: v.acknowledged != 0)))
+                return Response(callID: r.call_id, result: .view(try swiftView(v)))
             case PBKV__RESPONSE__RESULT_KV:
                 guard let k = r.kv?.pointee else { break }
                 return Response(callID: r.call_id, result: .kv(try kvReply(k)))

@@ -11,6 +11,7 @@ public enum Code: Int32, Sendable, Hashable, CustomStringConvertible {
     case unsupportedVersion = 8
     case `internal` = 9
     case outOfOrder = 10
+    case notLeader = 11
 
     public var description: String {
         switch self {
@@ -25,6 +26,7 @@ public enum Code: Int32, Sendable, Hashable, CustomStringConvertible {
         case .unsupportedVersion: "UNSUPPORTED_VERSION"
         case .internal: "INTERNAL"
         case .outOfOrder: "OUT_OF_ORDER"
+        case .notLeader: "NOT_LEADER"
         }
     }
 }
@@ -100,6 +102,28 @@ public struct View: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String {
         "view \(viewnum) {primary: \(primary.isEmpty ? "-" : primary), backup: \(backup.isEmpty ? "-" : backup)}"
+    }
+}
+
+/// What a view service stores before it shows a view to anyone: the view (with its
+/// acknowledgement) and the previous view's backup. `pbkv.ViewRecord` on disk and in etcd.
+public struct ViewRecord: Sendable, Hashable, CustomStringConvertible {
+    /// The only `format_version` this code writes and reads.
+    public static let formatVersion: UInt32 = 1
+
+    public var view: View
+    public var previousBackup: String
+
+    public init(view: View, previousBackup: String = "") {
+        self.view = view
+        self.previousBackup = previousBackup
+    }
+
+    /// Nothing stored yet: view 0.
+    public static let initial = ViewRecord(view: .initial)
+
+    public var description: String {
+        "\(view)\(view.acknowledged ? " acknowledged" : "")\(previousBackup.isEmpty ? "" : ", previous backup \(previousBackup)")"
     }
 }
 
@@ -312,19 +336,23 @@ public struct Response: Sendable, Hashable {
     public var callID: UInt64
     public var code: Code
     public var message: String
+    /// With `.notLeader`: the view service leader's address, "" when unknown.
+    public var leader: String
     public var result: CallResult?
 
     public init(callID: UInt64, result: CallResult) {
         self.callID = callID
         self.code = .ok
         self.message = ""
+        self.leader = ""
         self.result = result
     }
 
-    public init(callID: UInt64, code: Code, message: String) {
+    public init(callID: UInt64, code: Code, message: String, leader: String = "") {
         self.callID = callID
         self.code = code
         self.message = message
+        self.leader = leader
         self.result = nil
     }
 }

@@ -294,6 +294,8 @@ final class RPCClientHandler: ChannelDuplexHandler {
             }
             if response.code == .ok, let result = response.result {
                 call.promise.succeed(result)
+            } else if response.code == .notLeader {
+                call.promise.fail(RPCError.notLeader(peer: "\(peer)", leader: response.leader))
             } else {
                 call.promise.fail(RPCError.remote(code: response.code, message: response.message))
             }

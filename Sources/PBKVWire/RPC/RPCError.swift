@@ -8,6 +8,8 @@ public enum RPCError: Error, Sendable, Hashable, CustomStringConvertible {
     case connectionRefused(peer: String, reason: String)
     /// The server answered the call with an error code.
     case remote(code: Code, message: String)
+    /// A view service that is not the leader answered; `leader` is the leader's address ("" if unknown).
+    case notLeader(peer: String, leader: String)
     /// The peer broke the protocol (bad frame, bad handshake, undecodable reply).
     case protocolViolation(String)
     /// The address is not `HOST:PORT`.
@@ -25,6 +27,8 @@ public enum RPCError: Error, Sendable, Hashable, CustomStringConvertible {
             "cannot connect to \(peer): \(reason) — is the server running at that address?"
         case .remote(let code, let message):
             "server error \(code): \(message)"
+        case .notLeader(let peer, let leader):
+            "view service \(peer) is not the leader" + (leader.isEmpty ? "; no leader is known yet — retry shortly" : "; the leader is \(leader)")
         case .protocolViolation(let what):
             "protocol violation: \(what) — are both sides the same pbkv version?"
         case .invalidAddress(let address):

@@ -261,6 +261,8 @@ final class RPCServerHandler: ChannelInboundHandler {
             switch result {
             case .success(let result):
                 handler.reply(context: context, Response(callID: callID, result: result))
+            case .failure(let error as RPCServiceError):
+                handler.reply(context: context, Response(callID: callID, code: error.code, message: error.message, leader: error.leader))
             case .failure(let error):
                 handler.reply(context: context, Response(callID: callID, code: .internal, message: "\(error)"))
             }

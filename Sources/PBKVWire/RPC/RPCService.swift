@@ -15,6 +15,31 @@ public struct RPCCallContext: Sendable {
     }
 }
 
+/// A service's answer that is an error code rather than a result: fail the reply future with
+/// it and the caller receives `code`, `message` (and `leader` with `.notLeader`).
+public struct RPCServiceError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var code: Code
+    public var message: String
+    public var leader: String
+
+    public init(code: Code, message: String, leader: String = "") {
+        self.code = code
+        self.message = message
+        self.leader = leader
+    }
+
+    /// "Not the view service leader; ask `leader`."
+    public static func notLeader(_ leader: String?) -> RPCServiceError {
+        RPCServiceError(
+            code: .notLeader,
+            message: leader.map { "this view service is not the leader; the leader is \($0)" }
+                ?? "this view service is not the leader and knows none yet; retry shortly",
+            leader: leader ?? "")
+    }
+
+    public var description: String { "\(code): \(message)" }
+}
+
 /// The view service's methods, as the RPC server dispatches them.
 public protocol ViewServiceProtocol: Sendable {
     /// A server's heartbeat; returns the current view.
