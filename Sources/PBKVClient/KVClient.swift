@@ -21,7 +21,7 @@ public enum KVClientError: Error, Sendable, Hashable, CustomStringConvertible {
             "\(operation) \"\(key)\" did not complete within \(seconds) s (last problem: \(lastProblem)); "
                 + "check that the view service and at least one server of the current view are running (pbkv view)"
         case .invalidAddress(let address):
-            "invalid view service address \"\(address)\": expected HOST:PORT, e.g. 127.0.0.1:7000"
+            "invalid view service address \"\(address)\": expected HOST:PORT[,HOST:PORT…], e.g. 127.0.0.1:7000"
         case .rejected(let operation, let key, let reason):
             "\(operation) \"\(key)\" was refused by the primary as a bad request: \(reason)"
         case .closed:
@@ -79,17 +79,19 @@ public actor KVClient {
     private var closed = false
     public private(set) var stats = KVClientStats()
 
+    /// A client of the view service at `viewService`: `HOST:PORT`, or several addresses of a
+    /// replicated view service separated by commas.
     public init(
         viewService: String, configuration: KVClientConfiguration = .init(),
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "pbkv.client")
     ) throws(KVClientError) {
-        guard let address = try? PeerAddress(parsing: viewService) else { throw .invalidAddress(viewService) }
+        guard let addresses = try? PeerAddress.list(parsing: viewService) else { throw .invalidAddress(viewService) }
         self.clientID = UInt64.random(in: 1...UInt64.max)
         self.configuration = configuration
         self.eventLoop = eventLoopGroup.next()
         self.executor = eventLoop.executor
         self.logger = logger
-        self.viewService = ViewServiceClient(rpc: RPCClient(peer: address, eventLoop: eventLoop, logger: logger))
+        self.viewService = ViewServiceClient(addresses: addresses, eventLoop: eventLoop, logger: logger)
     }
 
     /// The actor runs on its connections' event loop: a call and its reply need no thread hop.
@@ -129,7 +131,7 @@ public actor KVClient {
     /// Closes connections; later calls fail with `.closed`.
     public func close() async {
         closed = true
-        try? await viewService.rpc.shutdown().get()
+        try? await viewService.shutdown().get()
         try? await primaryClient?.shutdown().get()
     }
 

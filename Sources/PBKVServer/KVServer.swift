@@ -13,8 +13,8 @@ public struct KVServerConfiguration: Sendable {
     /// The address put in views (what clients and the primary dial). Defaults to the bound
     /// listen address.
     public var advertise: String?
-    /// The view service, `HOST:PORT`.
-    public var viewService: PeerAddress
+    /// The view service: its address, or every address of a replicated one.
+    public var viewService: [PeerAddress]
     public var pingInterval: Duration = .milliseconds(100)
     /// Inbound fault injection (testing aid: `--fault-drop-requests`, `--fault-drop-replies`).
     public var faults: FaultInjector?
@@ -35,7 +35,7 @@ public struct KVServerConfiguration: Sendable {
     /// with a 1 KiB threshold, 29 k with 64 KiB).
     public var latencyCompressionThreshold = FrameCodec.latencyCompressionThreshold
 
-    public init(listenHost: String, listenPort: Int, viewService: PeerAddress) {
+    public init(listenHost: String, listenPort: Int, viewService: [PeerAddress]) {
         self.listenHost = listenHost
         self.listenPort = listenPort
         self.viewService = viewService
@@ -80,7 +80,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         vsConfig.faults = configuration.viewServiceFaults
         vsConfig.name = me
         self.viewService = ViewServiceClient(
-            rpc: RPCClient(peer: configuration.viewService, eventLoop: eventLoop, configuration: vsConfig, logger: logger))
+            addresses: configuration.viewService, eventLoop: eventLoop, configuration: vsConfig, logger: logger)
         self.rpcServer = NIOLoopBoundBox.makeBoxSendingValue(nil, eventLoop: eventLoop)
     }
 
@@ -109,7 +109,9 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
                 initialDelay: .zero, delay: configuration.pingInterval.timeAmount
             ) { _ in kv.ping() }
         }.get()
-        kv.logger.info("server listening", metadata: ["address": "\(server.localAddress)", "viewservice": "\(configuration.viewService)"])
+        kv.logger.info("server listening", metadata: [
+            "address": "\(server.localAddress)", "viewservice": "\(configuration.viewService.map(\.description).joined(separator: ","))",
+        ])
         return kv
     }
 
@@ -121,7 +123,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
             for (_, promise) in self.state.value.waiting { promise.succeed(KVReply(code: .wrongServer)) }
             self.state.value.waiting.removeAll()
             _ = self.state.value.backupLink?.client.shutdown()
-            _ = self.viewService.rpc.shutdown()
+            _ = self.viewService.shutdown()
             return self.rpcServer.value
         }.get()
         await server?.close()

@@ -150,13 +150,9 @@ public struct ReplicaStateMachine: Sendable {
 
     /// The view service answered a ping (or a view fetch) with `newView`.
     public mutating func onView(_ newView: View) -> [ReplicaDirective] {
-        if newView == view { return [] }
-        if newView.viewnum < view.viewnum && newView.viewnum != 0 {
-            // Numbers went backwards: the view service restarted. Follow it (it has no memory;
-            // see the README), keeping our state only if it was legitimate.
-        } else if newView.viewnum < view.viewnum {
-            return []
-        }
+        // View numbers never go backwards: the view service stores every view before showing
+        // it, so an older number is a stale answer (a deposed leader's), never news.
+        if newView == view || newView.viewnum < view.viewnum { return [] }
         var directives: [ReplicaDirective] = []
         let oldRole = role
         let oldView = view

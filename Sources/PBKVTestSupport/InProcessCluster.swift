@@ -60,7 +60,7 @@ public final class InProcessCluster: Sendable {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let chosenPort = port == 0 ? try ProcessCluster.freePort() : port
         var configuration = KVServerConfiguration(
-            listenHost: "127.0.0.1", listenPort: chosenPort, viewService: try PeerAddress(parsing: viewServiceAddress))
+            listenHost: "127.0.0.1", listenPort: chosenPort, viewService: try PeerAddress.list(parsing: viewServiceAddress))
         configuration.pingInterval = pingInterval
         let inbound = FaultInjector(policy: faults, seed: seed)
         let toViewService = FaultInjector(policy: .none, seed: seed &+ 1)
@@ -99,7 +99,7 @@ public final class InProcessCluster: Sendable {
 
     /// The view service's current view (with its acknowledged flag) and counters.
     public func view() async throws -> View {
-        try await viewService.snapshot().view
+        try await viewService.snapshot().view ?? .initial
     }
 
     public func viewServiceStats() async throws -> ViewServiceStats {

@@ -10,41 +10,77 @@ public struct ViewServiceStats: Sendable, Hashable {
     public var viewChanges = 0
 }
 
-/// The view service's network shell: owns the state machine on one event loop, answers
-/// Ping/GetView over RPC, and ticks the machine every ping interval with the real clock.
+/// The view service's network shell: answers Ping/GetView over RPC, runs the state machine on
+/// one event loop while this process is leader, stores every new record before anyone sees it,
+/// and ticks the machine every ping interval with the real clock.
+///
+/// Leadership comes from a `ViewServiceElection`: `SoleLeadership` for one process with a file
+/// or memory store, the etcd election in replicated mode. While not leader it answers every
+/// call NOT_LEADER with the leader's address. A failed compare-and-store makes it step down at
+/// once; a stored record it cannot read stops it (`failure`).
 public final class ViewServiceServer: ViewServiceProtocol, Sendable {
+    private enum Role {
+        /// Not leader; `leader` is the leader's address when known.
+        case follower(leader: String?)
+        /// Elected; loading the stored record.
+        case loading
+        case leader(store: any ViewStore, machine: ViewServiceStateMachine)
+        /// The stored record cannot be read: nothing is answered.
+        case failed(ViewStoreError)
+    }
+
     private struct State {
-        var machine: ViewServiceStateMachine
+        var role = Role.follower(leader: nil)
+        /// Bumped at every change of role, so a store or load finishing late is ignored.
+        var term: UInt64 = 0
         var stats = ViewServiceStats()
+        var ticker: RepeatedTask?
+        var electionTask: Task<Void, Never>?
+        /// `terminated` is complete.
+        var terminated = false
     }
 
     public let eventLoop: any EventLoop
     private let state: NIOLoopBoundBox<State>
     private let origin = ContinuousClock.now
     private let logger: Logger
-    private let ticker: NIOLoopBoundBox<RepeatedTask?>
+    private let configuration: ViewServiceConfiguration
+    private let election: any ViewServiceElection
+    private let terminatedPromise: EventLoopPromise<Void>
 
-    private init(eventLoop: any EventLoop, configuration: ViewServiceConfiguration, logger: Logger) {
+    private init(
+        eventLoop: any EventLoop, configuration: ViewServiceConfiguration, election: any ViewServiceElection, logger: Logger
+    ) {
         self.eventLoop = eventLoop
         self.logger = logger
-        self.state = NIOLoopBoundBox.makeBoxSendingValue(
-            State(machine: ViewServiceStateMachine(configuration: configuration)), eventLoop: eventLoop)
-        self.ticker = NIOLoopBoundBox.makeBoxSendingValue(nil, eventLoop: eventLoop)
+        self.configuration = configuration
+        self.election = election
+        self.state = NIOLoopBoundBox.makeBoxSendingValue(State(), eventLoop: eventLoop)
+        self.terminatedPromise = eventLoop.makePromise()
     }
 
-    /// A view service bound to `rpc.host:rpc.port` on a loop of `group`.
+    /// A view service bound to `rpc.host:rpc.port` on a loop of `group`, taking part in
+    /// `election` (default: sole leader of an in-memory store, as in tests).
     public static func start(
         rpc: RPCServerConfiguration, configuration: ViewServiceConfiguration = .init(),
-        group: any EventLoopGroup, logger: Logger
+        election: (any ViewServiceElection)? = nil, group: any EventLoopGroup, logger: Logger
     ) async throws -> (service: ViewServiceServer, server: RPCServer) {
         let loop = group.next()
-        let service = ViewServiceServer(eventLoop: loop, configuration: configuration, logger: logger)
+        let election = election ?? SoleLeadership(store: InMemoryViewStore())
+        let service = ViewServiceServer(eventLoop: loop, configuration: configuration, election: election, logger: logger)
         let server = try await RPCServer.start(
             configuration: rpc, group: loop, tables: [.viewService(service)], logger: logger)
         try await loop.submit {
-            service.ticker.value = loop.scheduleRepeatedTask(
+            service.state.value.ticker = loop.scheduleRepeatedTask(
                 initialDelay: configuration.pingInterval.timeAmount, delay: configuration.pingInterval.timeAmount
             ) { _ in service.tick() }
+            service.state.value.electionTask = Task {
+                do {
+                    try await election.run { leadership in await service.onLeadership(leadership) }
+                } catch {
+                    if !Task.isCancelled { logger.error("view service election stopped", metadata: ["error": "\(error)"]) }
+                }
+            }
         }.get()
         logger.info("view service listening", metadata: [
             "address": "\(server.localAddress)", "ping_interval_ms": "\(configuration.pingInterval.milliseconds)",
@@ -53,15 +89,130 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
         return (service, server)
     }
 
-    /// Stops the ticker (the RPC server is closed by its owner).
+    /// Stops the ticker and leaves the election (the RPC server is closed by its owner).
     public func stop() async {
-        try? await eventLoop.submit { self.ticker.value?.cancel() }.get()
+        let task = try? await eventLoop.submit { () -> Task<Void, Never>? in
+            self.state.value.ticker?.cancel()
+            self.state.value.term += 1
+            self.state.value.role = .follower(leader: nil)
+            return self.state.value.electionTask
+        }.get()
+        if let task = task ?? nil {
+            task.cancel()
+            await task.value
+        }
+        eventLoop.execute { self.terminate(.success(())) }
     }
+
+    /// Succeeds when `stop()` ran; fails when the stored record cannot be read (the process
+    /// must stop and say why).
+    public var terminated: EventLoopFuture<Void> { terminatedPromise.futureResult }
 
     private var now: Duration { ContinuousClock.now - origin }
 
+    private func terminate(_ result: Result<Void, any Error>) {
+        guard !state.value.terminated else { return }
+        state.value.terminated = true
+        terminatedPromise.completeWith(result)
+    }
+
+    // MARK: - leadership
+
+    private func onLeadership(_ leadership: ViewServiceLeadership) async {
+        switch leadership {
+        case .follower(let leader):
+            _ = try? await eventLoop.submit {
+                if case .failed = self.state.value.role { return }
+                if case .leader = self.state.value.role {
+                    self.logger.warning("view service is no longer leader", metadata: ["leader": "\(leader ?? "-")"])
+                } else {
+                    self.logger.info("view service follows", metadata: ["leader": "\(leader ?? "-")"])
+                }
+                self.state.value.term += 1
+                self.state.value.role = .follower(leader: leader)
+            }.get()
+        case .leader(let store):
+            guard let term = try? await eventLoop.submit({ () -> UInt64 in
+                self.state.value.term += 1
+                self.state.value.role = .loading
+                return self.state.value.term
+            }).get() else { return }
+            let loaded: Result<ViewRecord?, ViewStoreError>
+            do throws(ViewStoreError) {
+                loaded = .success(try await store.load())
+            } catch {
+                loaded = .failure(error)
+            }
+            _ = try? await eventLoop.submit {
+                guard self.state.value.term == term else { return }
+                switch loaded {
+                case .success(let record):
+                    let machine = ViewServiceStateMachine(configuration: self.configuration, resuming: record, now: self.now)
+                    self.state.value.role = .leader(store: store, machine: machine)
+                    self.logger.info("view service is leader", metadata: [
+                        "store": "\(store.location)", "view.num": "\(machine.view.viewnum)",
+                        "view.primary": "\(machine.view.primary)", "view.backup": "\(machine.view.backup)",
+                        "view.acknowledged": "\(machine.view.acknowledged)",
+                    ])
+                case .failure(.unavailable(_, let reason)):
+                    // Not elected in practice: try again on the next leadership report.
+                    self.logger.error("cannot load the stored view", metadata: ["store": "\(store.location)", "reason": "\(reason)"])
+                    self.state.value.role = .follower(leader: nil)
+                    self.resign()
+                case .failure(let error):
+                    self.logger.critical("\(error)")
+                    self.state.value.role = .failed(error)
+                    self.terminate(.failure(error))
+                }
+            }.get()
+        }
+    }
+
+    /// Steps down (on the loop) and tells the election.
+    private func resign() {
+        state.value.term += 1
+        if case .leader = state.value.role { state.value.role = .follower(leader: nil) }
+        let election = self.election
+        Task { await election.resign() }
+    }
+
+    // MARK: - the rules
+
     private func tick() {
-        if let change = state.value.machine.onTick(now: now) { record(change) }
+        guard case .leader(let store, var machine) = state.value.role else { return }
+        let proposal = machine.onTick(now: now)
+        state.value.role = .leader(store: store, machine: machine)
+        if let proposal { _ = persist(proposal, store: store, expected: machine.storedRecord) }
+    }
+
+    /// Stores `proposal`, then shows it; the future completes when that is settled.
+    private func persist(_ proposal: ViewRecord, store: any ViewStore, expected: ViewRecord?) -> EventLoopFuture<Void> {
+        let term = state.value.term
+        let stored = eventLoop.makePromise(of: Result<Void, ViewStoreError>.self)
+        stored.completeWithTask {
+            do throws(ViewStoreError) {
+                try await store.compareAndStore(proposal, expected: expected)
+                return .success(())
+            } catch {
+                return .failure(error)
+            }
+        }
+        return stored.futureResult.map { outcome in
+            guard self.state.value.term == term, case .leader(let store, var machine) = self.state.value.role else { return }
+            switch outcome {
+            case .success:
+                let change = machine.onStored(proposal)
+                self.state.value.role = .leader(store: store, machine: machine)
+                if let change { self.record(change) }
+            case .failure(.conflict):
+                self.logger.error("\(ViewStoreError.conflict(location: store.location))")
+                self.resign()
+            case .failure(let error):
+                machine.onStoreFailed()
+                self.state.value.role = .leader(store: store, machine: machine)
+                self.logger.error("view not stored; will retry", metadata: ["error": "\(error)"])
+            }
+        }
     }
 
     private func record(_ change: ViewServiceStateMachine.ViewChange) {
@@ -73,57 +224,49 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
         ])
     }
 
-    private func onLoop<T: Sendable>(_ body: @escaping @Sendable () -> T) -> EventLoopFuture<T> {
-        eventLoop.inEventLoop ? eventLoop.makeSucceededFuture(body()) : eventLoop.submit(body)
+    private func onLoop<T: Sendable>(_ body: @escaping @Sendable () -> EventLoopFuture<T>) -> EventLoopFuture<T> {
+        eventLoop.inEventLoop ? body() : eventLoop.flatSubmit(body)
+    }
+
+    /// The error to answer with when this process cannot run the rules now.
+    private func notServing() -> any Error {
+        switch state.value.role {
+        case .follower(let leader): RPCServiceError.notLeader(leader)
+        case .loading, .leader: RPCServiceError.notLeader(nil)
+        case .failed(let error): RPCServiceError(code: .internal, message: "\(error)")
+        }
     }
 
     public func ping(_ args: PingArgs, context: RPCCallContext) -> EventLoopFuture<View> {
         onLoop {
+            guard case .leader(let store, var machine) = self.state.value.role else {
+                return self.eventLoop.makeFailedFuture(self.notServing())
+            }
             self.state.value.stats.pings += 1
-            let (view, change) = self.state.value.machine.onPing(server: args.server, viewnum: args.viewnum, now: self.now)
-            if let change { self.record(change) }
-            return view
+            let (view, proposal) = machine.onPing(server: args.server, viewnum: args.viewnum, now: self.now)
+            self.state.value.role = .leader(store: store, machine: machine)
+            guard let proposal else { return self.eventLoop.makeSucceededFuture(view) }
+            // Answer once the change is stored, so the pinger sees it without waiting a ping.
+            return self.persist(proposal, store: store, expected: machine.storedRecord).map { self.currentView() ?? view }
         }
     }
 
     public func getView(context: RPCCallContext) -> EventLoopFuture<View> {
         onLoop {
             self.state.value.stats.getViews += 1
-            return self.state.value.machine.currentView
+            guard let view = self.currentView() else { return self.eventLoop.makeFailedFuture(self.notServing()) }
+            return self.eventLoop.makeSucceededFuture(view)
         }
     }
 
-    /// The current view and counters.
-    public func snapshot() async throws -> (view: View, acknowledged: Bool, stats: ViewServiceStats) {
-        try await eventLoop.submit {
-            (self.state.value.machine.currentView, self.state.value.machine.acknowledged, self.state.value.stats)
-        }.get()
-    }
-}
-
-/// Typed client stub for the view service.
-public struct ViewServiceClient: Sendable {
-    public let rpc: RPCClient
-
-    public init(rpc: RPCClient) { self.rpc = rpc }
-
-    /// Heartbeat: `viewnum` is the view the server acknowledges (0 after a restart).
-    public func ping(server: String, viewnum: UInt64, timeout: Duration) -> EventLoopFuture<View> {
-        rpc.call(.ping(PingArgs(server: server, viewnum: viewnum)), timeout: timeout).flatMapThrowing(Self.view)
+    private func currentView() -> View? {
+        guard case .leader(_, let machine) = state.value.role else { return nil }
+        return machine.currentView
     }
 
-    /// The current view, without counting as a ping.
-    public func getView(timeout: Duration) -> EventLoopFuture<View> {
-        rpc.call(.getView, timeout: timeout).flatMapThrowing(Self.view)
-    }
-
-    public func getView(timeout: Duration) async throws -> View {
-        try await getView(timeout: timeout).get()
-    }
-
-    private static func view(_ result: CallResult) throws -> View {
-        guard case .view(let view) = result else { throw RPCError.protocolViolation("expected a View reply") }
-        return view
+    /// The current view and counters; nil view when this process is not the leader.
+    public func snapshot() async throws -> (view: View?, isLeader: Bool, stats: ViewServiceStats) {
+        try await eventLoop.submit { (self.currentView(), self.currentView() != nil, self.state.value.stats) }.get()
     }
 }
 

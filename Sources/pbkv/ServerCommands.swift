@@ -18,10 +18,15 @@ struct ViewServiceCommand: AsyncParsableCommand {
     var pingIntervalMs: Int = 100
     @Option(help: "A server that misses this many pings in a row is dead.")
     var deadPings: Int = 5
+    @Option(help: "Directory of the durable view record (created if absent; one view service per directory).")
+    var dataDir: String = "./pbkv-viewservice"
+    @Flag(help: "Keep the view only in memory (tests): a restart forgets it and starts again from view 0.")
+    var inMemory = false
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
         guard pingIntervalMs > 0 else { throw ValidationError("--ping-interval-ms must be positive") }
+        guard !dataDir.isEmpty else { throw ValidationError("--data-dir must not be empty") }
         guard deadPings > 0 else { throw ValidationError("--dead-pings must be positive") }
         guard (try? PeerAddress(parsing: listen)) != nil else { throw ValidationError("--listen must be HOST:PORT") }
     }
@@ -29,20 +34,43 @@ struct ViewServiceCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = logging.bootstrap(label: "pbkv.viewservice")
         let address = try PeerAddress(parsing: listen)
+        let election = try await makeElection(logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let (service, server) = try await ViewServiceServer.start(
             rpc: RPCServerConfiguration(host: address.host, port: address.port),
             configuration: ViewServiceConfiguration(pingInterval: .milliseconds(pingIntervalMs), deadPings: deadPings),
-            group: group, logger: logger)
+            election: election, group: group, logger: logger)
         let lifecycle = ShutdownOnSignal {
             await service.stop()
             await server.close()
         }
+        // Listed first, so shut down last: it returns once `lifecycle` stopped the service.
+        let storeWatch = FailWhen(future: service.terminated)
         let serviceGroup = ServiceGroup(
-            configuration: .init(services: [lifecycle], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await serviceGroup.run()
+            configuration: .init(
+                services: [.init(service: storeWatch, failureTerminationBehavior: .gracefullyShutdownGroup), .init(service: lifecycle)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await serviceGroup.run()
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
         try await group.shutdownGracefully()
         logger.info("view service stopped")
+    }
+
+    /// The file store (default) or memory; the store is opened and read once here, so a
+    /// damaged or locked data directory stops the command at once with a message naming it.
+    private func makeElection(logger: Logger) async throws -> any ViewServiceElection {
+        if inMemory {
+            logger.warning("view kept in memory only (--in-memory): a restart of this view service forgets the view")
+            return SoleLeadership(store: InMemoryViewStore())
+        }
+        let store = try FileViewStore(directory: dataDir)
+        let record = try await store.load()
+        logger.info("view store opened", metadata: ["path": "\(store.location)", "stored": "\(record.map(\.description) ?? "nothing yet")"])
+        return SoleLeadership(store: store)
     }
 }
 
@@ -53,7 +81,7 @@ struct ServerCommand: AsyncParsableCommand {
 
     @Option(help: "Address to listen on, HOST:PORT.")
     var listen: String
-    @Option(help: "The view service, HOST:PORT.")
+    @Option(help: "The view service, HOST:PORT; a replicated one as HOST:PORT,HOST:PORT,…")
     var viewservice: String
     @Option(help: "Address to put in views (what clients dial), HOST:PORT. Default: the listen address.")
     var advertise: String?
@@ -71,7 +99,9 @@ struct ServerCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard (try? PeerAddress(parsing: listen)) != nil else { throw ValidationError("--listen must be HOST:PORT") }
-        guard (try? PeerAddress(parsing: viewservice)) != nil else { throw ValidationError("--viewservice must be HOST:PORT") }
+        guard (try? PeerAddress.list(parsing: viewservice)) != nil else {
+            throw ValidationError("--viewservice must be HOST:PORT, or several separated by commas")
+        }
         if let advertise, (try? PeerAddress(parsing: advertise)) == nil {
             throw ValidationError("--advertise must be HOST:PORT")
         }
@@ -84,7 +114,7 @@ struct ServerCommand: AsyncParsableCommand {
         let logger = logging.bootstrap(label: "pbkv.server")
         let address = try PeerAddress(parsing: listen)
         var configuration = KVServerConfiguration(
-            listenHost: address.host, listenPort: address.port, viewService: try PeerAddress(parsing: viewservice))
+            listenHost: address.host, listenPort: address.port, viewService: try PeerAddress.list(parsing: viewservice))
         configuration.advertise = advertise ?? (address.port == 0 ? nil : listen)
         configuration.pingInterval = .milliseconds(pingIntervalMs)
         configuration.compression = !noCompression
@@ -103,6 +133,13 @@ struct ServerCommand: AsyncParsableCommand {
         try await serviceGroup.run()
         try await group.shutdownGracefully()
     }
+}
+
+/// A lifecycle service that lasts as long as `future`: it fails when the future fails.
+struct FailWhen: Service {
+    let future: EventLoopFuture<Void>
+
+    func run() async throws { try await future.get() }
 }
 
 /// A lifecycle service that waits for graceful shutdown, then runs `onShutdown`.

@@ -187,17 +187,17 @@ struct ReplicaRoleTests {
     func restartedFirstPrimaryLosesNothing() {
         var vs = ViewServiceStateMachine(configuration: .init(pingInterval: .milliseconds(100), deadPings: 5))
         var a = ReplicaStateMachine(me: "a")
-        _ = a.onView(vs.onPing(server: "a", viewnum: 0, now: .zero).view)
+        _ = a.onView(vs.answer(server: "a", viewnum: 0, now: .zero))
         // View 1 is not served before the view service confirms the acknowledgement...
         let first = a.onClientRequest(put("k", "v", seq: 1), token: 1)
         #expect(first == [.reply(1, wrongServer)])
         // ...so a crash now (before the acknowledging ping) loses nothing acknowledged.
         var restarted = ReplicaStateMachine(me: "a")
-        _ = restarted.onView(vs.onPing(server: "a", viewnum: 0, now: .milliseconds(50)).view)
+        _ = restarted.onView(vs.answer(server: "a", viewnum: 0, now: .milliseconds(50)))
         let answer = restarted.onClientRequest(get("k", client: 2, seq: 1), token: 2)
         #expect(answer == [.reply(2, wrongServer)])
         // Once the acknowledgement is confirmed, it serves.
-        _ = restarted.onView(vs.onPing(server: "a", viewnum: 1, now: .milliseconds(100)).view)
+        _ = restarted.onView(vs.answer(server: "a", viewnum: 1, now: .milliseconds(100)))
         #expect(restarted.onClientRequest(put("k", "v", client: 2, seq: 2), token: 3) == [.reply(3, ok)])
     }
 
@@ -698,5 +698,13 @@ struct ReplicaStaleResultTests {
         #expect(net.nodes["p"]!.onTransferOutcome(to: "b", transferID: chunk.transferID, chunkIndex: 0, outcome: .replied(TransferReply(code: .ok))) == [])
         #expect(net["p"].pingViewnum == 2)
         #expect(net.replies == [.reply(1, ok)])
+    }
+}
+
+extension ViewServiceStateMachine {
+    /// A ping answered as the view service shell answers it: after storing what it caused.
+    mutating func answer(server: String, viewnum: UInt64, now: Duration) -> View {
+        if let proposal = onPing(server: server, viewnum: viewnum, now: now).store { _ = onStored(proposal) }
+        return currentView
     }
 }

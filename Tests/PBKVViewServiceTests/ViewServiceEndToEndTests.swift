@@ -264,7 +264,7 @@ struct ViewServiceEndToEndTests {
             await vs.servers.start("s3")
             try await vs.waitUntil("ping reply to s3") { await $0.lastView(of: "s3") != nil }
             let idle = try await vs.service.snapshot()
-            #expect(idle.view.sameAssignment(as: View(viewnum: 2, primary: "s1", backup: "s2")))
+            #expect(try #require(idle.view).sameAssignment(as: View(viewnum: 2, primary: "s1", backup: "s2")))
 
             await vs.servers.stop("s1")
             let view = try await vs.waitFor("s2 as primary") { $0.primary == "s2" }
@@ -277,15 +277,14 @@ struct ViewServiceEndToEndTests {
     func restartedPrimaryTreatedAsDead() async throws {
         try await ViewServiceEndToEnd.run { vs in
             try await vs.startPrimaryAndBackup()
+            let before = try await vs.service.snapshot().stats.viewChanges
             // s1 restarts and pings 0; it never misses a ping, so only the restart can depose it.
             await vs.servers.start("s1")
-            let takeover = try await vs.waitFor("s2 as primary") { $0.primary == "s2" }
-            #expect(
-                takeover.sameAssignment(as: View(viewnum: 3, primary: "s2", backup: ""))
-                    || takeover.sameAssignment(as: View(viewnum: 4, primary: "s2", backup: "s1")))
-            // The restarted s1 comes back as an ordinary (empty) backup, never as primary.
-            let view = try await vs.waitFor("a backup") { !$0.backup.isEmpty }
+            // Two changes: s2 promoted alone (view 3), then the restarted s1 taken as an ordinary
+            // (empty) backup (view 4), never as primary.
+            let view = try await vs.waitFor("s2 primary with s1 as backup") { $0.primary == "s2" && $0.backup == "s1" }
             #expect(view.sameAssignment(as: View(viewnum: 4, primary: "s2", backup: "s1")))
+            #expect(try await vs.service.snapshot().stats.viewChanges == before + 2)
             try await vs.observe("s2 stays primary") { $0.primary == "s2" }
         }
     }

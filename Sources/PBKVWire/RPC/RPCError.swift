@@ -61,4 +61,13 @@ public struct PeerAddress: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    /// Parses a comma-separated list `HOST:PORT[,HOST:PORT…]` (at least one; spaces ignored).
+    public static func list(parsing text: String) throws(RPCError) -> [PeerAddress] {
+        let parts = text.split(separator: ",").map { $0.filter { $0 != " " } }.filter { !$0.isEmpty }
+        guard !parts.isEmpty else { throw .invalidAddress(text) }
+        var addresses: [PeerAddress] = []
+        for part in parts { addresses.append(try PeerAddress(parsing: String(part))) }
+        return addresses
+    }
 }
