@@ -44,7 +44,11 @@ public final class ProcessCluster: @unchecked Sendable {
     public let logDirectory: URL
     private let lock = NSLock()
     private var processes: [ClusterProcess] = []
-    public private(set) var viewServiceAddress = ""
+    /// Every view service started (one, or the members of a replicated one), in order.
+    private var viewServices: [String] = []
+
+    /// What servers and clients are given: the view service address(es), comma-separated.
+    public var viewServiceAddress: String { lock.withLock { viewServices.joined(separator: ",") } }
 
     public init(executable: URL, host: String = "127.0.0.1", pingIntervalMs: Int = 100, logDirectory: URL? = nil) throws {
         self.executable = executable
@@ -55,21 +59,41 @@ public final class ProcessCluster: @unchecked Sendable {
         self.logDirectory = dir
     }
 
+    /// The `pbkv` binary built beside the running test binary (tests run from the build
+    /// directory, where `swift build --build-tests` also puts `pbkv`).
+    public static func builtExecutable() throws -> URL {
+        let url = currentExecutable.deletingLastPathComponent().appendingPathComponent("pbkv")
+        // The test bundle may sit one level deeper (`pbkvPackageTests.xctest/...`).
+        let candidates = [url, currentExecutable.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("pbkv")]
+        guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
+            throw ClusterError.notReady("no pbkv binary beside \(currentExecutable.path): run `swift build --build-tests` first")
+        }
+        return found
+    }
+
     /// The running `pbkv` binary (for a cluster of the same build).
     public static var currentExecutable: URL {
         URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
     }
 
-    /// Starts the view service.
+    /// Starts a view service with its own data directory under the log directory. `address`
+    /// restarts the one at that address (same data directory); nil starts a new one (one more
+    /// member when `extraArguments` make it replicated, e.g. `--etcd`).
     @discardableResult
-    public func startViewService(deadPings: Int = 5) throws -> ClusterProcess {
-        let port = try Self.freePort(host: host)
-        let address = "\(host):\(port)"
+    public func startViewService(address: String? = nil, deadPings: Int = 5, extraArguments: [String] = []) throws -> ClusterProcess {
+        let address = try address ?? "\(host):\(Self.freePort(host: host))"
+        let dataDirectory = logDirectory.appendingPathComponent("viewservice-\(address.replacingOccurrences(of: ":", with: "_"))").path
         let proc = try launch(name: "viewservice", address: address, arguments: [
-            "viewservice", "--listen", address, "--ping-interval-ms", "\(pingIntervalMs)", "--dead-pings", "\(deadPings)",
-        ])
-        viewServiceAddress = address
+            "viewservice", "--listen", address, "--data-dir", dataDirectory,
+            "--ping-interval-ms", "\(pingIntervalMs)", "--dead-pings", "\(deadPings)",
+        ] + extraArguments)
+        lock.withLock { if !viewServices.contains(address) { viewServices.append(address) } }
         return proc
+    }
+
+    /// The view services' running processes.
+    public var viewServiceProcesses: [ClusterProcess] {
+        lock.withLock { viewServices }.compactMap { process(at: $0) }
     }
 
     /// Starts a KV server (fresh, empty). `address` reuses a port (a restart); nil picks a free one.
@@ -106,7 +130,9 @@ public final class ProcessCluster: @unchecked Sendable {
         process.executableURL = executable
         process.arguments = arguments
         let logFile = logDirectory.appendingPathComponent("\(name)-\(address.replacingOccurrences(of: ":", with: "_"))-\(all.count).log")
-        FileManager.default.createFile(atPath: logFile.path, contents: nil)
+        guard FileManager.default.createFile(atPath: logFile.path, contents: nil) else {
+            throw ClusterError.notReady("cannot create the log file \(logFile.path)")
+        }
         let handle = try FileHandle(forWritingTo: logFile)
         process.standardOutput = handle
         process.standardError = handle
