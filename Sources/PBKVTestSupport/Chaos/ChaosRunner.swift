@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOPosix
 import PBKVClient
 import PBKVWire
 
@@ -40,6 +41,11 @@ public enum NemesisFault: String, Sendable, CaseIterable {
     case pausePrimary = "pause-primary"
     /// SIGSTOP the backup for a while, then SIGCONT.
     case pauseBackup = "pause-backup"
+    /// SIGKILL the view service (the leader, when replicated), restart it on the same address
+    /// and data directory.
+    case killViewService = "kill-viewservice"
+    /// SIGSTOP the view service (the leader, when replicated) for a while, then SIGCONT.
+    case pauseViewService = "pause-viewservice"
 }
 
 /// The outcome of a chaos run.
@@ -88,12 +94,27 @@ public struct ChaosRunner: Sendable {
         self.log = log
     }
 
+    /// The process of the view service that answers as leader (the only one, unless replicated).
+    private func leaderViewService(_ cluster: ProcessCluster) async -> ClusterProcess? {
+        for process in cluster.viewServiceProcesses {
+            guard let address = try? PeerAddress(parsing: process.address) else { continue }
+            // A plain RPC client: a follower's NOT_LEADER must not be followed to the leader.
+            let client = RPCClient(
+                peer: address, eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+                logger: Logger(label: "pbkv.chaos", factory: { _ in SwiftLogNoOpLogHandler() }))
+            defer { _ = client.shutdown() }
+            if (try? await client.call(.getView, timeout: .milliseconds(500))) != nil { return process }
+        }
+        return nil
+    }
+
     public func run() async throws -> ChaosReport {
         let config = configuration
         var report = ChaosReport(seed: config.seed, seconds: config.seconds)
         let cluster = try ProcessCluster(executable: config.executable, pingIntervalMs: config.pingIntervalMs)
         defer { cluster.stopAll() }
-        try cluster.startViewService()
+        let viewServiceArguments: [String] = []
+        try cluster.startViewService(extraArguments: viewServiceArguments)
         var quiet = Logger(label: "pbkv.chaos")
         quiet.logLevel = .critical
         var observerConfig = KVClientConfiguration()
@@ -212,6 +233,27 @@ public struct ChaosRunner: Sendable {
                 try await Task.sleep(for: .milliseconds(pauseFor))
                 process.signal(SIGCONT)
                 log("[\(stamp())] SIGCONT \(target)")
+            case .killViewService, .pauseViewService:
+                guard let process = await leaderViewService(cluster) else {
+                    log("[\(stamp())] no view service leader found; nemesis waits")
+                    continue
+                }
+                if fault == .killViewService {
+                    process.killAndWait()
+                    let downFor = Int64(rng.next() % 800)
+                    faults.append("\(fault.rawValue) \(process.address)")
+                    log("[\(stamp())] SIGKILL view service \(process.address); restart in \(downFor) ms")
+                    try await Task.sleep(for: .milliseconds(downFor))
+                    try cluster.startViewService(address: process.address, extraArguments: viewServiceArguments)
+                } else {
+                    let pauseFor = Int64(300 + rng.next() % 1200)
+                    faults.append("\(fault.rawValue) \(process.address) \(pauseFor) ms")
+                    log("[\(stamp())] SIGSTOP view service \(process.address) for \(pauseFor) ms")
+                    process.signal(SIGSTOP)
+                    try await Task.sleep(for: .milliseconds(pauseFor))
+                    process.signal(SIGCONT)
+                    log("[\(stamp())] SIGCONT view service \(process.address)")
+                }
             }
         }
         for task in clientTasks { await task.value }
