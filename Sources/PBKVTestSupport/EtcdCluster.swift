@@ -123,14 +123,14 @@ public final class EtcdProcess: @unchecked Sendable {
 /// 2380, so a system-wide etcd is left alone) with temporary data directories. Everything is
 /// stopped by pid; `shutdown()` stops the members and removes the directories.
 ///
-/// Readiness is checked by a probe the caller passes (PBKVTestSupport has no HTTP client; tests
-/// pass one made with `EtcdClient`): a member is ready when the probe of its client endpoint
-/// returns true.
+/// Readiness is checked by a probe the caller passes (PBKVTestSupport has no HTTP client): a
+/// member is ready when the probe of its client endpoint returns true. With PBKVEtcd:
 ///
-///     let etcd = try await EtcdCluster.start(members: 3) { endpoint in await isServing(endpoint) }
-///     defer { Task { await etcd.shutdown() } }      // or: await etcd.shutdown() at the end
-///     etcd.endpoints                                 // ["127.0.0.1:41234", …]
-///     await etcd.members[0].kill(); try await etcd.restart(0)
+///     let etcd = try await EtcdCluster.start(members: 3) { await EtcdClient.isServing(endpoint: $0) }
+///     etcd.endpoints          // ["127.0.0.1:41234", …]; etcd.endpointList for --etcd
+///     etcd.members[0].pause() // SIGSTOP; .resume(), await .kill(), await .stop()
+///     try await etcd.restart(0)
+///     await etcd.shutdown()   // also when the test fails
 public final class EtcdCluster: Sendable {
     /// Whether the member at an endpoint serves requests (e.g. a linearizable read succeeds).
     public typealias Probe = @Sendable (_ endpoint: String) async -> Bool
@@ -146,6 +146,9 @@ public final class EtcdCluster: Sendable {
     /// The client endpoints of all members, `HOST:PORT`, in member order.
     public var endpoints: [String] { members.map(\.clientEndpoint) }
 
+    /// The endpoints as `pbkv viewservice --etcd` takes them: `HOST:PORT,HOST:PORT,…`.
+    public var endpointList: String { endpoints.joined(separator: ",") }
+
     private init(members: [EtcdProcess], directory: URL, probe: @escaping Probe, readyTimeout: Duration) {
         self.members = members
         self.directory = directory
@@ -154,38 +157,52 @@ public final class EtcdCluster: Sendable {
     }
 
     /// Starts `members` (1 or 3) members and waits until each one serves (at most `readyTimeout`).
+    /// A member that exits at once (another process took a port between our check and its bind)
+    /// makes it start again on other ports, up to three times.
     public static func start(
         members count: Int = 1, readyTimeout: Duration = .seconds(30), probe: @escaping Probe
     ) async throws -> EtcdCluster {
         guard FileManager.default.isExecutableFile(atPath: executable) else { throw EtcdClusterError.etcdNotInstalled(path: executable) }
         guard count == 1 || count == 3 else { throw EtcdClusterError.badMemberCount(count) }
+        var attempt = 1
+        while true {
+            let cluster = try makeCluster(members: count, probe: probe, readyTimeout: readyTimeout)
+            do {
+                for member in cluster.members { try member.start(executable: executable) }
+                for member in cluster.members { try await cluster.waitUntilReady(member) }
+                return cluster
+            } catch {
+                let exited = cluster.members.contains { !$0.isRunning }
+                await cluster.shutdown()
+                if exited && attempt < 3 {
+                    attempt += 1
+                    continue
+                }
+                throw error
+            }
+        }
+    }
+
+    /// Members on free loopback ports (never 2379 or 2380), not started yet.
+    private static func makeCluster(members count: Int, probe: @escaping Probe, readyTimeout: Duration) throws -> EtcdCluster {
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("pbkv-etcd-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        var ports: Set<Int> = []
+        var ports: [Int] = []
         while ports.count < 2 * count {
             let port = try ProcessCluster.freePort()
-            if port != 2379 && port != 2380 { ports.insert(port) }
+            if port != 2379 && port != 2380 && !ports.contains(port) { ports.append(port) }
         }
-        let sorted = Array(ports)
         let names = (1...count).map { "m\($0)" }
-        let peerURLs = (0..<count).map { "http://127.0.0.1:\(sorted[2 * $0 + 1])" }
+        let peerURLs = (0..<count).map { "http://127.0.0.1:\(ports[2 * $0 + 1])" }
         let initialCluster = zip(names, peerURLs).map { "\($0)=\($1)" }.joined(separator: ",")
         let processes = (0..<count).map { i in
             EtcdProcess(
-                name: names[i], clientEndpoint: "127.0.0.1:\(sorted[2 * i])", peerURL: peerURLs[i],
+                name: names[i], clientEndpoint: "127.0.0.1:\(ports[2 * i])", peerURL: peerURLs[i],
                 dataDirectory: directory.appendingPathComponent(names[i]),
                 logFile: directory.appendingPathComponent("\(names[i]).log"), initialCluster: initialCluster)
         }
-        let cluster = EtcdCluster(members: processes, directory: directory, probe: probe, readyTimeout: readyTimeout)
-        do {
-            for member in processes { try member.start(executable: executable) }
-            for member in processes { try await cluster.waitUntilReady(member) }
-        } catch {
-            await cluster.shutdown()
-            throw error
-        }
-        return cluster
+        return EtcdCluster(members: processes, directory: directory, probe: probe, readyTimeout: readyTimeout)
     }
 
     /// Starts member `index` again (after `kill()` or `stop()`), same ports and data, and waits
