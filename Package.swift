@@ -113,7 +113,7 @@ let package = Package(
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "PBKVViewServiceTests", dependencies: ["PBKVViewService", "PBKVTestSupport"]),
+        .testTarget(name: "PBKVViewServiceTests", dependencies: ["PBKVViewService", "PBKVTestSupport", "PBKVEtcd"]),
         .testTarget(name: "PBKVServerTests", dependencies: ["PBKVServer", "PBKVTestSupport"]),
         .testTarget(name: "PBKVClientTests", dependencies: ["PBKVClient", "PBKVServer", "PBKVTestSupport"]),
         .testTarget(name: "PBKVTestSupportTests", dependencies: ["PBKVTestSupport"]),

@@ -57,7 +57,7 @@ struct ViewServiceHarness {
 }
 
 /// The classic view service scenarios, on the pure state machine with a fake clock.
-@Suite("View service rules (state machine, fake clock)")
+@Suite("View service rules (state machine, fake clock)", .sharedEtcd)
 struct ViewServiceStateMachineTests {
 
     @Test("No primary before any ping", arguments: ViewStoreKind.allCases)
@@ -183,7 +183,7 @@ struct ViewServiceStateMachineTests {
 
 /// Random ping/tick sequences; invariants checked after every step.
 /// The view service restarts (or a new leader takes over) and resumes from its store.
-@Suite("View service resumes from its store (state machine, fake clock)")
+@Suite("View service resumes from its store (state machine, fake clock)", .sharedEtcd)
 struct ViewServiceResumeTests {
     /// a primary, b backup, view 2 acknowledged; c idle.
     private func twoServerView(_ store: ViewStoreKind) async throws -> ViewServiceHarness {
