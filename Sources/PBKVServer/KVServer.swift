@@ -20,10 +20,16 @@ public struct KVServerConfiguration: Sendable {
     public var faults: FaultInjector?
     /// Outbound fault injection on the link to the view service (tests: cut a server off).
     public var viewServiceFaults: FaultInjector?
-    /// Deadline of one forward to the backup before it is retried.
+    /// Timeout of a forward or transfer chunk to the backup before any round trip was measured
+    /// (TCP's initial RTO), per 64 KiB on the link. Then calls time out after a few measured round
+    /// trips (`RoundTripEstimator`), doubled after each timeout.
     public var forwardTimeout: Duration = .milliseconds(250)
-    /// Deadline of one transfer chunk before it is retried.
+    /// The most a forward or transfer chunk waits before it is retried, however large, slow or
+    /// backed off: a few 1 MiB chunks in flight on a slow link still fit.
     public var transferTimeout: Duration = .seconds(5)
+    /// The least a call to the backup waits (per 64 KiB on the link), however quick the round
+    /// trips: below this, scheduling delays on a busy machine would look like loss.
+    public var minimumBackupTimeout: Duration = .milliseconds(30)
     public var replica = ReplicaConfiguration()
     public var maxPayload = Frame.defaultMaxPayload
     /// Offer zlib on this server's connections (when the peer agrees).
@@ -51,8 +57,8 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         var nextToken: ReplyToken = 1
         var pingInFlight = false
         var pingAgain = false
-        /// When the current transfer's first chunk was sent (for the completion log line).
-        var transferStartedAt: ContinuousClock.Instant?
+        /// Timeouts of calls to the backup and timing of transfers; made at the first call.
+        var backupTimer: BackupCallTimer?
         var backupLink: (address: String, client: RPCClient)?
         var ticker: RepeatedTask?
         var stopped = false
@@ -175,7 +181,6 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
             case .forward(let target, let args, let delay):
                 after(delay) { self.sendForward(to: target, args) }
             case .transfer(let target, let chunk, let delay):
-                if chunk.chunkIndex == 0 { state.value.transferStartedAt = .now + delay }
                 after(delay) { self.sendTransfer(to: target, chunk) }
             case .fetchView:
                 ping()
@@ -185,10 +190,12 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
                     "view.primary": "\(view.primary)", "view.backup": "\(view.backup)",
                 ])
             case .transferCompleted(let target, let entries, let chunks):
-                let elapsed = state.value.transferStartedAt.map { ContinuousClock.now - $0 } ?? .zero
+                // The whole transfer: since its first chunk 0 left, resends and restarts included.
+                let summary = withBackupTimer { $0.transferCompleted(to: target, at: clockNow) }
                 logger.info("state transfer completed", metadata: [
                     "backup": "\(target)", "entries": "\(entries)", "chunks": "\(chunks)",
-                    "milliseconds": "\(Int(elapsed / .milliseconds(1)))",
+                    "milliseconds": "\(summary.map { Int($0.elapsed / .milliseconds(1)) } ?? 0)",
+                    "resends": "\(summary?.resends ?? 0)", "unanswered": "\(summary?.unanswered ?? 0)",
                 ])
             }
         }
@@ -213,25 +220,43 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         config.compression = configuration.compression
         let client = RPCClient(peer: peer, eventLoop: eventLoop, configuration: config, logger: logger)
         state.value.backupLink = (address, client)
+        withBackupTimer { $0.backupChanged() }
         return client
+    }
+
+    /// Origin of the `Duration`s handed to the backup timer.
+    private let clockOrigin = ContinuousClock.now
+    /// Time for the backup timer: since this server was made.
+    private var clockNow: Duration { ContinuousClock.now - clockOrigin }
+
+    private func withBackupTimer<T>(_ body: (inout BackupCallTimer) -> T) -> T {
+        var timer = state.value.backupTimer ?? BackupCallTimer(
+            initial: configuration.forwardTimeout, minimum: configuration.minimumBackupTimeout,
+            maximum: configuration.transferTimeout)
+        defer { state.value.backupTimer = timer }
+        return body(&timer)
     }
 
     private func sendForward(to target: String, _ args: ForwardArgs) {
         guard !state.value.stopped, let client = backupClient(target) else { return }
-        client.call(.forward(args), timeout: configuration.forwardTimeout, compressionThreshold: configuration.latencyCompressionThreshold)
+        let timed = withBackupTimer { $0.willSendForward(args, at: clockNow) }
+        client.call(.forward(args), timeout: timed.timeout, compressionThreshold: configuration.latencyCompressionThreshold)
             .whenComplete { result in
             let outcome: ReplicaCallOutcome<ForwardReply>
             if case .success(.forward(let reply)) = result { outcome = .replied(reply) } else { outcome = .failed }
+            self.withBackupTimer { $0.didComplete(timed, replied: outcome != .failed, at: self.clockNow) }
             self.run(self.state.value.machine.onForwardOutcome(to: target, firstIndex: args.firstIndex, outcome: outcome))
         }
     }
 
     private func sendTransfer(to target: String, _ chunk: TransferChunk) {
         guard !state.value.stopped, let client = backupClient(target) else { return }
-        client.call(.transfer(chunk), timeout: configuration.transferTimeout, compressionThreshold: configuration.transferCompressionThreshold)
+        let timed = withBackupTimer { $0.willSendTransfer(chunk, to: target, at: clockNow) }
+        client.call(.transfer(chunk), timeout: timed.timeout, compressionThreshold: configuration.transferCompressionThreshold)
             .whenComplete { result in
             let outcome: ReplicaCallOutcome<TransferReply>
             if case .success(.transfer(let reply)) = result { outcome = .replied(reply) } else { outcome = .failed }
+            self.withBackupTimer { $0.didComplete(timed, replied: outcome != .failed, at: self.clockNow) }
             self.run(self.state.value.machine.onTransferOutcome(
                 to: target, transferID: chunk.transferID, chunkIndex: chunk.chunkIndex, outcome: outcome))
         }

@@ -46,6 +46,17 @@ struct FaultInjectorTests {
         #expect(partitioned.counts.repliesDropped == 100)
     }
 
+    @Test("dropNextRequests and dropNextReplies drop exactly that many, then the probabilities rule")
+    func dropNext() {
+        let injector = FaultInjector(policy: FaultPolicy(dropNextRequests: 2, dropNextReplies: 1), seed: 4)
+        #expect((0..<5).map { _ in injector.shouldDropRequest() } == [true, true, false, false, false])
+        #expect((0..<3).map { _ in injector.shouldDropReply() } == [true, false, false])
+        #expect(injector.policy.dropNextRequests == 0 && injector.policy.dropNextReplies == 0)
+        #expect(injector.counts.requestsDropped == 2 && injector.counts.repliesDropped == 1)
+        injector.policy.dropNextRequests = 1
+        #expect(injector.shouldDropRequest() && !injector.shouldDropRequest())
+    }
+
     @Test("SplitMix64 is uniform enough for fault decisions")
     func splitMix() {
         var rng = SplitMix64(seed: 99)

@@ -13,10 +13,16 @@ public struct FaultPolicy: Sendable, Hashable {
     public var connectionDelay: Duration = .milliseconds(200)
     /// Drop every request (a partition); overrides the probabilities.
     public var partitioned = false
+    /// Drop this many of the next requests for sure (one fault placed on purpose, e.g. the first
+    /// transfer chunk a restarted backup receives); counts down as they drop.
+    public var dropNextRequests = 0
+    /// Lose the replies of this many of the next requests that run; counts down as they drop.
+    public var dropNextReplies = 0
 
     public init(
         dropRequest: Double = 0, dropReply: Double = 0, refuseConnection: Double = 0,
-        delayConnection: Double = 0, connectionDelay: Duration = .milliseconds(200), partitioned: Bool = false
+        delayConnection: Double = 0, connectionDelay: Duration = .milliseconds(200), partitioned: Bool = false,
+        dropNextRequests: Int = 0, dropNextReplies: Int = 0
     ) {
         self.dropRequest = dropRequest
         self.dropReply = dropReply
@@ -24,6 +30,8 @@ public struct FaultPolicy: Sendable, Hashable {
         self.delayConnection = delayConnection
         self.connectionDelay = connectionDelay
         self.partitioned = partitioned
+        self.dropNextRequests = dropNextRequests
+        self.dropNextReplies = dropNextReplies
     }
 
     /// No faults.
@@ -66,7 +74,7 @@ public final class FaultInjector: Sendable {
     public func shouldDropRequest() -> Bool {
         state.withLock { s in
             s.counts.requestsSeen += 1
-            let drop = s.policy.partitioned || s.rng.chance(s.policy.dropRequest)
+            let drop = s.policy.partitioned || s.policy.dropNextRequests.takeOne() || s.rng.chance(s.policy.dropRequest)
             if drop { s.counts.requestsDropped += 1 }
             return drop
         }
@@ -75,7 +83,7 @@ public final class FaultInjector: Sendable {
     /// True if the reply of a request that ran should vanish.
     public func shouldDropReply() -> Bool {
         state.withLock { s in
-            let drop = s.policy.partitioned || s.rng.chance(s.policy.dropReply)
+            let drop = s.policy.partitioned || s.policy.dropNextReplies.takeOne() || s.rng.chance(s.policy.dropReply)
             if drop { s.counts.repliesDropped += 1 }
             return drop
         }
@@ -97,6 +105,15 @@ public final class FaultInjector: Sendable {
             s.counts.connectionsDelayed += 1
             return s.policy.connectionDelay
         }
+    }
+}
+
+extension Int {
+    /// Counts down by one if positive; true if it did.
+    fileprivate mutating func takeOne() -> Bool {
+        guard self > 0 else { return false }
+        self -= 1
+        return true
     }
 }
 
