@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import NIOCore
 import NIOPosix
+import PBKVEtcd
 import PBKVServer
 import PBKVViewService
 import PBKVWire
@@ -22,11 +23,23 @@ struct ViewServiceCommand: AsyncParsableCommand {
     var dataDir: String = "./pbkv-viewservice"
     @Flag(help: "Keep the view only in memory (tests): a restart forgets it and starts again from view 0.")
     var inMemory = false
+    @Option(help: "Replicated mode: the etcd cluster's client endpoints, HOST:PORT[,HOST:PORT…] (instead of --data-dir).")
+    var etcd: String?
+    @Option(help: "Replicated mode: the key prefix of this pbkv cluster in etcd (several clusters may share one etcd).")
+    var etcdPrefix: String = "pbkv"
+    @Option(help: "Replicated mode: the address other view services give clients for this one, HOST:PORT. Default: --listen.")
+    var advertise: String?
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
         guard pingIntervalMs > 0 else { throw ValidationError("--ping-interval-ms must be positive") }
         guard !dataDir.isEmpty else { throw ValidationError("--data-dir must not be empty") }
+        if let etcd {
+            guard !inMemory else { throw ValidationError("--etcd and --in-memory exclude each other: choose one store") }
+            do { _ = try EtcdClient.parseEndpoints(etcd) } catch { throw ValidationError("--etcd: \(error)") }
+            guard !etcdPrefix.isEmpty, !etcdPrefix.contains(" ") else { throw ValidationError("--etcd-prefix must be a non-empty name without spaces") }
+        }
+        if let advertise, (try? PeerAddress(parsing: advertise)) == nil { throw ValidationError("--advertise must be HOST:PORT") }
         guard deadPings > 0 else { throw ValidationError("--dead-pings must be positive") }
         guard (try? PeerAddress(parsing: listen)) != nil else { throw ValidationError("--listen must be HOST:PORT") }
     }
@@ -34,7 +47,7 @@ struct ViewServiceCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = logging.bootstrap(label: "pbkv.viewservice")
         let address = try PeerAddress(parsing: listen)
-        let election = try await makeElection(logger: logger)
+        let (election, etcdClient) = try await makeElection(logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let (service, server) = try await ViewServiceServer.start(
             rpc: RPCServerConfiguration(host: address.host, port: address.port),
@@ -43,6 +56,7 @@ struct ViewServiceCommand: AsyncParsableCommand {
         let lifecycle = ShutdownOnSignal {
             await service.stop()
             await server.close()
+            await etcdClient?.shutdown()
         }
         // Listed first, so shut down last: it returns once `lifecycle` stopped the service.
         let storeWatch = FailWhen(future: service.terminated)
@@ -60,17 +74,23 @@ struct ViewServiceCommand: AsyncParsableCommand {
         logger.info("view service stopped")
     }
 
-    /// The file store (default) or memory; the store is opened and read once here, so a
-    /// damaged or locked data directory stops the command at once with a message naming it.
-    private func makeElection(logger: Logger) async throws -> any ViewServiceElection {
+    /// The etcd election (replicated mode), or sole leadership of the file store (default) or
+    /// of memory. The file store is opened and read once here, so a damaged or locked data
+    /// directory stops the command at once with a message naming it.
+    private func makeElection(logger: Logger) async throws -> (any ViewServiceElection, EtcdClient?) {
+        if let etcd {
+            let client = try EtcdClient(endpoints: EtcdClient.parseEndpoints(etcd), logger: logger)
+            logger.info("replicated view service on etcd", metadata: ["etcd": "\(etcd)", "etcd.prefix": "\(etcdPrefix)"])
+            return (EtcdElection(client: client, prefix: etcdPrefix, advertise: advertise ?? listen, logger: logger), client)
+        }
         if inMemory {
             logger.warning("view kept in memory only (--in-memory): a restart of this view service forgets the view")
-            return SoleLeadership(store: InMemoryViewStore())
+            return (SoleLeadership(store: InMemoryViewStore()), nil)
         }
         let store = try FileViewStore(directory: dataDir)
         let record = try await store.load()
         logger.info("view store opened", metadata: ["path": "\(store.location)", "stored": "\(record.map(\.description) ?? "nothing yet")"])
-        return SoleLeadership(store: store)
+        return (SoleLeadership(store: store), nil)
     }
 }
 
