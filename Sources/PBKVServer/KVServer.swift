@@ -266,7 +266,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
 
     /// Runs `body` on the server's loop: at once when already there (the usual case: the RPC
     /// server shares the loop), so a reply can go out in the same read batch.
-    private func onLoop<T>(_ body: @escaping @Sendable () -> EventLoopFuture<T>) -> EventLoopFuture<T> {
+    private func onLoop<T: Sendable>(_ body: @escaping @Sendable () -> EventLoopFuture<T>) -> EventLoopFuture<T> {
         eventLoop.inEventLoop ? body() : eventLoop.flatSubmit(body)
     }
 
