@@ -115,7 +115,7 @@ let package = Package(
         ),
         .testTarget(name: "PBKVViewServiceTests", dependencies: ["PBKVViewService", "PBKVTestSupport", "PBKVEtcd"]),
         .testTarget(name: "PBKVServerTests", dependencies: ["PBKVServer", "PBKVTestSupport"]),
-        .testTarget(name: "PBKVClientTests", dependencies: ["PBKVClient", "PBKVServer", "PBKVTestSupport"]),
+        .testTarget(name: "PBKVClientTests", dependencies: ["PBKVClient", "PBKVServer", "PBKVTestSupport", "PBKVEtcd"]),
         .testTarget(name: "PBKVTestSupportTests", dependencies: ["PBKVTestSupport"]),
         .testTarget(
             name: "PBKVEtcdTests",

@@ -155,11 +155,15 @@ struct ServerCommand: AsyncParsableCommand {
     }
 }
 
-/// A lifecycle service that lasts as long as `future`: it fails when the future fails.
+/// A lifecycle service that fails when `future` fails; when it succeeds (the service it
+/// watches was stopped) it waits for its own turn to shut down.
 struct FailWhen: Service {
     let future: EventLoopFuture<Void>
 
-    func run() async throws { try await future.get() }
+    func run() async throws {
+        try await future.get()
+        try? await gracefulShutdown()
+    }
 }
 
 /// A lifecycle service that waits for graceful shutdown, then runs `onShutdown`.
