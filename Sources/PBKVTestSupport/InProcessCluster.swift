@@ -28,10 +28,11 @@ public final class InProcessCluster: Sendable {
     private let rpcServer: RPCServer
     private let vsGroup: MultiThreadedEventLoopGroup
     private let logger: Logger
+    private let onShutdown: @Sendable () async -> Void
 
     private init(
         pingInterval: Duration, viewService: ViewServiceServer, rpcServer: RPCServer, vsGroup: MultiThreadedEventLoopGroup,
-        logger: Logger
+        logger: Logger, onShutdown: @escaping @Sendable () async -> Void
     ) {
         self.pingInterval = pingInterval
         self.viewService = viewService
@@ -39,20 +40,26 @@ public final class InProcessCluster: Sendable {
         self.vsGroup = vsGroup
         self.viewServiceAddress = "127.0.0.1:\(rpcServer.port)"
         self.logger = logger
+        self.onShutdown = onShutdown
     }
 
-    /// Starts the view service.
-    public static func start(pingInterval: Duration = .milliseconds(100), deadPings: Int = 5, logger: Logger? = nil) async throws
-        -> InProcessCluster
-    {
+    /// Starts the view service: by default the sole leader of a memory store; `election` (with
+    /// the `port` it advertises) runs it in another mode, e.g. on etcd. `onShutdown` runs after
+    /// the view service stopped (to stop what the election needed).
+    public static func start(
+        pingInterval: Duration = .milliseconds(100), deadPings: Int = 5, port: Int = 0, election: (any ViewServiceElection)? = nil,
+        logger: Logger? = nil, onShutdown: @escaping @Sendable () async -> Void = {}
+    ) async throws -> InProcessCluster {
         var logger = logger ?? Logger(label: "pbkv.test")
         if logger.logLevel > .warning || logger.logLevel == .info { logger.logLevel = .warning }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let (service, server) = try await ViewServiceServer.start(
-            rpc: RPCServerConfiguration(host: "127.0.0.1", port: 0),
-            configuration: ViewServiceConfiguration(pingInterval: pingInterval, deadPings: deadPings), group: group,
-            logger: logger)
-        return InProcessCluster(pingInterval: pingInterval, viewService: service, rpcServer: server, vsGroup: group, logger: logger)
+            rpc: RPCServerConfiguration(host: "127.0.0.1", port: port),
+            configuration: ViewServiceConfiguration(pingInterval: pingInterval, deadPings: deadPings), election: election,
+            group: group, logger: logger)
+        return InProcessCluster(
+            pingInterval: pingInterval, viewService: service, rpcServer: server, vsGroup: group, logger: logger,
+            onShutdown: onShutdown)
     }
 
     /// Starts a fresh (empty) server; `port` 0 picks a free one, another value restarts on it.
@@ -145,5 +152,6 @@ public final class InProcessCluster: Sendable {
         await viewService.stop()
         await rpcServer.close()
         try? await vsGroup.shutdownGracefully()
+        await onShutdown()
     }
 }

@@ -35,9 +35,9 @@ struct ReplicatedKVEndToEndTests {
         }
     }
 
-    @Test("1. Single primary, no backup: Puts and Gets")
-    func singlePrimary() async throws {
-        let cluster = try await InProcessCluster.start()
+    @Test("1. Single primary, no backup: Puts and Gets", arguments: ViewServiceKind.allCases)
+    func singlePrimary(viewService: ViewServiceKind) async throws {
+        let cluster = try await InProcessCluster.start(viewService)
         let s1 = try await cluster.startServer(name: "s1")
         try await waitForPrimary(cluster, s1)
         let client = try cluster.client()
@@ -57,9 +57,9 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("2. Add a backup: a Put right after it appears and another after 300 ms survive the primary")
-    func addBackup() async throws {
-        let cluster = try await InProcessCluster.start()
+    @Test("2. Add a backup: a Put right after it appears and another after 300 ms survive the primary", arguments: ViewServiceKind.allCases)
+    func addBackup(viewService: ViewServiceKind) async throws {
+        let cluster = try await InProcessCluster.start(viewService)
         let s1 = try await cluster.startServer(name: "s1")
         try await waitForPrimary(cluster, s1)
         let client = try cluster.client()
@@ -80,9 +80,9 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("3. Primary failure: the backup becomes primary and holds everything")
-    func primaryFailure() async throws {
-        let cluster = try await InProcessCluster.start()
+    @Test("3. Primary failure: the backup becomes primary and holds everything", arguments: ViewServiceKind.allCases)
+    func primaryFailure(viewService: ViewServiceKind) async throws {
+        let cluster = try await InProcessCluster.start(viewService)
         let s1 = try await cluster.startServer(name: "s1")
         try await waitForPrimary(cluster, s1)
         let s2 = try await cluster.startServer(name: "s2")
@@ -99,9 +99,9 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("4. Kill the last server, start a fresh one: a Get does not complete (a fresh server never serves)")
-    func freshServerNeverServes() async throws {
-        let cluster = try await InProcessCluster.start()
+    @Test("4. Kill the last server, start a fresh one: a Get does not complete (a fresh server never serves)", arguments: ViewServiceKind.allCases)
+    func freshServerNeverServes(viewService: ViewServiceKind) async throws {
+        let cluster = try await InProcessCluster.start(viewService)
         let s1 = try await cluster.startServer(name: "s1")
         try await waitForPrimary(cluster, s1)
         let s2 = try await cluster.startServer(name: "s2")
@@ -129,9 +129,9 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("5. At-most-once PutHash chain of 100 on unreliable servers")
-    func putHashChainUnreliable() async throws {
-        let cluster = try await InProcessCluster.start()
+    @Test("5. At-most-once PutHash chain of 100 on unreliable servers", arguments: ViewServiceKind.allCases)
+    func putHashChainUnreliable(viewService: ViewServiceKind) async throws {
+        let cluster = try await InProcessCluster.start(viewService)
         let lossy = FaultPolicy(dropRequest: 0.1, dropReply: 0.1)
         let s1 = try await cluster.startServer(name: "s1", faults: lossy, seed: 11)
         try await waitForPrimary(cluster, s1)
@@ -155,9 +155,9 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("6. Put right after the backup fails, a third server becomes backup, Put right after the primary fails")
-    func repeatedFailover() async throws {
-        let cluster = try await InProcessCluster.start()
+    @Test("6. Put right after the backup fails, a third server becomes backup, Put right after the primary fails", arguments: ViewServiceKind.allCases)
+    func repeatedFailover(viewService: ViewServiceKind) async throws {
+        let cluster = try await InProcessCluster.start(viewService)
         let s1 = try await cluster.startServer(name: "s1")
         try await waitForPrimary(cluster, s1)
         let s2 = try await cluster.startServer(name: "s2")
@@ -180,8 +180,8 @@ struct ReplicatedKVEndToEndTests {
     }
 
     /// Scenarios 7 and 8: concurrent Puts to shared keys, then the primary dies.
-    func concurrentPutsThenKillPrimary(faults: FaultPolicy) async throws {
-        let cluster = try await InProcessCluster.start()
+    func concurrentPutsThenKillPrimary(_ viewService: ViewServiceKind, faults: FaultPolicy) async throws {
+        let cluster = try await InProcessCluster.start(viewService)
         let s1 = try await cluster.startServer(name: "s1", faults: faults, seed: 21)
         try await waitForPrimary(cluster, s1)
         let s2 = try await cluster.startServer(name: "s2", faults: faults, seed: 22)
@@ -217,20 +217,20 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("7. Concurrent Puts to the same keys; kill the primary; the backup has the primary's values")
-    func concurrentSameKeys() async throws {
-        try await concurrentPutsThenKillPrimary(faults: .none)
+    @Test("7. Concurrent Puts to the same keys; kill the primary; the backup has the primary's values", arguments: ViewServiceKind.allCases)
+    func concurrentSameKeys(viewService: ViewServiceKind) async throws {
+        try await concurrentPutsThenKillPrimary(viewService, faults: .none)
     }
 
-    @Test("8. The same with request and reply drops")
-    func concurrentSameKeysUnreliable() async throws {
-        try await concurrentPutsThenKillPrimary(faults: FaultPolicy(dropRequest: 0.1, dropReply: 0.1))
+    @Test("8. The same with request and reply drops", arguments: ViewServiceKind.allCases)
+    func concurrentSameKeysUnreliable(viewService: ViewServiceKind) async throws {
+        try await concurrentPutsThenKillPrimary(viewService, faults: FaultPolicy(dropRequest: 0.1, dropReply: 0.1))
     }
 
     /// Scenarios 9 and 10: a killer restarts a random server (fresh, empty) every ~2 s while two
     /// clients write and read their own keys (or PutHash chains) and check every result.
-    func killerRestarts(seconds: Int, putHash: Bool, faults: FaultPolicy) async throws {
-        let cluster = try await InProcessCluster.start()
+    func killerRestarts(_ viewService: ViewServiceKind, seconds: Int, putHash: Bool, faults: FaultPolicy) async throws {
+        let cluster = try await InProcessCluster.start(viewService)
         var nodes: [InProcessCluster.Node] = []
         for i in 1...3 {
             nodes.append(try await cluster.startServer(name: "s\(i)", faults: faults, seed: UInt64(30 + i)))
@@ -286,19 +286,19 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("9. Repeated failures and restarts: every Get returns the last Put")
-    func repeatedRestarts() async throws {
-        try await killerRestarts(seconds: 15, putHash: false, faults: .none)
+    @Test("9. Repeated failures and restarts: every Get returns the last Put", arguments: ViewServiceKind.allCases)
+    func repeatedRestarts(viewService: ViewServiceKind) async throws {
+        try await killerRestarts(viewService, seconds: 15, putHash: false, faults: .none)
     }
 
-    @Test("10. Repeated failures and restarts with PutHash chains and drops")
-    func repeatedRestartsPutHashUnreliable() async throws {
-        try await killerRestarts(seconds: 15, putHash: true, faults: FaultPolicy(dropRequest: 0.05, dropReply: 0.05))
+    @Test("10. Repeated failures and restarts with PutHash chains and drops", arguments: ViewServiceKind.allCases)
+    func repeatedRestartsPutHashUnreliable(viewService: ViewServiceKind) async throws {
+        try await killerRestarts(viewService, seconds: 15, putHash: true, faults: FaultPolicy(dropRequest: 0.05, dropReply: 0.05))
     }
 
-    @Test("11. An old primary cut off from the view service does not serve a stale Get")
-    func oldPrimaryDoesNotServeStaleGet() async throws {
-        let cluster = try await InProcessCluster.start()
+    @Test("11. An old primary cut off from the view service does not serve a stale Get", arguments: ViewServiceKind.allCases)
+    func oldPrimaryDoesNotServeStaleGet(viewService: ViewServiceKind) async throws {
+        let cluster = try await InProcessCluster.start(viewService)
         let s1 = try await cluster.startServer(name: "s1")
         try await waitForPrimary(cluster, s1)
         let s2 = try await cluster.startServer(name: "s2")
@@ -324,9 +324,9 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("12. A partitioned old primary does not complete Gets when its backup is dead")
-    func partitionedPrimaryWithDeadBackup() async throws {
-        let cluster = try await InProcessCluster.start()
+    @Test("12. A partitioned old primary does not complete Gets when its backup is dead", arguments: ViewServiceKind.allCases)
+    func partitionedPrimaryWithDeadBackup(viewService: ViewServiceKind) async throws {
+        let cluster = try await InProcessCluster.start(viewService)
         let s1 = try await cluster.startServer(name: "s1")
         try await waitForPrimary(cluster, s1)
         let s2 = try await cluster.startServer(name: "s2")
