@@ -6,7 +6,7 @@ import PBKVWire
 
 /// Options every client command takes.
 struct ClientOptions: ParsableArguments {
-    @Option(help: "The view service, HOST:PORT.")
+    @Option(help: "The view service, HOST:PORT; a replicated one as HOST:PORT,HOST:PORT,…")
     var viewservice: String = "127.0.0.1:7000"
     @Option(help: "Give up after this many seconds.")
     var timeout: Double = 30

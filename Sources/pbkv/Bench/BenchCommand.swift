@@ -16,7 +16,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench", abstract: "Measure throughput and latency of a running pbkv cluster.")
 
-    @Option(help: "The view service, HOST:PORT.")
+    @Option(help: "The view service, HOST:PORT; a replicated one as HOST:PORT,HOST:PORT,…")
     var viewservice: String = "127.0.0.1:7000"
     @Option(help: "Concurrent clients (one request outstanding each).")
     var clients: Int = 1
