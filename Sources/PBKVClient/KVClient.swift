@@ -14,6 +14,9 @@ public enum KVClientError: Error, Sendable, Hashable, CustomStringConvertible {
     case rejected(operation: String, key: String, reason: String)
     /// The client was closed.
     case closed
+    /// The calling task was cancelled before the operation completed; it may or may not have
+    /// run (retrying with a new call is a new operation).
+    case cancelled(operation: String, key: String)
 
     public var description: String {
         switch self {
@@ -26,6 +29,8 @@ public enum KVClientError: Error, Sendable, Hashable, CustomStringConvertible {
             "\(operation) \"\(key)\" was refused by the primary as a bad request: \(reason)"
         case .closed:
             "the client was closed"
+        case .cancelled(let operation, let key):
+            "\(operation) \"\(key)\" was cancelled before it completed; it may or may not have taken effect"
         }
     }
 }
@@ -148,7 +153,10 @@ public actor KVClient {
         var lastProblem = "no primary known yet"
         var first = true
         while true {
-            if !first { stats.retries += 1 }
+            if !first {
+                stats.retries += 1
+                if Task.isCancelled { throw .cancelled(operation: call.method, key: call.key) }
+            }
             first = false
             if primary == nil { await refreshView(&lastProblem) }
             if let primary, let client = client(for: primary) {
@@ -178,7 +186,11 @@ public actor KVClient {
                     operation: call.method, key: call.key, seconds: Double(configuration.deadline.milliseconds) / 1000,
                     lastProblem: lastProblem)
             }
-            try? await Task.sleep(for: configuration.retryInterval)
+            do {
+                try await Task.sleep(for: configuration.retryInterval)
+            } catch {
+                throw .cancelled(operation: call.method, key: call.key)
+            }
         }
     }
 
