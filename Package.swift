@@ -18,6 +18,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
         // The etcd JSON gateway client (replicated view service); brings swift-nio-ssl, -http2, -extras.
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
@@ -29,6 +33,17 @@ let package = Package(
             linkerSettings: [.linkedLibrary("protobuf-c")]
         ),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // Mutual TLS between members: the cluster CA, certificates and the identity they state.
+        .target(
+            name: "PBKVTLS",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
         // Messages as Swift values, the C codec, frames, zlib, RPC client/server, fault injection.
         .target(
             name: "PBKVWire",
@@ -94,7 +109,7 @@ let package = Package(
         .executableTarget(
             name: "pbkv",
             dependencies: [
-                "PBKVWire", "PBKVViewService", "PBKVServer", "PBKVClient", "PBKVTestSupport", "PBKVEtcd",
+                "PBKVWire", "PBKVViewService", "PBKVServer", "PBKVClient", "PBKVTestSupport", "PBKVEtcd", "PBKVTLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -117,6 +132,9 @@ let package = Package(
         .testTarget(name: "PBKVServerTests", dependencies: ["PBKVServer", "PBKVTestSupport"]),
         .testTarget(name: "PBKVClientTests", dependencies: ["PBKVClient", "PBKVServer", "PBKVTestSupport", "PBKVEtcd"]),
         .testTarget(name: "PBKVTestSupportTests", dependencies: ["PBKVTestSupport"]),
+        .testTarget(
+            name: "PBKVTLSTests",
+            dependencies: ["PBKVTLS", .product(name: "X509", package: "swift-certificates")]),
         .testTarget(
             name: "PBKVEtcdTests",
             dependencies: [

@@ -11,7 +11,7 @@ struct PBKV: AsyncParsableCommand {
         subcommands: [
             ViewServiceCommand.self, ServerCommand.self, ViewCommand.self,
             GetCommand.self, PutCommand.self, PutHashCommand.self, LocalCommand.self, ChaosCommand.self, BenchCommand.self,
-            ClusterBenchCommand.self,
+            ClusterBenchCommand.self, CertsCommand.self,
         ]
     )
 }
