@@ -16,11 +16,7 @@ struct CertsCommand: ParsableCommand {
         var directory: String
 
         func run() throws {
-            do {
-                try CertificateAuthority.create(in: directory)
-            } catch {
-                throw ValidationError("\(error)")
-            }
+            try CertificateAuthority.create(in: directory)
             print("CA written: \(CertificateAuthority.certificatePath(directory, "ca")) (key \(CertificateAuthority.keyPath(directory, "ca")), mode 0600)")
         }
     }
@@ -43,11 +39,7 @@ struct CertsCommand: ParsableCommand {
             guard let memberRole = MemberRole(rawValue: role) else {
                 throw ValidationError("--role must be server or client, not \"\(role)\"")
             }
-            do {
-                try CertificateAuthority(directory: directory).issue(name: name, role: memberRole, hosts: hosts)
-            } catch {
-                throw ValidationError("\(error)")
-            }
+            try CertificateAuthority(directory: directory).issue(name: name, role: memberRole, hosts: hosts)
             let covers = memberRole == .server ? " for \(hosts.joined(separator: ", "))" : ""
             print("\(memberRole) certificate written: \(CertificateAuthority.certificatePath(directory, name))\(covers)")
         }
