@@ -61,15 +61,34 @@ extension ProcessCluster {
     }
 
     /// Polls until a view service other than `excluded` answers as leader; throws
-    /// `ClusterError.notReady` after `limit`.
+    /// `ClusterError.notReady` after `limit`. Every round asks all of them at once, each over a
+    /// connection kept between rounds, so a measurement is not slowed by connecting.
     public func waitForViewServiceLeader(
         within limit: Duration, excluding excluded: String? = nil, pollEvery interval: Duration = .milliseconds(10)
     ) async throws -> ClusterProcess {
         let deadline = ContinuousClock.now + limit
+        var clients: [String: RPCClient] = [:]
+        defer { for client in clients.values { _ = client.shutdown() } }
         while ContinuousClock.now < deadline {
-            for process in viewServiceProcesses where process.isRunning && process.address != excluded {
-                if await Self.answersAsLeader(process.address, timeout: .milliseconds(200)) { return process }
+            let candidates = viewServiceProcesses.filter { $0.isRunning && $0.address != excluded }
+            for process in candidates where clients[process.address] == nil {
+                guard let peer = try? PeerAddress(parsing: process.address) else { continue }
+                clients[process.address] = RPCClient(
+                    peer: peer, eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+                    logger: Logger(label: "pbkv.leader-probe", factory: { _ in SwiftLogNoOpLogHandler() }))
             }
+            let asked = candidates.compactMap { process in clients[process.address].map { (process, $0) } }
+            let leader = await withTaskGroup(of: ClusterProcess?.self) { group in
+                for (process, client) in asked {
+                    group.addTask { (try? await client.call(.getView, timeout: .milliseconds(200))) != nil ? process : nil }
+                }
+                for await answer in group where answer != nil {
+                    group.cancelAll()
+                    return answer
+                }
+                return nil
+            }
+            if let leader { return leader }
             try await Task.sleep(for: interval)
         }
         let logs = viewServiceProcesses.map(\.logFile.path).joined(separator: ", ")
