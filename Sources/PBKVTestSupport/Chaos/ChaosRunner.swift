@@ -140,6 +140,7 @@ public struct ChaosRunner: Sendable {
         var report = ChaosReport(seed: config.seed, seconds: config.seconds)
         report.faultKinds = config.faultKinds
         let viewServiceArguments = replicated?.arguments ?? []
+        log("process logs in \(cluster.logDirectory.path)")
         if let replicated {
             report.viewService = "\(cluster.viewServiceProcesses.count) view services on a \(replicated.etcd.members.count)-member etcd"
             let leader = await cluster.viewServiceLeader()
