@@ -9,6 +9,8 @@ SWIFT_TEST_FLAGS ?= --no-parallel
 .PHONY: deps build release test run proto clean chaos chaos-short bench
 SECONDS ?= 60
 SEEDS ?= 1
+# ETCD=1: chaos against the replicated view service (three view services on a three-member etcd).
+ETCD ?=
 
 ## deps: install the Debian packages pbkv needs, only those missing (apt-get update first).
 deps:
@@ -36,10 +38,11 @@ test: deps
 chaos-short:
 	$$($(SWIFT) build --show-bin-path)/pbkv chaos --seconds 20 --seeds 1,2,3
 
-## chaos: a long randomized fault run, e.g. `make chaos SECONDS=600 SEEDS=1,2`.
+## chaos: a long randomized fault run, e.g. `make chaos SECONDS=600 SEEDS=1,2`; with the view
+## service replicated on etcd (etcd members killed too): `make chaos SECONDS=300 SEEDS=21 ETCD=1`.
 chaos: deps
 	$(SWIFT) build -c release --product pbkv
-	$$($(SWIFT) build -c release --show-bin-path)/pbkv chaos --seconds $(SECONDS) --seeds $(SEEDS)
+	$$($(SWIFT) build -c release --show-bin-path)/pbkv chaos --seconds $(SECONDS) --seeds $(SEEDS) $(if $(filter 1 yes true,$(ETCD)),--etcd)
 
 ## run: start a local cluster, show it surviving a primary kill.
 run: deps

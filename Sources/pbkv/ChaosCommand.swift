@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PBKVEtcd
 import PBKVTestSupport
 
 /// `pbkv chaos`: clients against a real cluster under a seeded nemesis; checks linearizability
@@ -21,6 +22,8 @@ struct ChaosCommand: AsyncParsableCommand {
     var drop: Double = 0.02
     @Option(help: "Ping interval of the cluster, in milliseconds.")
     var pingIntervalMs: Int = 100
+    @Flag(help: "Replicated view service: three view services on a three-member etcd (needs /usr/bin/etcd); the nemesis also kills etcd members.")
+    var etcd = false
 
     func validate() throws {
         guard seconds > 0, clients > 0, keys > 0 else { throw ValidationError("--seconds, --clients and --keys must be positive") }
@@ -43,7 +46,8 @@ struct ChaosCommand: AsyncParsableCommand {
             configuration.seed = seed
             configuration.dropProbability = drop
             configuration.pingIntervalMs = pingIntervalMs
-            print("== chaos run, seed \(seed): \(clients) clients, \(keys) keys, \(seconds) s, drops \(drop)")
+            if etcd { configuration.etcdProbe = { await EtcdClient.isServing(endpoint: $0) } }
+            print("== chaos run, seed \(seed): \(clients) clients, \(keys) keys, \(seconds) s, drops \(drop)\(etcd ? ", view service on etcd" : "")")
             let runner = ChaosRunner(configuration: configuration) { line in
                 print("  " + line)
                 fflush(nil)
@@ -55,7 +59,7 @@ struct ChaosCommand: AsyncParsableCommand {
                 print("  PASS")
             } else {
                 failed += 1
-                print("  FAIL (replay with: pbkv chaos --seeds \(seed) --seconds \(seconds) --clients \(clients) --keys \(keys) --drop \(drop))")
+                print("  FAIL (replay with: pbkv chaos --seeds \(seed) --seconds \(seconds) --clients \(clients) --keys \(keys) --drop \(drop)\(etcd ? " --etcd" : ""))")
             }
         }
         print("chaos: \(passed) passed, \(failed) failed")

@@ -2,8 +2,10 @@ import ArgumentParser
 import Foundation
 import Logging
 import PBKVClient
+import PBKVEtcd
 import PBKVTestSupport
 import PBKVWire
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -11,18 +13,36 @@ import Glibc
 
 /// `pbkv local`: a view service and three servers as real processes on loopback, a visible
 /// workload, a SIGKILL of the primary part-way, and a check that nothing acknowledged was lost.
+/// With `--etcd` the view service is replicated (three processes on a three-member etcd) and
+/// its leader is killed first.
 struct LocalCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "local", abstract: "Start a local cluster, kill its primary mid-workload, verify nothing was lost.")
 
     @Option(help: "Number of Puts in the workload.")
     var operations: Int = 300
-    @Option(help: "Kill the primary after this many Puts.")
+    @Option(help: "Kill the primary after this many Puts (with --etcd: and once a new view service leader answers).")
     var killAfter: Int = 150
     @Option(help: "Ping interval of the cluster, in milliseconds.")
     var pingIntervalMs: Int = 100
+    @Flag(help: "Replicated view service: a three-member etcd and three view services; their leader is killed too.")
+    var etcd = false
+    @Option(help: "With --etcd: kill the leader view service after this many Puts.")
+    var killLeaderAfter: Int = 50
+    @Option(help: "Pause between Puts, in milliseconds (default 0; 20 with --etcd, so Puts go on during the view service failover).")
+    var putIntervalMs: Int?
     @Flag(help: "Keep the cluster running after the demo and print its addresses (Ctrl-C stops it).")
     var keepRunning = false
+
+    func validate() throws {
+        guard operations > 0, (0..<operations).contains(killAfter) else {
+            throw ValidationError("--kill-after must be at least 0 and below --operations (\(operations))")
+        }
+        if etcd, !(0..<killAfter).contains(killLeaderAfter) {
+            throw ValidationError("--kill-leader-after must be at least 0 and below --kill-after (\(killAfter))")
+        }
+        if let putIntervalMs, putIntervalMs < 0 { throw ValidationError("--put-interval-ms must not be negative") }
+    }
 
     func run() async throws {
         let started = ContinuousClock.now
@@ -32,15 +52,66 @@ struct LocalCommand: AsyncParsableCommand {
             fflush(nil)
         }
         let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable, pingIntervalMs: pingIntervalMs)
-        defer { if !keepRunning { cluster.stopAll() } }
-        let vs = try cluster.startViewService()
-        say("view service started at \(vs.address) (pid \(vs.pid)); logs in \(cluster.logDirectory.path)")
+        var replicated: ReplicatedViewService?
+        let lost: Int
+        do {
+            if etcd {
+                say("starting a three-member etcd and three view services on it")
+                let started = try await ReplicatedViewService.start(prefix: "local", in: cluster) {
+                    await EtcdClient.isServing(endpoint: $0)
+                }
+                replicated = started
+                for member in started.etcd.members {
+                    say("etcd member \(member.name) at \(member.clientEndpoint) (pid \(member.pid))")
+                }
+                for (i, vs) in cluster.viewServiceProcesses.enumerated() {
+                    say("view service vs\(i + 1) started at \(vs.address) (pid \(vs.pid)); logs in \(cluster.logDirectory.path)")
+                }
+                if let leader = await cluster.viewServiceLeader() {
+                    say("view service leader: \(Self.viewServiceName(leader.address, cluster))")
+                }
+            } else {
+                let vs = try cluster.startViewService()
+                say("view service started at \(vs.address) (pid \(vs.pid)); logs in \(cluster.logDirectory.path)")
+            }
+            lost = try await demo(cluster: cluster, replicated: replicated, say: say)
+        } catch {
+            cluster.stopAll()
+            await replicated?.shutdown()
+            throw error
+        }
+        if keepRunning {
+            let viewServices = cluster.viewServiceAddress
+            say("cluster running. Addresses:")
+            if let replicated { print("  etcd:          \(replicated.etcd.endpointList)") }
+            print("  \(replicated == nil ? "view service: " : "view services:") \(viewServices)")
+            let servers = cluster.all.filter { $0.name.hasPrefix("s") && $0.isRunning }
+            print("  servers:       " + servers.map { "\($0.name) \($0.address)" }.joined(separator: ", "))
+            print("Try:")
+            print("  pbkv view --viewservice \(viewServices)")
+            print("  pbkv put hello world --viewservice \(viewServices)")
+            print("  pbkv get hello --viewservice \(viewServices)")
+            print("Press Ctrl-C to stop (the processes are stopped with it).")
+            fflush(nil)
+            signal(SIGINT, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: SIGINT)
+            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                source.setEventHandler { done.resume() }
+                source.resume()
+            }
+        }
+        cluster.stopAll()
+        await replicated?.shutdown()
+        if lost > 0 { throw ExitStatus.failure }
+    }
 
+    /// The workload and the kills; returns how many acknowledged writes were lost.
+    private func demo(cluster: ProcessCluster, replicated: ReplicatedViewService?, say: @escaping @Sendable (String) -> Void) async throws -> Int {
         var logger = Logger(label: "pbkv.local")
         logger.logLevel = .critical
         var clientConfig = KVClientConfiguration()
         clientConfig.deadline = .seconds(20)
-        let client = try KVClient(viewService: vs.address, configuration: clientConfig, logger: logger)
+        let client = try KVClient(viewService: cluster.viewServiceAddress, configuration: clientConfig, logger: logger)
 
         // Servers one after another, so s1 is primary and s2 its backup; s3 waits idle.
         var servers: [ClusterProcess] = []
@@ -69,12 +140,43 @@ struct LocalCommand: AsyncParsableCommand {
                 try? await Task.sleep(for: .milliseconds(50))
             }
         }
+        defer { watcher.cancel() }
 
+        let interval = Duration.milliseconds(putIntervalMs ?? (replicated == nil ? 0 : 20))
         var acknowledged: [String: String] = [:]
         var killedAt: ContinuousClock.Instant?
         var gap: Duration?
+        // --etcd: the leader view service's kill, and the search for its successor.
+        var leaderKill: (process: ClusterProcess, at: ContinuousClock.Instant, successor: Task<ClusterProcess, any Error>)?
+        var leaderFailover: Duration?
+        var putsWithoutLeader = 0
+        let leaderAnswered = Moment()
         for i in 0..<operations {
+            if replicated != nil, i == killLeaderAfter {
+                guard let leader = await cluster.viewServiceLeader() else {
+                    throw ClusterError.notReady("no view service answered as leader; see the logs in \(cluster.logDirectory.path)")
+                }
+                leader.killAndWait()
+                let at = ContinuousClock.now
+                say("killed the leader view service \(Self.viewServiceName(leader.address, cluster)) with SIGKILL (pid \(leader.pid))")
+                let successor = Task {
+                    let next = try await cluster.waitForViewServiceLeader(within: .seconds(30), excluding: leader.address, pollEvery: .milliseconds(5))
+                    leaderAnswered.set()
+                    return next
+                }
+                leaderKill = (leader, at, successor)
+            }
             if i == killAfter {
+                if let kill = leaderKill, leaderFailover == nil {
+                    if leaderAnswered.instant == nil { say("waiting for a new view service leader before killing the primary") }
+                    let next = try await kill.successor.value
+                    let answeredAt = leaderAnswered.instant ?? .now
+                    leaderFailover = answeredAt - kill.at
+                    say("new view service leader: \(Self.viewServiceName(next.address, cluster)), answering \(leaderFailover!.milliseconds) ms after the kill; \(putsWithoutLeader) Puts were acknowledged meanwhile")
+                    let restarted = try cluster.startViewService(address: kill.process.address, extraArguments: replicated?.arguments ?? [])
+                    let role = await Self.settledRole(of: restarted.address, within: .seconds(5))
+                    say("restarted view service \(Self.viewServiceName(kill.process.address, cluster)) (pid \(restarted.pid)); it answers as \(role)")
+                }
                 let view = try await client.currentView()
                 if let primary = cluster.process(at: view.primary) {
                     primary.killAndWait()
@@ -86,11 +188,13 @@ struct LocalCommand: AsyncParsableCommand {
             let value = "value-\(i)"
             try await client.put(key, value)
             acknowledged[key] = value
+            if leaderKill != nil, leaderAnswered.instant == nil { putsWithoutLeader += 1 }
             if let k = killedAt, gap == nil {
                 gap = ContinuousClock.now - k
                 say("first Put acknowledged after the kill: \(gap!.milliseconds) ms after it")
             }
             if (i + 1) % 50 == 0 { say("\(i + 1)/\(operations) Puts acknowledged") }
+            if interval > .zero { try await Task.sleep(for: interval) }
         }
         watcher.cancel()
         lastView = try await client.currentView()
@@ -109,22 +213,15 @@ struct LocalCommand: AsyncParsableCommand {
         } else {
             say("FAILED: \(lost) acknowledged writes lost")
         }
-        if keepRunning {
-            say("cluster running. Try:")
-            print("  pbkv view --viewservice \(vs.address)")
-            print("  pbkv put hello world --viewservice \(vs.address)")
-            print("  pbkv get hello --viewservice \(vs.address)")
-            print("Press Ctrl-C to stop (the processes are stopped with it).")
-            signal(SIGINT, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: SIGINT)
-            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-                source.setEventHandler { done.resume() }
-                source.resume()
-            }
-            cluster.stopAll()
+        if replicated != nil {
+            let leader = await cluster.viewServiceLeader()
+            let failover = leaderFailover.map { "\($0.milliseconds) ms" } ?? "not measured"
+            let kvGap = gap.map { "\($0.milliseconds) ms" } ?? "not measured"
+            say("view service leader now: \(leader.map { Self.viewServiceName($0.address, cluster) } ?? "none answered")")
+            say("measured: view service leader failover \(failover) (SIGKILL to the first GetView answered by the new leader; lease TTL 2 s), \(putsWithoutLeader) Puts acknowledged during it; primary failover \(kvGap) (SIGKILL to the first acknowledged Put)")
         }
         await client.close()
-        if lost > 0 { throw ExitStatus.failure }
+        return lost
     }
 
     private static func name(_ address: String, _ servers: [ClusterProcess]) -> String {
@@ -132,4 +229,34 @@ struct LocalCommand: AsyncParsableCommand {
         guard let i = servers.firstIndex(where: { $0.address == address }) else { return address }
         return "s\(i + 1) (\(address))"
     }
+
+    /// What a (re)started view service answers once it knows a leader, polled for at most `limit`.
+    private static func settledRole(of address: String, within limit: Duration) async -> ViewServiceRole {
+        let deadline = ContinuousClock.now + limit
+        var role = ViewServiceRole.unreachable
+        while ContinuousClock.now < deadline {
+            role = await ProcessCluster.role(of: address, timeout: .milliseconds(200))
+            if role == .leader { return role }
+            if case .follower(.some) = role { return role }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return role
+    }
+
+    /// "vsN (HOST:PORT)", N in start order.
+    private static func viewServiceName(_ address: String, _ cluster: ProcessCluster) -> String {
+        let addresses = cluster.viewServiceAddress.split(separator: ",").map(String.init)
+        guard let i = addresses.firstIndex(of: address) else { return address }
+        return "vs\(i + 1) (\(address))"
+    }
+}
+
+/// An instant set once, read from other tasks.
+private final class Moment: Sendable {
+    private let value = Mutex<ContinuousClock.Instant?>(nil)
+
+    /// Records now, unless already set.
+    func set() { value.withLock { if $0 == nil { $0 = .now } } }
+
+    var instant: ContinuousClock.Instant? { value.withLock { $0 } }
 }

@@ -27,8 +27,19 @@ public struct ChaosConfiguration: Sendable {
     /// Per-operation deadline of the clients; an operation still unanswered then is recorded as
     /// indeterminate (it may or may not have happened).
     public var operationDeadline: Duration = .seconds(4)
+    /// Replicated mode (`pbkv chaos --etcd`): three view services on a three-member etcd of
+    /// their own, and the nemesis also kills etcd members. The value is the readiness probe of
+    /// an etcd member (PBKVTestSupport has no HTTP client; `pbkv` passes `EtcdClient.isServing`).
+    /// nil: one view service with a file store.
+    public var etcdProbe: EtcdCluster.Probe?
 
     public init() {}
+
+    /// The faults the nemesis draws from: the file-store mix (same order as always, so a seed
+    /// replays the same schedule), plus `kill-etcd-member` in replicated mode.
+    public var faultKinds: [NemesisFault] {
+        etcdProbe == nil ? NemesisFault.allCases.filter { $0 != .killEtcdMember } : NemesisFault.allCases
+    }
 }
 
 /// The kinds of fault the nemesis injects.
@@ -44,14 +55,22 @@ public enum NemesisFault: String, Sendable, CaseIterable {
     /// SIGKILL the view service (the leader, when replicated), restart it on the same address
     /// and data directory.
     case killViewService = "kill-viewservice"
-    /// SIGSTOP the view service (the leader, when replicated) for a while, then SIGCONT.
+    /// SIGSTOP the view service (the leader, when replicated) for a while, then SIGCONT. In
+    /// replicated mode the pause may outlast the etcd lease (2 s), so the leader wakes deposed.
     case pauseViewService = "pause-viewservice"
+    /// SIGKILL one random etcd member, restart it (same ports and data) after a random pause.
+    /// Replicated mode only.
+    case killEtcdMember = "kill-etcd-member"
 }
 
 /// The outcome of a chaos run.
 public struct ChaosReport: Sendable, CustomStringConvertible {
     public var seed: UInt64
     public var seconds: Double
+    /// The faults this run could inject (its mode's mix).
+    public var faultKinds: [NemesisFault] = NemesisFault.allCases
+    /// How the view service ran, e.g. "3 view services on a 3-member etcd".
+    public var viewService = ""
     public var completed = 0
     public var indeterminate = 0
     public var byKind: [OperationKind: Int] = [:]
@@ -67,10 +86,10 @@ public struct ChaosReport: Sendable, CustomStringConvertible {
 
     public var description: String {
         var lines: [String] = []
-        lines.append("seed \(seed), \(String(format: "%.0f", seconds)) s")
+        lines.append("seed \(seed), \(String(format: "%.0f", seconds)) s, \(viewService)")
         let kinds = OperationKind.allCases.map { "\($0): \(byKind[$0] ?? 0)" }.joined(separator: ", ")
         lines.append("operations: \(completed + indeterminate) (\(completed) completed, \(indeterminate) indeterminate; \(kinds))")
-        let faultSummary = NemesisFault.allCases.map { "\($0.rawValue) \(faultCounts[$0] ?? 0)" }.joined(separator: ", ")
+        let faultSummary = faultKinds.map { "\($0.rawValue) \(faultCounts[$0] ?? 0)" }.joined(separator: ", ")
         lines.append("faults injected: \(faults.count) (\(faultSummary))")
         lines.append("view changes: \(viewChanges)")
         lines.append("audit: \(auditedKeys) keys read back after the faults stopped\(clusterSettledAtEnd ? "" : " — CLUSTER DID NOT SETTLE")")
@@ -83,7 +102,8 @@ public struct ChaosReport: Sendable, CustomStringConvertible {
 }
 
 /// Runs clients against a real multi-process cluster while a nemesis kills, restarts and
-/// pauses servers; records the history and checks it. Every process it starts, it stops.
+/// pauses servers, view services and (replicated mode) etcd members; records the history and
+/// checks it. Every process it starts, it stops, also when the run fails.
 public struct ChaosRunner: Sendable {
     public let configuration: ChaosConfiguration
     /// Receives one line per event (fault, view change, progress).
@@ -94,27 +114,40 @@ public struct ChaosRunner: Sendable {
         self.log = log
     }
 
-    /// The process of the view service that answers as leader (the only one, unless replicated).
-    private func leaderViewService(_ cluster: ProcessCluster) async -> ClusterProcess? {
-        for process in cluster.viewServiceProcesses {
-            guard let address = try? PeerAddress(parsing: process.address) else { continue }
-            // A plain RPC client: a follower's NOT_LEADER must not be followed to the leader.
-            let client = RPCClient(
-                peer: address, eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
-                logger: Logger(label: "pbkv.chaos", factory: { _ in SwiftLogNoOpLogHandler() }))
-            defer { _ = client.shutdown() }
-            if (try? await client.call(.getView, timeout: .milliseconds(500))) != nil { return process }
+    public func run() async throws -> ChaosReport {
+        let cluster = try ProcessCluster(executable: configuration.executable, pingIntervalMs: configuration.pingIntervalMs)
+        var replicated: ReplicatedViewService?
+        do {
+            if let probe = configuration.etcdProbe {
+                replicated = try await ReplicatedViewService.start(prefix: "chaos", in: cluster, probe: probe)
+            } else {
+                try cluster.startViewService()
+            }
+            let report = try await run(cluster: cluster, replicated: replicated)
+            cluster.stopAll()
+            await replicated?.shutdown()
+            return report
+        } catch {
+            log("run failed: \(error); process logs in \(cluster.logDirectory.path)")
+            cluster.stopAll()
+            await replicated?.shutdown()
+            throw error
         }
-        return nil
     }
 
-    public func run() async throws -> ChaosReport {
+    private func run(cluster: ProcessCluster, replicated: ReplicatedViewService?) async throws -> ChaosReport {
         let config = configuration
         var report = ChaosReport(seed: config.seed, seconds: config.seconds)
-        let cluster = try ProcessCluster(executable: config.executable, pingIntervalMs: config.pingIntervalMs)
-        defer { cluster.stopAll() }
-        let viewServiceArguments: [String] = []
-        try cluster.startViewService(extraArguments: viewServiceArguments)
+        report.faultKinds = config.faultKinds
+        let viewServiceArguments = replicated?.arguments ?? []
+        log("process logs in \(cluster.logDirectory.path)")
+        if let replicated {
+            report.viewService = "\(cluster.viewServiceProcesses.count) view services on a \(replicated.etcd.members.count)-member etcd"
+            let leader = await cluster.viewServiceLeader()
+            log("etcd up: \(replicated.etcd.endpointList); view services \(cluster.viewServiceAddress), leader \(leader?.address ?? "?")")
+        } else {
+            report.viewService = "1 view service (file store)"
+        }
         var quiet = Logger(label: "pbkv.chaos")
         quiet.logLevel = .critical
         var observerConfig = KVClientConfiguration()
@@ -153,7 +186,7 @@ public struct ChaosRunner: Sendable {
             return Task {
                 var rng = SplitMix64(seed: config.seed &* 7919 &+ UInt64(n))
                 var i = 0
-                while ContinuousClock.now < stopAt {
+                while ContinuousClock.now < stopAt && !Task.isCancelled {
                     let key = keys[Int(rng.next() % UInt64(keys.count))]
                     let roll = rng.next() % 10
                     let value = "c\(n)-\(i)"
@@ -194,67 +227,91 @@ public struct ChaosRunner: Sendable {
             let t = ContinuousClock.now - started
             return String(format: "%6.2fs", t.inSeconds)
         }
-        while ContinuousClock.now + .milliseconds(1500) < stopAt {
-            try await Task.sleep(for: .milliseconds(Int64(400 + rng.next() % 1200)))
-            // Destroy only a settled cluster (a view acknowledged with a backup holding the state);
-            // otherwise two faults in a row may leave no server with the state, which this design
-            // answers with unavailability, not loss.
-            guard let view = try? await observer.waitForView(within: .seconds(10), { $0.acknowledged && !$0.backup.isEmpty })
-            else {
-                log("[\(stamp())] cluster not settled within 10 s; nemesis waits")
-                continue
-            }
-            if !view.sameAssignment(as: lastView) {
-                log("[\(stamp())] view \(view.viewnum): primary \(view.primary), backup \(view.backup)")
-                lastView = view
-            }
-            guard ContinuousClock.now + .milliseconds(1000) < stopAt else { break }
-            let fault = NemesisFault.allCases[Int(rng.next() % UInt64(NemesisFault.allCases.count))]
+        func injected(_ fault: NemesisFault, _ what: String) {
+            faults.append("\(fault.rawValue) \(what)")
             faultCounts[fault, default: 0] += 1
-            switch fault {
-            case .killRestart, .killPrimary:
-                let target = fault == .killPrimary ? view.primary : addresses[Int(rng.next() % 3)]
-                guard let process = cluster.process(at: target) else { continue }
-                process.killAndWait()
-                let downFor = Int64(rng.next() % 800)
-                faults.append("\(fault.rawValue) \(target)")
-                log("[\(stamp())] SIGKILL \(target)\(target == view.primary ? " (primary)" : target == view.backup ? " (backup)" : ""); restart in \(downFor) ms")
-                try await Task.sleep(for: .milliseconds(downFor))
-                restarts += 1
-                let name = "s\((addresses.firstIndex(of: target) ?? 0) + 1)"
-                try cluster.startServer(name: name, address: target, extraArguments: faultArguments(100 + restarts))
-            case .pausePrimary, .pauseBackup:
-                let target = fault == .pausePrimary ? view.primary : view.backup
-                guard let process = cluster.process(at: target) else { continue }
-                let pauseFor = Int64(300 + rng.next() % 1200)
-                faults.append("\(fault.rawValue) \(target) \(pauseFor) ms")
-                log("[\(stamp())] SIGSTOP \(target) (\(fault == .pausePrimary ? "primary" : "backup")) for \(pauseFor) ms")
-                process.signal(SIGSTOP)
-                try await Task.sleep(for: .milliseconds(pauseFor))
-                process.signal(SIGCONT)
-                log("[\(stamp())] SIGCONT \(target)")
-            case .killViewService, .pauseViewService:
-                guard let process = await leaderViewService(cluster) else {
-                    log("[\(stamp())] no view service leader found; nemesis waits")
+        }
+        let kinds = config.faultKinds
+        do {
+            while ContinuousClock.now + .milliseconds(1500) < stopAt {
+                try await Task.sleep(for: .milliseconds(Int64(400 + rng.next() % 1200)))
+                // Destroy only a settled cluster (a view acknowledged with a backup holding the state);
+                // otherwise two faults in a row may leave no server with the state, which this design
+                // answers with unavailability, not loss.
+                guard let view = try? await observer.waitForView(within: .seconds(10), { $0.acknowledged && !$0.backup.isEmpty })
+                else {
+                    log("[\(stamp())] cluster not settled within 10 s; nemesis waits")
                     continue
                 }
-                if fault == .killViewService {
+                if !view.sameAssignment(as: lastView) {
+                    log("[\(stamp())] view \(view.viewnum): primary \(view.primary), backup \(view.backup)")
+                    lastView = view
+                }
+                guard ContinuousClock.now + .milliseconds(1000) < stopAt else { break }
+                let fault = kinds[Int(rng.next() % UInt64(kinds.count))]
+                switch fault {
+                case .killRestart, .killPrimary:
+                    let target = fault == .killPrimary ? view.primary : addresses[Int(rng.next() % 3)]
+                    guard let process = cluster.process(at: target) else { continue }
                     process.killAndWait()
                     let downFor = Int64(rng.next() % 800)
-                    faults.append("\(fault.rawValue) \(process.address)")
-                    log("[\(stamp())] SIGKILL view service \(process.address); restart in \(downFor) ms")
+                    injected(fault, target)
+                    log("[\(stamp())] SIGKILL \(target)\(target == view.primary ? " (primary)" : target == view.backup ? " (backup)" : ""); restart in \(downFor) ms")
                     try await Task.sleep(for: .milliseconds(downFor))
-                    try cluster.startViewService(address: process.address, extraArguments: viewServiceArguments)
-                } else {
+                    restarts += 1
+                    let name = "s\((addresses.firstIndex(of: target) ?? 0) + 1)"
+                    try cluster.startServer(name: name, address: target, extraArguments: faultArguments(100 + restarts))
+                case .pausePrimary, .pauseBackup:
+                    let target = fault == .pausePrimary ? view.primary : view.backup
+                    guard let process = cluster.process(at: target) else { continue }
                     let pauseFor = Int64(300 + rng.next() % 1200)
-                    faults.append("\(fault.rawValue) \(process.address) \(pauseFor) ms")
-                    log("[\(stamp())] SIGSTOP view service \(process.address) for \(pauseFor) ms")
+                    injected(fault, "\(target) \(pauseFor) ms")
+                    log("[\(stamp())] SIGSTOP \(target) (\(fault == .pausePrimary ? "primary" : "backup")) for \(pauseFor) ms")
                     process.signal(SIGSTOP)
                     try await Task.sleep(for: .milliseconds(pauseFor))
                     process.signal(SIGCONT)
-                    log("[\(stamp())] SIGCONT view service \(process.address)")
+                    log("[\(stamp())] SIGCONT \(target)")
+                case .killViewService, .pauseViewService:
+                    guard let process = await cluster.viewServiceLeader() else {
+                        log("[\(stamp())] no view service leader found; nemesis waits")
+                        continue
+                    }
+                    if fault == .killViewService {
+                        process.killAndWait()
+                        let downFor = Int64(rng.next() % 800)
+                        injected(fault, process.address)
+                        log("[\(stamp())] SIGKILL view service \(process.address)\(replicated == nil ? "" : " (leader)"); restart in \(downFor) ms")
+                        try await Task.sleep(for: .milliseconds(downFor))
+                        try cluster.startViewService(address: process.address, extraArguments: viewServiceArguments)
+                    } else {
+                        // Replicated: up to 3.5 s, past the lease TTL (2 s), so the leader may wake deposed.
+                        let pauseFor = Int64(300 + rng.next() % (replicated == nil ? 1200 : 3200))
+                        injected(fault, "\(process.address) \(pauseFor) ms")
+                        log("[\(stamp())] SIGSTOP view service \(process.address)\(replicated == nil ? "" : " (leader)") for \(pauseFor) ms")
+                        process.signal(SIGSTOP)
+                        try await Task.sleep(for: .milliseconds(pauseFor))
+                        process.signal(SIGCONT)
+                        log("[\(stamp())] SIGCONT view service \(process.address)")
+                    }
+                case .killEtcdMember:
+                    guard let etcd = replicated?.etcd else { continue }
+                    let index = Int(rng.next() % UInt64(etcd.members.count))
+                    let member = etcd.members[index]
+                    let downFor = Int64(200 + rng.next() % 1800)
+                    let pid = member.pid
+                    await member.kill()
+                    injected(fault, "\(member.name) \(member.clientEndpoint)")
+                    log("[\(stamp())] SIGKILL etcd member \(member.name) \(member.clientEndpoint) (pid \(pid)); restart in \(downFor) ms")
+                    try await Task.sleep(for: .milliseconds(downFor))
+                    try await etcd.restart(index)
+                    log("[\(stamp())] etcd member \(member.name) serves again (pid \(member.pid))")
                 }
             }
+        } catch {
+            for task in clientTasks { task.cancel() }
+            for task in clientTasks { await task.value }
+            await observer.close()
+            throw error
         }
         for task in clientTasks { await task.value }
         report.faults = faults
@@ -266,6 +323,10 @@ public struct ChaosRunner: Sendable {
         if let finalView {
             report.viewChanges = finalView.viewnum - firstView.viewnum
             log("[\(stamp())] final view \(finalView.viewnum): primary \(finalView.primary), backup \(finalView.backup)")
+        }
+        if replicated != nil {
+            let leader = await cluster.viewServiceLeader()
+            log("[\(stamp())] view service leader at the end: \(leader?.address ?? "none answered")")
         }
         var auditConfig = KVClientConfiguration()
         auditConfig.deadline = .seconds(10)

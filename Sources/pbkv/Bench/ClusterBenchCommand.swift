@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import PBKVClient
+import PBKVEtcd
 import PBKVTestSupport
 import PBKVWire
 import NIOCore
@@ -14,16 +15,21 @@ import Glibc
 
 /// `pbkv bench-cluster`: the measurements that need their own cluster of processes — failover
 /// gap over several SIGKILLs of the primary, state transfer of a large state to a new backup
-/// (with and without compression), and the primary's memory per key. `make bench` runs it.
+/// (with and without compression), the primary's memory per key, and the replicated view
+/// service's own failover (`vs-failover`, on etcd). `make bench` runs it.
 struct ClusterBenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-cluster",
         abstract: "Measure failover gap, state transfer and memory per key on local clusters of processes.")
 
-    @Option(help: "Sections to run, comma separated: failover, transfer, memory.")
+    @Option(help: "Sections to run, comma separated: failover, transfer, memory, vs-failover.")
     var sections: String = "failover,transfer,memory"
     @Option(help: "Failover: number of primary kills.")
     var failoverTrials: Int = 5
+    @Flag(help: "Failover: a replicated view service (three processes on a three-member etcd) instead of one with a file store.")
+    var etcd = false
+    @Option(help: "vs-failover: trials of each measurement (leader kill; leader and primary killed together).")
+    var vsFailoverTrials: Int = 7
     @Option(help: "Failover: concurrent writers.")
     var failoverClients: Int = 4
     @Option(help: "Transfer: keys held by the primary.")
@@ -40,25 +46,176 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     func run() async throws {
         _ = NIOSingletonsInstaller.installOnce
         let wanted = Set(sections.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
-        for name in wanted where !["failover", "transfer", "memory"].contains(name) {
-            throw ValidationError("--sections: unknown section \"\(name)\" (failover, transfer, memory)")
+        for name in wanted where !Self.sectionNames.contains(name) {
+            throw ValidationError("--sections: unknown section \"\(name)\" (\(Self.sectionNames.joined(separator: ", ")))")
         }
+        guard failoverTrials > 0, vsFailoverTrials > 0 else { throw ValidationError("--failover-trials and --vs-failover-trials must be positive") }
         if wanted.contains("failover") { try await runFailover() }
+        if wanted.contains("vs-failover") { try await runViewServiceFailover() }
         if wanted.contains("transfer") { try await runTransfer() }
         if wanted.contains("memory") { try await runMemory() }
     }
 
+    static let sectionNames = ["failover", "transfer", "memory", "vs-failover"]
+
     // MARK: Failover
 
     /// Writers put continuously; each trial SIGKILLs the current primary and measures the time
-    /// from the kill to the first acknowledged Put that was invoked after it (a reply already in
-    /// flight from the dead primary does not count). The killed server is restarted empty and
-    /// the next trial waits until it is back in an acknowledged view with a backup.
+    /// from the kill to the first acknowledged Put that was invoked after the primary was gone
+    /// (a reply already in flight from the dead primary does not count). The killed server is
+    /// restarted empty and the next trial waits until it is back in an acknowledged view with a
+    /// backup. `--etcd`: the same on a replicated view service.
     private func runFailover() async throws {
-        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable)
-        defer { cluster.stopAll() }
-        let vs = try cluster.startViewService()
-        let watcher = try KVClient(viewService: vs.address, logger: Self.quietLogger)
+        try await Self.withCluster(replicated: etcd) { cluster, replicated in
+            let (watcher, recorder, writers) = try await Self.startWritingCluster(cluster, writers: failoverClients)
+            defer { for writer in writers { writer.cancel() } }
+
+            var gaps: [Double] = []
+            for trial in 1...failoverTrials {
+                let view = try await watcher.waitForView(within: .seconds(30)) { $0.acknowledged && !$0.backup.isEmpty }
+                try await Task.sleep(for: .milliseconds(300))  // steady state
+                guard let primary = cluster.process(at: view.primary) else { throw ClusterError.notReady("primary process not found") }
+                recorder.clear()
+                let killedAt = ContinuousClock.now
+                primary.killAndWait()
+                // Only Puts invoked once it is gone count (one invoked between `killedAt` and the
+                // signal may still be answered by it); the gap counts from before the kill.
+                let gap = try await recorder.waitForFirstCompletion(invokedAfter: .now, within: .seconds(30)) - killedAt
+                gaps.append(gap.inSeconds)
+                if !json { print(String(format: "  failover trial %d: gap %.0f ms", trial, gap.inSeconds * 1000)) }
+                try cluster.startServer(name: "s-restart-\(trial)", address: primary.address)
+            }
+            for writer in writers { writer.cancel() }
+            await watcher.close()
+            let stats = Self.summary(gaps)
+            let viewService = replicated == nil ? "file" : "etcd"
+            if json {
+                print("{\"section\":\"failover\",\"view_service\":\"\(viewService)\"," + stats.json + "}")
+            } else {
+                print("failover\(replicated == nil ? "" : " (view service on etcd)"): \(gaps.count) trials, gap " + stats.text
+                    + " (default settings: ping 100 ms, 5 missed pings)")
+            }
+        }
+    }
+
+    // MARK: View service failover (etcd)
+
+    /// The replicated view service's own failover, on three view services over a three-member
+    /// etcd, with three servers and writers running throughout:
+    /// (a) SIGKILL of the leader view service → the first GetView answered by the new leader
+    /// (asked directly, every 5 ms), and → the first GetView through a client that knew the old
+    /// leader (its rotation and NOT_LEADER hints included); the longest stretch without an
+    /// acknowledged Put meanwhile;
+    /// (b) SIGKILL of the leader view service and of the primary at the same moment → the first
+    /// acknowledged Put invoked after it.
+    /// Killed processes are restarted (the view service with the same arguments, the server
+    /// empty); each trial waits for agreement on a leader and a settled view, then 0.3–1.3 s.
+    private func runViewServiceFailover() async throws {
+        try await Self.withCluster(replicated: true) { cluster, replicated in
+            guard let replicated else { return }
+            let (watcher, recorder, writers) = try await Self.startWritingCluster(cluster, writers: failoverClients)
+            defer { for writer in writers { writer.cancel() } }
+
+            var leaderGaps: [Double] = []
+            var clientGaps: [Double] = []
+            var putStalls: [Double] = []
+            for trial in 1...vsFailoverTrials {
+                _ = try await watcher.waitForView(within: .seconds(30)) { $0.acknowledged && !$0.backup.isEmpty }
+                let leader = try await cluster.waitForSteadyViewServices(within: .seconds(30))
+                // A client that knows the leader, as every server and client does in steady state.
+                let viewClient = try KVClient(viewService: cluster.viewServiceAddress, logger: Self.quietLogger)
+                _ = try await viewClient.currentView()
+                try await Task.sleep(for: Self.steadyThenRandomPhase())
+                recorder.clear()
+                let killedAt = ContinuousClock.now
+                leader.killAndWait()
+                async let direct = cluster.waitForViewServiceLeader(within: .seconds(30), excluding: leader.address, pollEvery: .milliseconds(5))
+                async let throughClient = Self.firstView(through: viewClient, within: .seconds(30))
+                let newLeader = try await direct
+                let leaderAt = ContinuousClock.now
+                let clientAt = try await throughClient
+                await viewClient.close()
+                let stall = recorder.longestStall(from: killedAt, to: leaderAt)
+                leaderGaps.append((leaderAt - killedAt).inSeconds)
+                clientGaps.append((clientAt - killedAt).inSeconds)
+                putStalls.append(stall.inSeconds)
+                if !json {
+                    print(String(format: "  vs-failover (a) trial %d: new leader %@ answered after %.0f ms, a client's GetView after %.0f ms; longest stretch without an acknowledged Put %.0f ms",
+                        trial, newLeader.address, (leaderAt - killedAt).inSeconds * 1000, (clientAt - killedAt).inSeconds * 1000, stall.inSeconds * 1000))
+                }
+                try cluster.startViewService(address: leader.address, extraArguments: replicated.arguments)
+            }
+
+            var bothGaps: [Double] = []
+            for trial in 1...vsFailoverTrials {
+                let leader = try await cluster.waitForSteadyViewServices(within: .seconds(30))
+                let view = try await watcher.waitForView(within: .seconds(30)) { $0.acknowledged && !$0.backup.isEmpty }
+                try await Task.sleep(for: Self.steadyThenRandomPhase())
+                guard let primary = cluster.process(at: view.primary) else { throw ClusterError.notReady("primary process not found") }
+                recorder.clear()
+                let killedAt = ContinuousClock.now
+                leader.signal(SIGKILL)
+                primary.signal(SIGKILL)
+                leader.killAndWait()
+                primary.killAndWait()
+                let gap = try await recorder.waitForFirstCompletion(invokedAfter: .now, within: .seconds(30)) - killedAt
+                bothGaps.append(gap.inSeconds)
+                if !json { print(String(format: "  vs-failover (b) trial %d: leader view service and primary killed together; first acknowledged Put after %.0f ms", trial, gap.inSeconds * 1000)) }
+                try cluster.startViewService(address: leader.address, extraArguments: replicated.arguments)
+                try cluster.startServer(name: "s-restart-\(trial)", address: primary.address)
+            }
+            for writer in writers { writer.cancel() }
+            await watcher.close()
+
+            let a = Self.summary(leaderGaps), client = Self.summary(clientGaps), stalls = Self.summary(putStalls), b = Self.summary(bothGaps)
+            if json {
+                print("{\"section\":\"vs-failover\",\"leader\":{" + a.json + "},\"client_getview\":{" + client.json
+                    + "},\"put_stall\":{" + stalls.json + "},\"leader_and_primary\":{" + b.json + "}}")
+            } else {
+                print("vs-failover (a): \(leaderGaps.count) trials, SIGKILL of the leader view service to the first GetView answered by the new leader: " + a.text)
+                print("vs-failover (a): the same through a client that knew the old leader: " + client.text
+                    + "; longest stretch without an acknowledged Put meanwhile: " + stalls.text)
+                print("vs-failover (b): \(bothGaps.count) trials, SIGKILL of the leader view service and the primary together to the first acknowledged Put: " + b.text)
+                print("vs-failover: etcd lease TTL 2 s, campaign every 250 ms; ping 100 ms, 5 missed pings")
+            }
+        }
+    }
+
+    /// 300 ms of steady state, then 0–1 s at random: each trial starts a fixed time after the
+    /// previous election, so without it every kill would fall at the same point of the leader's
+    /// keepalive cycle (every TTL/3 ≈ 667 ms) and of etcd's expiry check (every 500 ms).
+    private static func steadyThenRandomPhase() -> Duration {
+        .milliseconds(300 + Int64.random(in: 0..<1000))
+    }
+
+    /// When `client` first got a view (polling every 5 ms).
+    private static func firstView(through client: KVClient, within limit: Duration) async throws -> ContinuousClock.Instant {
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            if (try? await client.currentView()) != nil { return .now }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        throw ClusterError.notReady("no view service answered a client within \(limit)")
+    }
+
+    /// Median and max of `seconds`, as text ("median 523 ms, max 537 ms") and JSON fields.
+    private static func summary(_ seconds: [Double]) -> (text: String, json: String) {
+        let sorted = seconds.sorted()
+        guard !sorted.isEmpty else { return ("no trials", "\"trials\":0") }
+        let median = sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+        let max = sorted.last ?? 0
+        let list = seconds.map { String(format: "%.1f", $0 * 1000) }.joined(separator: ",")
+        return (String(format: "median %.0f ms, max %.0f ms", median * 1000, max * 1000),
+            String(format: "\"trials\":%d,\"median_ms\":%.1f,\"max_ms\":%.1f,", sorted.count, median * 1000, max * 1000) + "\"gaps_ms\":[\(list)]")
+    }
+
+    /// Three servers (s1 primary, s2 backup, s3 idle) and `writers` clients putting continuously,
+    /// each acknowledged Put recorded; the watcher client watches the view.
+    private static func startWritingCluster(
+        _ cluster: ProcessCluster, writers count: Int
+    ) async throws -> (KVClient, AckRecorder, [Task<Void, Never>]) {
+        let viewService = cluster.viewServiceAddress
+        let watcher = try KVClient(viewService: viewService, logger: quietLogger)
         for name in ["s1", "s2", "s3"] {
             try cluster.startServer(name: name)
             if name != "s3" {
@@ -66,11 +223,11 @@ struct ClusterBenchCommand: AsyncParsableCommand {
             }
         }
         let recorder = AckRecorder()
-        let writers = (0..<failoverClients).map { n in
+        let writers = (0..<count).map { n in
             Task {
                 var config = KVClientConfiguration()
                 config.deadline = .seconds(30)
-                guard let client = try? KVClient(viewService: vs.address, configuration: config, logger: Self.quietLogger) else { return }
+                guard let client = try? KVClient(viewService: viewService, configuration: config, logger: quietLogger) else { return }
                 var i = 0
                 while !Task.isCancelled {
                     let invoked = ContinuousClock.now
@@ -83,38 +240,31 @@ struct ClusterBenchCommand: AsyncParsableCommand {
                 await client.close()
             }
         }
-        defer { for writer in writers { writer.cancel() } }
+        return (watcher, recorder, writers)
+    }
 
-        var gaps: [Double] = []
-        for trial in 1...failoverTrials {
-            let view = try await watcher.waitForView(within: .seconds(30)) { $0.acknowledged && !$0.backup.isEmpty }
-            try await Task.sleep(for: .milliseconds(300))  // steady state
-            guard let primary = cluster.process(at: view.primary) else { throw ClusterError.notReady("primary process not found") }
-            let killedAt = ContinuousClock.now
-            primary.killAndWait()
-            let deadline = killedAt + .seconds(30)
-            var gap: Duration?
-            while gap == nil && ContinuousClock.now < deadline {
-                gap = recorder.firstCompletion(invokedAfter: killedAt).map { $0 - killedAt }
-                if gap == nil { try await Task.sleep(for: .milliseconds(5)) }
+    /// Runs `body` on a fresh cluster of processes whose view service is one process with a file
+    /// store, or (`replicated`) three on a three-member etcd; every process is stopped after,
+    /// also when `body` throws.
+    private static func withCluster(
+        replicated: Bool, _ body: (ProcessCluster, ReplicatedViewService?) async throws -> Void
+    ) async throws {
+        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable)
+        var viewService: ReplicatedViewService?
+        do {
+            if replicated {
+                viewService = try await ReplicatedViewService.start(prefix: "bench", in: cluster) { await EtcdClient.isServing(endpoint: $0) }
+            } else {
+                try cluster.startViewService()
             }
-            guard let gap else { throw ClusterError.notReady("no Put was acknowledged within 30 s of the kill") }
-            gaps.append(gap.inSeconds)
-            if !json { print(String(format: "  failover trial %d: gap %.0f ms", trial, gap.inSeconds * 1000)) }
-            try cluster.startServer(name: "s-restart-\(trial)", address: primary.address)
+            try await body(cluster, viewService)
+        } catch {
+            cluster.stopAll()
+            await viewService?.shutdown()
+            throw error
         }
-        for writer in writers { writer.cancel() }
-        await watcher.close()
-        let sorted = gaps.sorted()
-        let median = sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
-        if json {
-            let list = gaps.map { String(format: "%.1f", $0 * 1000) }.joined(separator: ",")
-            print(String(format: "{\"section\":\"failover\",\"trials\":%d,\"median_ms\":%.1f,\"max_ms\":%.1f,",
-                gaps.count, median * 1000, (sorted.last ?? 0) * 1000) + "\"gaps_ms\":[\(list)]}")
-        } else {
-            print(String(format: "failover: %d trials, gap median %.0f ms, max %.0f ms (default settings: ping 100 ms, 5 missed pings)",
-                gaps.count, median * 1000, (sorted.last ?? 0) * 1000))
-        }
+        cluster.stopAll()
+        await viewService?.shutdown()
     }
 
     // MARK: State transfer
@@ -266,9 +416,37 @@ private final class AckRecorder: Sendable {
         acks.withLock { $0.append((invokedAt, completedAt)) }
     }
 
+    /// Forgets every Put recorded so far (before a trial, so the searches stay short).
+    func clear() {
+        acks.withLock { $0.removeAll(keepingCapacity: true) }
+    }
+
     /// The earliest completion of a Put invoked after `instant`.
     func firstCompletion(invokedAfter instant: ContinuousClock.Instant) -> ContinuousClock.Instant? {
         acks.withLock { list in list.lazy.filter { $0.invoked > instant }.map(\.completed).min() }
+    }
+
+    /// Polls (every 5 ms) until a Put invoked after `instant` was acknowledged; returns when it
+    /// was. Throws `ClusterError.notReady` after `limit`.
+    func waitForFirstCompletion(invokedAfter instant: ContinuousClock.Instant, within limit: Duration) async throws -> ContinuousClock.Instant {
+        let deadline = instant + limit
+        while ContinuousClock.now < deadline {
+            if let completed = firstCompletion(invokedAfter: instant) { return completed }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        throw ClusterError.notReady("no Put was acknowledged within \(limit) of the kill")
+    }
+
+    /// The longest time between `start` and `end` without an acknowledged Put.
+    func longestStall(from start: ContinuousClock.Instant, to end: ContinuousClock.Instant) -> Duration {
+        let completions = acks.withLock { list in list.map(\.completed).filter { $0 > start && $0 < end }.sorted() }
+        var longest = Duration.zero
+        var previous = start
+        for completed in completions + [end] {
+            longest = max(longest, completed - previous)
+            previous = completed
+        }
+        return longest
     }
 }
 
