@@ -34,9 +34,11 @@ test: deps
 	$(MAKE) --no-print-directory chaos-short
 	$(SWIFT) test --skip-build $(SWIFT_TEST_FLAGS)
 
-## chaos-short: three seeds of 20 s each against a multi-process cluster (part of `make test`).
+## chaos-short: three seeds of 20 s each against a multi-process cluster with a file-store view
+## service, and one with the view service replicated on etcd (part of `make test`).
 chaos-short:
 	$$($(SWIFT) build --show-bin-path)/pbkv chaos --seconds 20 --seeds 1,2,3
+	$$($(SWIFT) build --show-bin-path)/pbkv chaos --seconds 20 --seeds 4 --etcd
 
 ## chaos: a long randomized fault run, e.g. `make chaos SECONDS=600 SEEDS=1,2`; with the view
 ## service replicated on etcd (etcd members killed too): `make chaos SECONDS=300 SEEDS=21 ETCD=1`.
