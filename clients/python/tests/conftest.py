@@ -14,12 +14,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import pytest
 
-from pbkv import Connection, PbkvError, View
+from pbkv import Connection, PbkvError, View, pbkv_pb2
 
 REPO = Path(__file__).resolve().parents[3]
 PROTO_VARIANTS = Path(__file__).resolve().parent / "proto"
@@ -100,19 +101,47 @@ class Process:
             return "(no log)"
 
 
-class Cluster:
-    """A view service and KV servers, as processes on loopback."""
+ETCD = "/usr/bin/etcd"
 
-    def __init__(self, binary: Path, directory: Path) -> None:
+
+class Cluster:
+    """View services and KV servers, as processes on loopback: one view service with a data
+    directory, or (`etcd=True`) an etcd member and `viewservices` view services replicated on it."""
+
+    def __init__(self, binary: Path, directory: Path, *, etcd: bool = False, viewservices: int = 1) -> None:
         self.binary = binary
         self.directory = directory
         self.processes: list[Process] = []
-        self.viewservice_address = f"127.0.0.1:{free_port()}"
         self.servers: dict[str, Process] = {}
-        self._spawn("viewservice", [
-            "viewservice", "--listen", self.viewservice_address, "--data-dir", str(directory / "viewservice")])
-        host, port = self.viewservice_address.split(":")
-        wait_for(lambda: _accepts(host, int(port)), within=20, what="the view service to listen")
+        self.viewservices: dict[str, Process] = {}
+        try:
+            self._start(etcd, viewservices)
+        except BaseException:
+            self.stop()  # what did start, by pid
+            raise
+
+    def _start(self, etcd: bool, viewservices: int) -> None:
+        directory = self.directory
+        store: list[str] = []
+        if etcd:
+            if not os.access(ETCD, os.X_OK):
+                pytest.fail(f"{ETCD} not found: run `make deps` (it installs Debian's etcd-server)")
+            client, peer = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+            self.processes.append(Process("etcd", [
+                ETCD, "--name", "m1", "--data-dir", str(directory / "etcd"),
+                "--listen-client-urls", f"http://{client}", "--advertise-client-urls", f"http://{client}",
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", f"m1={peer}",
+                "--initial-cluster-state", "new", "--initial-cluster-token", f"pbkv-python-{os.getpid()}"], directory))
+            wait_for(lambda: _etcd_healthy(client), within=30, what="etcd to serve")
+            store = ["--etcd", client, "--etcd-prefix", "pbkv-python"]
+        for i in range(viewservices):
+            address = f"127.0.0.1:{free_port()}"
+            data = store or ["--data-dir", str(directory / f"viewservice-{i + 1}")]
+            self.viewservices[address] = self._spawn(f"viewservice-{i + 1}", ["viewservice", "--listen", address, *data])
+        for address in self.viewservices:
+            host, port = address.split(":")
+            wait_for(lambda: _accepts(host, int(port)), within=20, what=f"the view service at {address} to listen")
+        self.viewservice_address = ",".join(self.viewservices)
 
     def _spawn(self, name: str, args: list[str]) -> Process:
         process = Process(name, [str(self.binary), *args], self.directory)
@@ -128,17 +157,22 @@ class Cluster:
         return address
 
     def view(self) -> Optional[View]:
-        """The view, asked of the view service directly (None when it does not answer)."""
+        """The view, asked of the view services directly (None when none answers with one)."""
+        for address in self.viewservices:
+            response = self.get_view_response(address)
+            if response is not None and response.code == pbkv_pb2.OK:
+                v = response.view
+                return View(v.viewnum, v.primary, v.backup, v.acknowledged)
+        return None
+
+    def get_view_response(self, address: str) -> Optional[object]:
+        """One GetView call to one view service (None when it cannot be reached)."""
         try:
-            with Connection(self.viewservice_address, deadline=time.monotonic() + 1) as connection:
+            with Connection(address, deadline=time.monotonic() + 1) as connection:
                 pb = connection.schema
-                response = connection.call(pb.Request(get_view=pb.GetViewArgs()), time.monotonic() + 1)
+                return connection.call(pb.Request(get_view=pb.GetViewArgs()), time.monotonic() + 1)
         except PbkvError:
             return None
-        if response.code != pb.OK:
-            return None
-        v = response.view
-        return View(v.viewnum, v.primary, v.backup, v.acknowledged)
 
     def wait_for_view(self, condition: Callable[[View], bool], what: str, within: float = 30) -> View:
         def check() -> Optional[View]:
@@ -152,6 +186,14 @@ class Cluster:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+
+
+def _etcd_healthy(endpoint: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{endpoint}/health", timeout=1) as answer:
+            return b'"health":"true"' in answer.read()
+    except OSError:
+        return False
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -168,14 +210,14 @@ def binary() -> Path:
 
 
 @pytest.fixture
-def make_cluster(binary: Path, tmp_path: Path) -> Iterator[Callable[[], Cluster]]:
+def make_cluster(binary: Path, tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     """Starts view services for this test only; every process is stopped by pid afterwards."""
     clusters: list[Cluster] = []
 
-    def make() -> Cluster:
+    def make(**options: object) -> Cluster:
         directory = tmp_path / f"cluster-{len(clusters) + 1}"
         directory.mkdir()
-        cluster = Cluster(binary, directory)
+        cluster = Cluster(binary, directory, **options)
         clusters.append(cluster)
         return cluster
 

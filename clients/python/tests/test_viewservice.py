@@ -3,12 +3,38 @@
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import pytest
 
-from conftest import Cluster, free_port
+from conftest import Cluster, free_port, start_replicated, wait_for
 from fakes import FakeViewService, not_leader, view_response
 from pbkv import Client, Unavailable, ViewServiceClient
+from pbkv import pbkv_pb2 as pb
+
+
+def test_a_replicated_view_service_follower_sends_the_client_to_its_leader(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(etcd=True, viewservices=2)
+
+    def roles() -> tuple[str, str] | None:
+        answers = {address: cluster.get_view_response(address) for address in cluster.viewservices}
+        leaders = [a for a, r in answers.items() if r is not None and r.code == pb.OK]
+        followers = [a for a, r in answers.items() if r is not None and r.code == pb.NOT_LEADER and r.leader in leaders]
+        return (leaders[0], followers[0]) if len(leaders) == 1 and len(followers) == 1 else None
+
+    leader, follower = wait_for(roles, within=30, what="a view service leader, and a follower that names it")
+    primary, _ = start_replicated(cluster)
+    with Client([follower], timeout=20) as client:  # only the follower's address
+        client.put("replicated", "1")
+        assert client.viewservice.stats.not_leader >= 1
+        assert client.viewservice.addresses == [follower, leader]
+    # The leader dies; the follower takes over once its lease expires, and the KV data is there.
+    cluster.viewservices[leader].kill()
+    with Client([leader, follower], timeout=30) as client:
+        assert client.get("replicated") == "1"
+        client.put("replicated", "2")
+        assert client.view().primary == primary
+        assert client.viewservice.stats.failovers >= 1
 
 
 def test_not_leader_with_a_leader_is_followed(cluster: Cluster) -> None:
