@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .connection import Connection, code_name, parse_address
 from .errors import DeadlineExceeded, ProtocolError, Unavailable
