@@ -1,12 +1,21 @@
 # pbkv — build, test and run. `make run` and `make test` install what is missing first.
 SHELL := /bin/bash
 SWIFT ?= swift
-DEB_PACKAGES := protobuf-c-compiler libprotobuf-c-dev zlib1g-dev pkg-config etcd-server
+DEB_PACKAGES := protobuf-c-compiler libprotobuf-c-dev zlib1g-dev pkg-config etcd-server python3 python3-venv
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 PROTO_OUT := Sources/CPBKVProto
 SWIFT_TEST_FLAGS ?= --no-parallel
+# The Python client (clients/python): its tests run in a venv kept under .venv-test (git-ignored).
+PYTHON ?= python3
+VENV := .venv-test
+PY_CLIENT := clients/python
+PY_PROTO_OUT := $(PY_CLIENT)/src/pbkv
+# Pinned: the generated pbkv_pb2.py depends on the protoc inside grpcio-tools (its protobuf
+# gencode version is what pyproject.toml requires of the runtime).
+GRPCIO_TOOLS := grpcio-tools==1.85.1
+PY_PROTOC = $(VENV)/bin/python -m grpc_tools.protoc -I proto --python_out=$(1) --pyi_out=$(1) proto/pbkv.proto
 
-.PHONY: deps build release test run proto clean chaos chaos-short bench
+.PHONY: deps build release test run proto clean chaos chaos-short bench python-venv python-proto-check python-test
 SECONDS ?= 60
 SEEDS ?= 1
 # ETCD=1: chaos against the replicated view service (three view services on a three-member etcd).
@@ -29,10 +38,36 @@ release: deps
 	$(SWIFT) build -c release
 
 ## test: every test of every module (unit, end to end over loopback), and a short chaos run.
-test: deps
+## test: every test of every module (unit, end to end over loopback), a short chaos run, and the
+## Python client's tests against the built `pbkv` (first: the committed generated Python is current).
+test: deps python-proto-check
 	$(SWIFT) build --build-tests
 	$(MAKE) --no-print-directory chaos-short
 	$(SWIFT) test --skip-build $(SWIFT_TEST_FLAGS)
+	$(MAKE) --no-print-directory python-test
+
+## python-venv: the test venv (created once, again when pyproject.toml changes; network needed
+## only then), with this checkout's client installed into it (offline, every time).
+$(VENV)/.installed: $(PY_CLIENT)/pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check 'setuptools>=64' pytest pytest-timeout $(GRPCIO_TOOLS) ./$(PY_CLIENT)
+	touch $@
+
+python-venv: $(VENV)/.installed
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation --no-index ./$(PY_CLIENT)
+	@rm -rf $(PY_CLIENT)/build $(PY_CLIENT)/src/pbkv.egg-info
+
+## python-proto-check: fails when the committed generated Python differs from what `make proto` makes.
+python-proto-check: $(VENV)/.installed
+	@tmp=$$(mktemp -d) && $(call PY_PROTOC,$$tmp) && \
+	  if diff -u $(PY_PROTO_OUT)/pbkv_pb2.py $$tmp/pbkv_pb2.py && diff -u $(PY_PROTO_OUT)/pbkv_pb2.pyi $$tmp/pbkv_pb2.pyi; then \
+	    rm -rf $$tmp; echo "python-proto-check: $(PY_PROTO_OUT)/pbkv_pb2.py is current"; \
+	  else rm -rf $$tmp; echo "python-proto-check: $(PY_PROTO_OUT)/pbkv_pb2.py(i) is stale: run make proto and commit it" >&2; exit 1; fi
+
+## python-test: the Python client's tests (pytest) against a cluster of the debug `pbkv` build.
+python-test: python-venv
+	PBKV_BIN=$$($(SWIFT) build --show-bin-path)/pbkv $(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PY_CLIENT)/tests
 
 ## chaos-short: three seeds of 20 s each against a multi-process cluster with a file-store view
 ## service, and one with the view service replicated on etcd (part of `make test`).
@@ -55,11 +90,13 @@ run: deps
 bench: deps
 	bash scripts/bench.sh
 
-## proto: regenerate the committed C code from proto/*.proto with protoc-c.
-proto: deps
+## proto: regenerate the committed code from proto/*.proto: C with protoc-c, Python with grpcio-tools.
+proto: deps $(VENV)/.installed
 	@tmp=$$(mktemp -d) && (cd proto && protoc-c --c_out=$$tmp *.proto) && \
 	  mv $$tmp/*.pb-c.h $(PROTO_OUT)/include/ && mv $$tmp/*.pb-c.c $(PROTO_OUT)/ && rmdir $$tmp
 	@echo "regenerated $(PROTO_OUT)"
+	$(call PY_PROTOC,$(PY_PROTO_OUT))
+	@echo "regenerated $(PY_PROTO_OUT)/pbkv_pb2.py and pbkv_pb2.pyi"
 
 clean:
 	$(SWIFT) package clean

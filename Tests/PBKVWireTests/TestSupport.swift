@@ -40,6 +40,9 @@ struct ProtoWriter {
 
     mutating func key(_ field: UInt64, wireType: UInt64) { varint(field << 3 | wireType) }
 
+    /// Bytes as they are (e.g. fields written by another writer).
+    mutating func raw(_ more: [UInt8]) { bytes += more }
+
     mutating func varintField(_ field: UInt64, _ value: UInt64) {
         key(field, wireType: 0)
         varint(value)

@@ -267,7 +267,8 @@ public enum EnvelopeCodec {
     /// A request whose call cannot be used (unknown method, invalid UTF-8 in a key) still
     /// decodes: its `call` holds the reason, so the server can answer that one call.
     public static func decode(_ buffer: ByteBuffer) throws(MessageCodecError) -> Envelope {
-        let result: Result<Envelope, MessageCodecError> = buffer.withUnsafeReadableBytes { raw in
+        // Unknown fields of the group wire types would make protobuf-c refuse the whole envelope.
+        let result: Result<Envelope, MessageCodecError> = UnknownGroupFields.removed(from: buffer).withUnsafeReadableBytes { raw in
             let base = raw.baseAddress?.assumingMemoryBound(to: UInt8.self)
             let empty: [UInt8] = [0]
             return empty.withUnsafeBufferPointer { fallback in
