@@ -15,7 +15,7 @@ PY_PROTO_OUT := $(PY_CLIENT)/src/pbkv
 GRPCIO_TOOLS := grpcio-tools==1.85.1
 PY_PROTOC = $(VENV)/bin/python -m grpc_tools.protoc -I proto --python_out=$(1) --pyi_out=$(1) proto/pbkv.proto
 
-.PHONY: deps build release test run proto clean chaos chaos-short bench python-venv python-proto-check python-test
+.PHONY: deps build release test run proto proto-check clean chaos chaos-short bench python-venv python-proto-check python-test
 SECONDS ?= 60
 SEEDS ?= 1
 # ETCD=1: chaos against the replicated view service (three view services on a three-member etcd).
@@ -37,10 +37,9 @@ build: deps
 release: deps
 	$(SWIFT) build -c release
 
-## test: every test of every module (unit, end to end over loopback), and a short chaos run.
 ## test: every test of every module (unit, end to end over loopback), a short chaos run, and the
 ## Python client's tests against the built `pbkv` (first: the committed generated Python is current).
-test: deps python-proto-check
+test: deps proto-check python-proto-check
 	$(SWIFT) build --build-tests
 	$(MAKE) --no-print-directory chaos-short
 	$(SWIFT) test --skip-build $(SWIFT_TEST_FLAGS)
@@ -64,6 +63,13 @@ python-proto-check: $(VENV)/.installed
 	  if diff -u $(PY_PROTO_OUT)/pbkv_pb2.py $$tmp/pbkv_pb2.py && diff -u $(PY_PROTO_OUT)/pbkv_pb2.pyi $$tmp/pbkv_pb2.pyi; then \
 	    rm -rf $$tmp; echo "python-proto-check: $(PY_PROTO_OUT)/pbkv_pb2.py is current"; \
 	  else rm -rf $$tmp; echo "python-proto-check: $(PY_PROTO_OUT)/pbkv_pb2.py(i) is stale: run make proto and commit it" >&2; exit 1; fi
+
+## proto-check: fails when the committed protoc-c output differs from what `make proto` makes.
+proto-check: deps
+	@tmp=$$(mktemp -d) && (cd proto && protoc-c --c_out=$$tmp *.proto) && \
+	  if diff -q $$tmp/pbkv.pb-c.c $(PROTO_OUT)/pbkv.pb-c.c >/dev/null && diff -q $$tmp/pbkv.pb-c.h $(PROTO_OUT)/include/pbkv.pb-c.h >/dev/null; then \
+	    rm -rf $$tmp; echo "proto-check: $(PROTO_OUT) is current"; \
+	  else rm -rf $$tmp; echo "proto-check: $(PROTO_OUT) is stale: run make proto and commit it" >&2; exit 1; fi
 
 ## python-test: the Python client's tests (pytest) against a cluster of the debug `pbkv` build.
 python-test: python-venv
