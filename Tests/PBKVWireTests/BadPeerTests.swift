@@ -17,11 +17,14 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case unsupportedVersion
     case responseFromClient
     case nulInHelloClientName
+    case maxFrameSize16
+    case maxFrameSize64
+    case maxFrameSizeJustBelowMinimum
 
     var testDescription: String { rawValue }
 
     /// The server's maximum payload for this case.
-    var maxPayload: Int { self == .frameAboveMaximum ? 1_024 : Frame.defaultMaxPayload }
+    var maxPayload: Int { self == .frameAboveMaximum ? Int(RPCProtocol.minimumMaxFrameSize) : Frame.defaultMaxPayload }
 
     /// The Goodbye the server must send (code and a word of its message); nil: it just closes.
     var expectedGoodbye: (code: Code, mentions: String)? {
@@ -38,6 +41,7 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
         case .unsupportedVersion: (.unsupportedVersion, "not supported")
         case .responseFromClient: (.protocolViolation, "accepts only Request")
         case .nulInHelloClientName: (.protocolViolation, "Hello.client_name contains a NUL byte")
+        case .maxFrameSize16, .maxFrameSize64, .maxFrameSizeJustBelowMinimum: (.protocolViolation, "below the minimum of 4096 bytes")
         }
     }
 
@@ -68,7 +72,7 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
             try await raw.finishSending()
         case .frameAboveMaximum:
             _ = try await raw.handshake()
-            try await raw.send(frameBytes(payload: Array(repeating: 0, count: 4_096)))
+            try await raw.send(frameBytes(payload: Array(repeating: 0, count: 8_192)))
         case .unknownFlagBits:
             _ = try await raw.handshake()
             try await raw.send(frameBytes(flags: 0x80, payload: bytes(of: EnvelopeCodec.encode(ping))))
@@ -102,6 +106,9 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
             try await raw.send(frameBytes(.response(Response(callID: 1, result: .view(.initial)))))
         case .nulInHelloClientName:
             try await raw.send(frameBytes(payload: NULInString.helloClientName.bytes))
+        case .maxFrameSize16, .maxFrameSize64, .maxFrameSizeJustBelowMinimum:
+            let size: UInt32 = self == .maxFrameSize16 ? 16 : self == .maxFrameSize64 ? 64 : RPCProtocol.minimumMaxFrameSize - 1
+            try await raw.send(frameBytes(.hello(Hello(protocolVersion: RPCProtocol.version, features: [], maxFrameSize: size))))
         }
     }
 }
