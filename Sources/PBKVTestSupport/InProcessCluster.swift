@@ -105,9 +105,6 @@ public final class InProcessCluster: Sendable {
         return try await startServer(name: node.name, port: port, faults: faults, seed: seed)
     }
 
-    /// The view service's address, parsed.
-    public var viewServicePeer: PeerAddress { try! PeerAddress(parsing: viewServiceAddress) }
-
     /// The view service's current view (with its acknowledged flag) and counters.
     public func view() async throws -> View {
         try await viewService.snapshot().view ?? .initial
