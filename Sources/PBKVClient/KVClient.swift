@@ -10,7 +10,8 @@ public enum KVClientError: Error, Sendable, Hashable, CustomStringConvertible {
     case deadlineExceeded(operation: String, key: String, seconds: Double, lastProblem: String)
     /// The view service address is not HOST:PORT.
     case invalidAddress(String)
-    /// The primary refused the request as malformed (retrying cannot help).
+    /// The primary refused the request as malformed or too large, or the request or its reply
+    /// does not fit in a frame (retrying cannot help).
     case rejected(operation: String, key: String, reason: String)
     /// The client was closed.
     case closed
@@ -21,17 +22,22 @@ public enum KVClientError: Error, Sendable, Hashable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .deadlineExceeded(let operation, let key, let seconds, let lastProblem):
-            "\(operation) \"\(key)\" did not complete within \(seconds) s (last problem: \(lastProblem)); "
+            "\(operation) \"\(Self.shown(key))\" did not complete within \(seconds) s (last problem: \(lastProblem)); "
                 + "check that the view service and at least one server of the current view are running (pbkv view)"
         case .invalidAddress(let address):
             "invalid view service address \"\(address)\": expected HOST:PORT[,HOST:PORT…], e.g. 127.0.0.1:7000"
         case .rejected(let operation, let key, let reason):
-            "\(operation) \"\(key)\" was refused by the primary as a bad request: \(reason)"
+            "\(operation) \"\(Self.shown(key))\" was refused: \(reason)"
         case .closed:
             "the client was closed"
         case .cancelled(let operation, let key):
             "\(operation) \"\(key)\" was cancelled before it completed; it may or may not have taken effect"
         }
+    }
+
+    /// A key as messages show it: long ones cut, with their size.
+    private static func shown(_ key: String) -> String {
+        key.count <= 64 ? key : "\(key.prefix(48))… (\(key.utf8.count) bytes)"
     }
 }
 
@@ -171,6 +177,15 @@ public actor KVClient {
                     lastProblem = "\(primary) answered \(reply.code)"
                 } catch let error as KVClientError {
                     throw error
+                } catch let error as RPCError {
+                    // Too large to send, or a reply too large to receive, or arguments refused:
+                    // the same request would fail the same way on any primary.
+                    switch error {
+                    case .requestTooLarge, .remote(code: .frameTooLarge, _), .remote(code: .badRequest, _):
+                        throw KVClientError.rejected(operation: call.method, key: call.key, reason: error.description)
+                    default:
+                        lastProblem = "\(error)"
+                    }
                 } catch {
                     lastProblem = "\(error)"
                 }

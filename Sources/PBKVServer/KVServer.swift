@@ -30,8 +30,19 @@ public struct KVServerConfiguration: Sendable {
     /// The least a call to the backup waits (per 64 KiB on the link), however quick the round
     /// trips: below this, scheduling delays on a busy machine would look like loss.
     public var minimumBackupTimeout: Duration = .milliseconds(30)
+    /// Key and value limits (`maxKeyBytes`, `maxValueBytes`) and batching. `maxFrameBytes` is
+    /// set from `maxPayload` when the server starts.
     public var replica = ReplicaConfiguration()
+    /// Largest frame payload sent or accepted; must be the same on every server of a cluster.
     public var maxPayload = Frame.defaultMaxPayload
+    /// A connection must complete its Hello within this time (`RPCServerConfiguration.handshakeTimeout`).
+    public var handshakeTimeout: Duration = .seconds(5)
+    /// A connection with no call in flight and no frame for this long is closed; nil: never.
+    /// The primary's link to its backup and this server's link to the view service reconnect
+    /// on their next call.
+    public var idleTimeout: Duration? = .seconds(300)
+    /// Most client and server connections open at once (`RPCServerConfiguration.maxConnections`).
+    public var maxConnections = RPCServerConfiguration.defaultMaxConnections
     /// Offer zlib on this server's connections (when the peer agrees).
     public var compression = true
     /// Smallest transfer chunk that is compressed: bulk state, where bytes matter.
@@ -45,6 +56,42 @@ public struct KVServerConfiguration: Sendable {
         self.listenHost = listenHost
         self.listenPort = listenPort
         self.viewService = viewService
+    }
+
+    /// Checks the limits before anything is bound: the largest key and value must fit in a
+    /// frame as one forward from this server (its advertised address, or the longest address
+    /// the listen host can have), the frame at least the protocol's minimum.
+    public func validate() throws(KVServerConfigurationError) {
+        guard maxPayload >= Int(RPCProtocol.minimumMaxFrameSize), maxPayload <= Int(UInt32.max) else {
+            throw .maxPayloadOutOfRange(maxPayload)
+        }
+        guard maxConnections >= 1 else { throw .maxConnectionsNotPositive(maxConnections) }
+        guard handshakeTimeout > .zero, idleTimeout.map({ $0 > .zero }) ?? true else { throw .timeoutNotPositive }
+        var replica = replica
+        replica.maxFrameBytes = maxPayload
+        do {
+            try replica.validate(me: advertise ?? "\(listenHost):65535")
+        } catch {
+            throw .replica(error)
+        }
+    }
+}
+
+/// Why a `KVServerConfiguration` cannot be used; each message names the setting to change.
+public enum KVServerConfigurationError: Error, Sendable, Hashable, CustomStringConvertible {
+    case maxPayloadOutOfRange(Int)
+    case maxConnectionsNotPositive(Int)
+    case timeoutNotPositive
+    case replica(ReplicaConfigurationError)
+
+    public var description: String {
+        switch self {
+        case .maxPayloadOutOfRange(let n):
+            "maxPayload \(n) is out of range: at least \(RPCProtocol.minimumMaxFrameSize) and at most \(UInt32.max)"
+        case .maxConnectionsNotPositive(let n): "--max-connections is \(n); it must be at least 1"
+        case .timeoutNotPositive: "the handshake and idle timeouts must be positive"
+        case .replica(let error): error.description
+        }
     }
 }
 
@@ -62,6 +109,8 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         var backupLink: (address: String, client: RPCClient)?
         var ticker: RepeatedTask?
         var stopped = false
+        /// Backups already reported as refusing our frames (logged once each).
+        var tooLargeReported: Set<String> = []
     }
 
     public let eventLoop: any EventLoop
@@ -94,6 +143,12 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
     public static func start(configuration: KVServerConfiguration, group: any EventLoopGroup, logger: Logger) async throws
         -> KVServer
     {
+        try configuration.validate()
+        let configuration = {
+            var adjusted = configuration
+            adjusted.replica.maxFrameBytes = adjusted.maxPayload
+            return adjusted
+        }()
         let loop = group.next()
         // Bind first so the advertised address can default to the real port.
         let holder = ServiceHolder()
@@ -103,6 +158,9 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         rpc.compression = configuration.compression
         rpc.compressionThreshold = configuration.latencyCompressionThreshold
         rpc.name = "pbkv-server"
+        rpc.handshakeTimeout = configuration.handshakeTimeout
+        rpc.idleTimeout = configuration.idleTimeout
+        rpc.maxConnections = configuration.maxConnections
         let server = try await RPCServer.start(
             configuration: rpc, group: loop,
             tables: [.kv(LateBoundKV(holder: holder)), .replica(LateBoundReplica(holder: holder))], logger: logger)
@@ -117,6 +175,8 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         }.get()
         kv.logger.info("server listening", metadata: [
             "address": "\(server.localAddress)", "viewservice": "\(configuration.viewService.map(\.description).joined(separator: ","))",
+            "max_key_bytes": "\(configuration.replica.maxKeyBytes)", "max_value_bytes": "\(configuration.replica.maxValueBytes)",
+            "max_connections": "\(configuration.maxConnections)",
         ])
         return kv
     }
@@ -142,6 +202,11 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
             let m = self.state.value.machine
             return (m.role, m.view, m.store.map.count, m.hasState)
         }.get()
+    }
+
+    /// Connections open at this server now (clients, and a primary's link if this is its backup).
+    public func connectionCount() async -> Int {
+        (try? await eventLoop.submit { self.rpcServer.value?.connectionCount ?? 0 }.get()) ?? 0
     }
 
     /// A copy of the map (tests: compare replicas).
@@ -244,6 +309,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
             .whenComplete { result in
             let outcome: ReplicaCallOutcome<ForwardReply>
             if case .success(.forward(let reply)) = result { outcome = .replied(reply) } else { outcome = .failed }
+            if case .failure(let error) = result { self.reportIfTooLarge(error, target: target) }
             self.withBackupTimer { $0.didComplete(timed, replied: outcome != .failed, at: self.clockNow) }
             self.run(self.state.value.machine.onForwardOutcome(to: target, firstIndex: args.firstIndex, outcome: outcome))
         }
@@ -256,10 +322,21 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
             .whenComplete { result in
             let outcome: ReplicaCallOutcome<TransferReply>
             if case .success(.transfer(let reply)) = result { outcome = .replied(reply) } else { outcome = .failed }
+            if case .failure(let error) = result { self.reportIfTooLarge(error, target: target) }
             self.withBackupTimer { $0.didComplete(timed, replied: outcome != .failed, at: self.clockNow) }
             self.run(self.state.value.machine.onTransferOutcome(
                 to: target, transferID: chunk.transferID, chunkIndex: chunk.chunkIndex, outcome: outcome))
         }
+    }
+
+    /// A batch that fits our frames but not the backup's: the servers run with different frame
+    /// limits, and the call is retried in vain until the view changes. Said once per backup.
+    private func reportIfTooLarge(_ error: any Error, target: String) {
+        guard case .requestTooLarge = error as? RPCError, !state.value.tooLargeReported.contains(target) else { return }
+        state.value.tooLargeReported.insert(target)
+        logger.info("the backup refuses frames this primary must send: run every server with the same limits", metadata: [
+            "backup": "\(target)", "error": "\(error)",
+        ])
     }
 
     // MARK: - KVServiceProtocol

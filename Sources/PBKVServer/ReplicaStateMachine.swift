@@ -17,11 +17,27 @@ public enum ReplicaRole: String, Sendable, Hashable, CustomStringConvertible {
 /// An opaque handle for a client waiting on a reply; the shell maps it to a promise.
 public typealias ReplyToken = UInt64
 
-/// Tuning of the replica logic.
+/// Limits and tuning of the replica logic.
 public struct ReplicaConfiguration: Sendable, Hashable {
+    /// The default largest key: 4 KiB.
+    public static let defaultMaxKeyBytes = 4 * 1024
+    /// The default largest value: 1 MiB.
+    public static let defaultMaxValueBytes = 1024 * 1024
+
+    /// Largest key of a Get, Put or PutHash, in UTF-8 bytes; a longer one is refused with
+    /// BAD_REQUEST before anything is applied.
+    public var maxKeyBytes = ReplicaConfiguration.defaultMaxKeyBytes
+    /// Largest value of a Put or PutHash, in UTF-8 bytes; a longer one is refused likewise.
+    public var maxValueBytes = ReplicaConfiguration.defaultMaxValueBytes
+    /// Largest frame payload between replicas (the RPC maximum, the same on every server). The
+    /// largest key and value must fit in it as one forward (`validate(me:)`); batches and
+    /// chunks are cut so that they always fit.
+    public var maxFrameBytes = Frame.defaultMaxPayload
     /// Most operations in one forward batch.
     public var maxBatchOperations = 512
-    /// Most entry bytes (keys + values) in one forward batch or transfer chunk.
+    /// Most bytes of items (`EncodedSize.item`: keys, values and their framing) in one forward
+    /// batch or transfer chunk — fewer when the frame is smaller. A single item larger than
+    /// this still goes alone: the limits guarantee it fits in a frame.
     public var maxBatchBytes = 1 << 20
     /// Most entries in one transfer chunk.
     public var maxChunkEntries = 16_384
@@ -32,6 +48,48 @@ public struct ReplicaConfiguration: Sendable, Hashable {
     public var retryDelay: Duration = .milliseconds(20)
 
     public init() {}
+
+    /// Most bytes of items in one batch sent by `me`: `maxBatchBytes`, or less so that the batch
+    /// with its envelope fits in `maxFrameBytes`.
+    public func batchBudget(me: String) -> Int {
+        min(maxBatchBytes, maxFrameBytes - EncodedSize.batchEnvelope(primaryBytes: me.utf8.count))
+    }
+
+    /// Checks that the largest key and value could always be forwarded and transferred by the
+    /// server called `me` (and answered to a client): otherwise a Put could be applied on the
+    /// primary and never reach the backup.
+    public func validate(me: String) throws(ReplicaConfigurationError) {
+        guard maxKeyBytes >= 1 else { throw .keyLimitTooSmall(maxKeyBytes) }
+        guard maxValueBytes >= 0 else { throw .valueLimitNegative(maxValueBytes) }
+        guard maxBatchBytes >= 1, maxBatchOperations >= 1, maxChunkEntries >= 1 else { throw .batchLimitsNotPositive }
+        let envelope = EncodedSize.batchEnvelope(primaryBytes: me.utf8.count)
+        guard EncodedSize.item(keyBytes: maxKeyBytes, valueBytes: maxValueBytes) + envelope <= maxFrameBytes else {
+            throw .limitsExceedFrame(
+                maxKeyBytes: maxKeyBytes, maxValueBytes: maxValueBytes,
+                largestSum: maxFrameBytes - envelope - EncodedSize.itemOverhead, maxFrameBytes: maxFrameBytes)
+        }
+    }
+}
+
+/// Why a `ReplicaConfiguration` cannot be used; each message names the setting to change.
+public enum ReplicaConfigurationError: Error, Sendable, Hashable, CustomStringConvertible {
+    case keyLimitTooSmall(Int)
+    case valueLimitNegative(Int)
+    case batchLimitsNotPositive
+    /// The largest key plus the largest value, with the message around them, exceed a frame.
+    case limitsExceedFrame(maxKeyBytes: Int, maxValueBytes: Int, largestSum: Int, maxFrameBytes: Int)
+
+    public var description: String {
+        switch self {
+        case .keyLimitTooSmall(let n): "--max-key-bytes is \(n); it must be at least 1"
+        case .valueLimitNegative(let n): "--max-value-bytes is \(n); it must not be negative"
+        case .batchLimitsNotPositive: "maxBatchBytes, maxBatchOperations and maxChunkEntries must be positive"
+        case .limitsExceedFrame(let key, let value, let largestSum, let frame):
+            "--max-key-bytes \(key) plus --max-value-bytes \(value) do not fit in a frame of \(frame) bytes with the "
+                + "message around them: such a Put could never be forwarded to a backup; "
+                + "keep their sum at most \(largestSum)"
+        }
+    }
 }
 
 /// Something the shell must do for the replica state machine.
@@ -128,9 +186,13 @@ public struct ReplicaStateMachine: Sendable {
     /// The view number the primary has made good and acknowledges in pings.
     private var acknowledgedViewnum: UInt64 = 0
 
+    /// Most bytes of items in one forward batch or transfer chunk (`ReplicaConfiguration.batchBudget(me:)`).
+    private let batchBudget: Int
+
     public init(me: String, configuration: ReplicaConfiguration = .init()) {
         self.me = me
         self.configuration = configuration
+        self.batchBudget = configuration.batchBudget(me: me)
     }
 
     /// The view number to send in the next ping: 0 while holding no state that the view
@@ -241,8 +303,7 @@ public struct ReplicaStateMachine: Sendable {
     }
 
     private func nextTransferChunk(_ transfer: inout Transfer) -> TransferChunk {
-        let (entries, duplicates, last) = transfer.cursor.next(
-            maxEntries: configuration.maxChunkEntries, maxBytes: configuration.maxBatchBytes)
+        let (entries, duplicates, last) = transfer.cursor.next(maxEntries: configuration.maxChunkEntries, maxBytes: batchBudget)
         let chunk = TransferChunk(
             viewnum: view.viewnum, primary: me, transferID: transfer.id, chunkIndex: transfer.nextChunk, last: last,
             nextIndex: transfer.snapshotIndex, entries: entries, duplicates: duplicates)
@@ -270,6 +331,8 @@ public struct ReplicaStateMachine: Sendable {
         guard op.id.clientID != 0, op.id.seq != 0 else {
             return [.reply(token, KVReply(code: .badRequest, value: "RequestId with a non-zero client_id and seq is required"))]
         }
+        // Too large to forward or store: refused by every server alike, before anything is applied.
+        if let refusal = limitRefusal(op) { return [.reply(token, refusal)] }
         guard role == .primary else { return [.reply(token, KVReply(code: .wrongServer))] }
         // The first primary waits until the view service has its acknowledgement of view 1: a
         // crash before that lets it come back empty as the same primary (the view service cannot
@@ -298,15 +361,34 @@ public struct ReplicaStateMachine: Sendable {
         return sendNextBatch(delay: .zero)
     }
 
-    /// Sends unacknowledged operations to a streaming backup if nothing is in flight.
+    /// BAD_REQUEST naming the limit when `op`'s key or value is larger than allowed; nil if it fits.
+    private func limitRefusal(_ op: Operation) -> KVReply? {
+        let keyBytes = op.key.utf8.count
+        if keyBytes > configuration.maxKeyBytes {
+            return KVReply(
+                code: .badRequest,
+                value: "key of \(keyBytes) bytes exceeds this server's limit of \(configuration.maxKeyBytes) bytes (--max-key-bytes)")
+        }
+        let valueBytes = op.value.utf8.count
+        if valueBytes > configuration.maxValueBytes {
+            return KVReply(
+                code: .badRequest,
+                value: "value of \(valueBytes) bytes exceeds this server's limit of \(configuration.maxValueBytes) bytes (--max-value-bytes)")
+        }
+        return nil
+    }
+
+    /// Sends unacknowledged operations to a streaming backup if nothing is in flight: as many
+    /// as fit in `batchBudget` (at least one, which the key and value limits let fit in a frame).
     private mutating func sendNextBatch(delay: Duration) -> [ReplicaDirective] {
         guard case .streaming(let target, let inFlight) = link, inFlight == nil, let first = pending.first else { return [] }
         var ops: [Operation] = []
         var bytes = 0
         for p in pending {
-            if ops.count >= configuration.maxBatchOperations || (bytes > 0 && bytes + p.op.key.utf8.count + p.op.value.utf8.count > configuration.maxBatchBytes) { break }
+            let size = EncodedSize.item(keyBytes: p.op.key.utf8.count, valueBytes: p.op.value.utf8.count)
+            if ops.count >= configuration.maxBatchOperations || (!ops.isEmpty && bytes + size > batchBudget) { break }
             ops.append(p.op)
-            bytes += p.op.key.utf8.count + p.op.value.utf8.count
+            bytes += size
         }
         link = .streaming(target: target, inFlight: (first.index, ops.count))
         let args = ForwardArgs(viewnum: view.viewnum, primary: me, firstIndex: first.index, ops: ops)
@@ -489,21 +571,27 @@ struct TransferCursor: Sendable {
         duplicates = store.duplicates.map { DuplicateEntry(clientID: $0.key, seq: $0.value.seq, reply: $0.value.reply) }
     }
 
+    /// The next chunk: at most `maxEntries` entries and rows, and at most `maxBytes` of items
+    /// (`EncodedSize.item`) unless a single item is larger — then it goes alone.
     mutating func next(maxEntries: Int, maxBytes: Int) -> (entries: [Entry], duplicates: [DuplicateEntry], last: Bool) {
         var entries: [Entry] = []
         var bytes = 0
-        while mapIndex != map.endIndex && entries.count < maxEntries && bytes < maxBytes {
+        while mapIndex != map.endIndex && entries.count < maxEntries {
             let (key, value) = map[mapIndex]
+            let size = EncodedSize.item(keyBytes: key.utf8.count, valueBytes: value.utf8.count)
+            if !entries.isEmpty && bytes + size > maxBytes { break }
             entries.append(Entry(key: key, value: value))
-            bytes += key.utf8.count + value.utf8.count + 8
+            bytes += size
             map.formIndex(after: &mapIndex)
         }
         var rows: [DuplicateEntry] = []
         if mapIndex == map.endIndex {
-            while duplicateIndex < duplicates.count && entries.count + rows.count < maxEntries && bytes < maxBytes {
+            while duplicateIndex < duplicates.count && entries.count + rows.count < maxEntries {
                 let row = duplicates[duplicateIndex]
+                let size = EncodedSize.item(keyBytes: 0, valueBytes: row.reply.value.utf8.count)
+                if entries.count + rows.count > 0 && bytes + size > maxBytes { break }
                 rows.append(row)
-                bytes += row.reply.value.utf8.count + 24
+                bytes += size
                 duplicateIndex += 1
             }
         }

@@ -63,7 +63,11 @@ public final class InProcessCluster: Sendable {
     }
 
     /// Starts a fresh (empty) server; `port` 0 picks a free one, another value restarts on it.
-    public func startServer(name: String, port: Int = 0, faults: FaultPolicy = .none, seed: UInt64 = 1) async throws -> Node {
+    /// `configure` adjusts its configuration last (limits, timeouts).
+    public func startServer(
+        name: String, port: Int = 0, faults: FaultPolicy = .none, seed: UInt64 = 1,
+        configure: (inout KVServerConfiguration) -> Void = { _ in }
+    ) async throws -> Node {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let chosenPort = port == 0 ? try ProcessCluster.freePort() : port
         var configuration = KVServerConfiguration(
@@ -73,6 +77,7 @@ public final class InProcessCluster: Sendable {
         let toViewService = FaultInjector(policy: .none, seed: seed &+ 1)
         configuration.faults = inbound
         configuration.viewServiceFaults = toViewService
+        configure(&configuration)
         var serverLogger = logger
         serverLogger[metadataKey: "node"] = "\(name)"
         // A restart may find the port in TIME_WAIT or not yet released: retry briefly.
@@ -83,6 +88,9 @@ public final class InProcessCluster: Sendable {
                 return Node(
                     name: name, address: server.me, server: server, group: group, faults: inbound,
                     viewServiceFaults: toViewService)
+            } catch let error as KVServerConfigurationError {
+                try await group.shutdownGracefully()
+                throw error  // retrying cannot help
             } catch {
                 lastError = error
                 try await Task.sleep(for: .milliseconds(20))

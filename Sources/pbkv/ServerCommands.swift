@@ -109,6 +109,27 @@ struct ServerCommand: AsyncParsableCommand {
     var pingIntervalMs: Int = 100
     @Flag(help: "Do not offer zlib compression on connections (for measurements).")
     var noCompression = false
+    @Option(help: """
+        Largest key, in UTF-8 bytes; a Get, Put or PutHash with a longer key is refused with BAD_REQUEST \
+        naming this limit. The largest key plus the largest value must fit in one 16 MiB frame.
+        """)
+    var maxKeyBytes: Int = ReplicaConfiguration.defaultMaxKeyBytes
+    @Option(help: """
+        Largest value, in UTF-8 bytes; a Put or PutHash with a longer value is refused with BAD_REQUEST \
+        naming this limit, before anything is applied. Use the same limits on every server.
+        """)
+    var maxValueBytes: Int = ReplicaConfiguration.defaultMaxValueBytes
+    @Option(help: """
+        Most connections open at once, from clients and servers alike; one more gets a Goodbye \
+        (UNAVAILABLE, "too many connections") and is closed. Default: the open-file limit minus \
+        \(RPCServerConfiguration.reservedFileDescriptors) kept for the server's own use, at most \
+        \(RPCServerConfiguration.connectionLimitCap) (here: \(RPCServerConfiguration.defaultMaxConnections)).
+        """)
+    var maxConnections: Int?
+    @Option(help: "Milliseconds a new connection has to send its Hello; then it gets a Goodbye and is closed.")
+    var handshakeTimeoutMs: Int = 5_000
+    @Option(help: "Seconds a connection may stay idle (no call in flight, nothing received) before it gets a Goodbye and is closed; 0: never.")
+    var idleTimeoutSeconds: Int = 300
     @Option(help: "TESTING AID: drop each inbound call before it runs with this probability (0...1).")
     var faultDropRequests: Double = 0
     @Option(help: "TESTING AID: run each inbound call but lose its reply with this probability (0...1).")
@@ -128,16 +149,34 @@ struct ServerCommand: AsyncParsableCommand {
         guard (0...1).contains(faultDropRequests), (0...1).contains(faultDropReplies) else {
             throw ValidationError("fault probabilities must be between 0 and 1")
         }
+        guard handshakeTimeoutMs > 0 else { throw ValidationError("--handshake-timeout-ms must be positive") }
+        guard idleTimeoutSeconds >= 0 else { throw ValidationError("--idle-timeout-seconds must not be negative (0: never)") }
+        do {
+            try makeConfiguration().validate()
+        } catch {
+            throw ValidationError("\(error)")
+        }
     }
 
-    func run() async throws {
-        let logger = logging.bootstrap(label: "pbkv.server")
+    /// The server's configuration from the flags (addresses already validated).
+    private func makeConfiguration() throws -> KVServerConfiguration {
         let address = try PeerAddress(parsing: listen)
         var configuration = KVServerConfiguration(
             listenHost: address.host, listenPort: address.port, viewService: try PeerAddress.list(parsing: viewservice))
         configuration.advertise = advertise ?? (address.port == 0 ? nil : listen)
         configuration.pingInterval = .milliseconds(pingIntervalMs)
         configuration.compression = !noCompression
+        configuration.replica.maxKeyBytes = maxKeyBytes
+        configuration.replica.maxValueBytes = maxValueBytes
+        if let maxConnections { configuration.maxConnections = maxConnections }
+        configuration.handshakeTimeout = .milliseconds(handshakeTimeoutMs)
+        configuration.idleTimeout = idleTimeoutSeconds == 0 ? nil : .seconds(idleTimeoutSeconds)
+        return configuration
+    }
+
+    func run() async throws {
+        let logger = logging.bootstrap(label: "pbkv.server")
+        var configuration = try makeConfiguration()
         if faultDropRequests > 0 || faultDropReplies > 0 {
             configuration.faults = FaultInjector(
                 policy: FaultPolicy(dropRequest: faultDropRequests, dropReply: faultDropReplies), seed: faultSeed)

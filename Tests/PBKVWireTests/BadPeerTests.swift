@@ -16,11 +16,15 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case requestBeforeHello
     case unsupportedVersion
     case responseFromClient
+    case nulInHelloClientName
+    case maxFrameSize16
+    case maxFrameSize64
+    case maxFrameSizeJustBelowMinimum
 
     var testDescription: String { rawValue }
 
     /// The server's maximum payload for this case.
-    var maxPayload: Int { self == .frameAboveMaximum ? 1_024 : Frame.defaultMaxPayload }
+    var maxPayload: Int { self == .frameAboveMaximum ? Int(RPCProtocol.minimumMaxFrameSize) : Frame.defaultMaxPayload }
 
     /// The Goodbye the server must send (code and a word of its message); nil: it just closes.
     var expectedGoodbye: (code: Code, mentions: String)? {
@@ -36,6 +40,8 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
         case .requestBeforeHello: (.protocolViolation, "must be Hello")
         case .unsupportedVersion: (.unsupportedVersion, "not supported")
         case .responseFromClient: (.protocolViolation, "accepts only Request")
+        case .nulInHelloClientName: (.protocolViolation, "Hello.client_name contains a NUL byte")
+        case .maxFrameSize16, .maxFrameSize64, .maxFrameSizeJustBelowMinimum: (.protocolViolation, "below the minimum of 4096 bytes")
         }
     }
 
@@ -66,7 +72,7 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
             try await raw.finishSending()
         case .frameAboveMaximum:
             _ = try await raw.handshake()
-            try await raw.send(frameBytes(payload: Array(repeating: 0, count: 4_096)))
+            try await raw.send(frameBytes(payload: Array(repeating: 0, count: 8_192)))
         case .unknownFlagBits:
             _ = try await raw.handshake()
             try await raw.send(frameBytes(flags: 0x80, payload: bytes(of: EnvelopeCodec.encode(ping))))
@@ -98,6 +104,11 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
         case .responseFromClient:
             _ = try await raw.handshake()
             try await raw.send(frameBytes(.response(Response(callID: 1, result: .view(.initial)))))
+        case .nulInHelloClientName:
+            try await raw.send(frameBytes(payload: NULInString.helloClientName.bytes))
+        case .maxFrameSize16, .maxFrameSize64, .maxFrameSizeJustBelowMinimum:
+            let size: UInt32 = self == .maxFrameSize16 ? 16 : self == .maxFrameSize64 ? 64 : RPCProtocol.minimumMaxFrameSize - 1
+            try await raw.send(frameBytes(.hello(Hello(protocolVersion: RPCProtocol.version, features: [], maxFrameSize: size))))
         }
     }
 }
@@ -228,6 +239,30 @@ struct BadPeerTests {
             #expect(try await raw.envelopes(count: 3).last == .response(Response(callID: 6, result: .view(EchoViewService.fixedView))))
             #expect(!raw.isClosed)
             #expect(live.log.calls == [.getView])
+            await raw.close()
+        }
+    }
+
+    @Test("A string argument with a NUL byte is answered BAD_REQUEST, not cut short, and the connection stays open")
+    func nulInStringArgument() async throws {
+        try await LiveServer.with { live async throws in
+            let raw = try await live.raw()
+            _ = try await raw.handshake()
+            // Ping{server: "ADDR\0tail"}: protobuf-c alone would have pinged as "ADDR".
+            try await raw.send(frameBytes(payload: NULInString.pingServer.bytes))
+            let received = try await raw.envelopes(count: 2)
+            guard received.count == 2, case .response(let response) = received[1] else {
+                Issue.record("expected a response, got \(received)")
+                return
+            }
+            #expect(response.callID == 21)
+            #expect(response.code == .badRequest)
+            #expect(response.message.contains("PingArgs.server contains a NUL byte"))
+            #expect(live.log.calls.isEmpty, "the call must not run: \(live.log.calls)")
+            try await raw.send(frameBytes(.request(Request(callID: 22, call: .ping(PingArgs(server: "ADDR", viewnum: 4))))))
+            #expect(try await raw.envelopes(count: 3).last == .response(Response(callID: 22, result: echoed(4, "ADDR"))))
+            #expect(!raw.isClosed)
+            #expect(live.log.calls == [.ping(PingArgs(server: "ADDR", viewnum: 4))])
             await raw.close()
         }
     }

@@ -85,7 +85,7 @@ let roundTripSamples: [Sample] = {
     ]
     // Error responses, one for each error code.
     let errorCodes: [Code] = [.noKey, .wrongServer, .notReady, .unknownMethod, .badRequest, .protocolViolation,
-                              .frameTooLarge, .unsupportedVersion, .internal, .outOfOrder]
+                              .frameTooLarge, .unsupportedVersion, .internal, .outOfOrder, .notLeader, .unavailable]
     for (i, code) in errorCodes.enumerated() {
         samples.append(Sample(
             name: "Error response \(code)",
@@ -283,6 +283,158 @@ struct EnvelopeCodecTests {
         var newer = ProtoWriter()
         newer.messageField(9) { $0.varintField(1, 1) }  // a body kind from a newer protocol
         #expect(throws: MessageCodecError.emptyEnvelope) { try EnvelopeCodec.decode(buffer(newer.bytes)) }
+    }
+}
+
+/// A `string` field with a NUL byte in it, as a foreign client could send it: protobuf-c would
+/// hand pbkv the text up to the NUL, so the decoder must notice and refuse.
+enum NULInString: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case pingServer, forwardPrimary, transferPrimary, helloClientName, helloReplyServerName
+    case viewPrimaryInReply, leaderInReply, errorMessageInReply, goodbyeMessage
+
+    var testDescription: String { rawValue }
+
+    static let text = Array("ADDR\u{0}tail".utf8)
+
+    var bytes: [UInt8] {
+        var raw = ProtoWriter()
+        switch self {
+        case .pingServer:
+            raw.messageField(3) { r in
+                r.varintField(1, 21)
+                r.messageField(10) { p in
+                    p.bytesField(1, Self.text)
+                    p.varintField(2, 4)
+                }
+            }
+        case .forwardPrimary:
+            raw.messageField(3) { r in
+                r.varintField(1, 21)
+                r.messageField(30) { f in
+                    f.varintField(1, 2)
+                    f.bytesField(2, Self.text)
+                }
+            }
+        case .transferPrimary:
+            raw.messageField(3) { r in
+                r.varintField(1, 21)
+                r.messageField(31) { $0.bytesField(2, Self.text) }
+            }
+        case .helloClientName:
+            raw.messageField(1) { h in
+                h.varintField(1, 1)
+                h.bytesField(4, Self.text)
+            }
+        case .helloReplyServerName:
+            raw.messageField(2) { h in
+                h.varintField(1, 1)
+                h.bytesField(4, Self.text)
+            }
+        case .viewPrimaryInReply:
+            raw.messageField(4) { r in
+                r.varintField(1, 21)
+                r.messageField(10) { v in
+                    v.varintField(1, 3)
+                    v.bytesField(2, Self.text)
+                }
+            }
+        case .leaderInReply:
+            raw.messageField(4) { r in
+                r.varintField(1, 21)
+                r.varintField(2, UInt64(Code.notLeader.rawValue))
+                r.bytesField(4, Self.text)
+            }
+        case .errorMessageInReply:
+            raw.messageField(4) { r in
+                r.varintField(1, 21)
+                r.varintField(2, UInt64(Code.badRequest.rawValue))
+                r.bytesField(3, Self.text)
+            }
+        case .goodbyeMessage:
+            raw.messageField(5) { g in
+                g.varintField(1, UInt64(Code.protocolViolation.rawValue))
+                g.bytesField(2, Self.text)
+            }
+        }
+        return raw.bytes
+    }
+}
+
+@Suite("String fields with NUL bytes")
+struct NULInStringTests {
+    @Test("A NUL byte in a string field is refused or marked, never silently cut short", arguments: NULInString.allCases)
+    func refused(input: NULInString) throws {
+        switch input {
+        case .pingServer, .forwardPrimary, .transferPrimary:
+            // A call's argument: that call is refused (BAD_REQUEST), the connection can go on.
+            guard case .request(let request) = try EnvelopeCodec.decode(buffer(input.bytes)),
+                case .failure(.badArguments(let why)) = request.call
+            else {
+                Issue.record("expected a request with bad arguments")
+                return
+            }
+            #expect(request.callID == 21)
+            let field = ["pingServer": "PingArgs.server", "forwardPrimary": "ForwardArgs.primary",
+                         "transferPrimary": "TransferChunk.primary"][input.rawValue]!
+            #expect(why == MessageCodecError.nulInString(field: field).description)
+            #expect(why.contains("NUL"))
+        case .helloClientName:
+            #expect(throws: MessageCodecError.nulInString(field: "Hello.client_name")) {
+                try EnvelopeCodec.decode(buffer(input.bytes))
+            }
+        case .helloReplyServerName:
+            #expect(throws: MessageCodecError.nulInString(field: "HelloReply.server_name")) {
+                try EnvelopeCodec.decode(buffer(input.bytes))
+            }
+        case .viewPrimaryInReply, .leaderInReply:
+            // An address in a reply cannot be trusted cut short: the call fails.
+            guard case .response(let response) = try EnvelopeCodec.decode(buffer(input.bytes)) else {
+                Issue.record("expected a response")
+                return
+            }
+            #expect(response.callID == 21)
+            #expect(response.code == .protocolViolation)
+            #expect(response.result == nil)
+            #expect(response.message.contains(input == .viewPrimaryInReply ? "View.primary" : "Response.leader"))
+            #expect(response.message.contains("NUL"))
+        case .errorMessageInReply:
+            // Only text for people: kept as far as it goes, and marked.
+            #expect(try EnvelopeCodec.decode(buffer(input.bytes))
+                == .response(Response(callID: 21, code: .badRequest, message: "ADDR [cut at a NUL byte]")))
+        case .goodbyeMessage:
+            #expect(try EnvelopeCodec.decode(buffer(input.bytes))
+                == .goodbye(Goodbye(code: .protocolViolation, message: "ADDR [cut at a NUL byte]")))
+        }
+    }
+
+    @Test("NUL bytes outside string fields are not refused: bytes fields, numbers, unknown fields")
+    func notStrings() throws {
+        var raw = ProtoWriter()
+        raw.messageField(3) { r in
+            r.varintField(1, 0)  // a 0 byte on the wire that is a number
+            r.messageField(10) { p in
+                p.stringField(1, "127.0.0.1:7001")
+                p.varintField(2, 0)
+                p.bytesField(99, [0, 0, 0])  // a newer peer's field, skipped
+            }
+            r.bytesField(98, Array("x\u{0}y".utf8))
+        }
+        #expect(try EnvelopeCodec.decode(buffer(raw.bytes))
+            == .request(Request(callID: 0, call: .ping(PingArgs(server: "127.0.0.1:7001", viewnum: 0)))))
+    }
+
+    @Test("A stored view record with a NUL in an address is refused")
+    func viewRecord() throws {
+        var raw = ProtoWriter()
+        raw.varintField(1, 1)
+        raw.messageField(2) { v in
+            v.varintField(1, 2)
+            v.stringField(2, "127.0.0.1:7001")
+        }
+        raw.bytesField(3, NULInString.text)
+        #expect(throws: MessageCodecError.nulInString(field: "ViewRecord.previous_backup")) {
+            try EnvelopeCodec.decodeViewRecord(raw.bytes)
+        }
     }
 }
 

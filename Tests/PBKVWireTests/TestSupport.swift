@@ -322,8 +322,11 @@ final class RawConnection: Sendable {
     }
 
     /// Sends Hello and returns the server's HelloReply.
-    func handshake(features: [Feature] = [], version: UInt32 = RPCProtocol.version) async throws -> HelloReply {
-        try await send(frameBytes(.hello(Hello(protocolVersion: version, features: features, maxFrameSize: 0, clientName: "raw"))))
+    func handshake(features: [Feature] = [], version: UInt32 = RPCProtocol.version, maxFrameSize: UInt32 = 0) async throws
+        -> HelloReply
+    {
+        try await send(frameBytes(.hello(Hello(
+            protocolVersion: version, features: features, maxFrameSize: maxFrameSize, clientName: "raw"))))
         let envelopes = try await envelopes(count: 1)
         guard case .helloReply(let reply)? = envelopes.first else {
             throw HandshakeFailed(received: envelopes)

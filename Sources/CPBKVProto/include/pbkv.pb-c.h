@@ -89,7 +89,11 @@ typedef enum _Pbkv__Code {
   /*
    * a view service that is not the leader: ask `Response.leader` instead
    */
-  PBKV__CODE__NOT_LEADER = 11
+  PBKV__CODE__NOT_LEADER = 11,
+  /*
+   * Goodbye: the server takes no more connections now (its limit); retry later
+   */
+  PBKV__CODE__UNAVAILABLE = 12
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(PBKV__CODE)
 } Pbkv__Code;
 typedef enum _Pbkv__Feature {
@@ -125,7 +129,7 @@ struct  Pbkv__Hello
   size_t n_features;
   Pbkv__Feature *features;
   /*
-   * largest payload the client accepts (0 = default)
+   * largest payload the client accepts (0 = default); at least 4096
    */
   uint32_t max_frame_size;
   /*
@@ -151,7 +155,7 @@ struct  Pbkv__HelloReply
   size_t n_features;
   Pbkv__Feature *features;
   /*
-   * largest payload the server accepts
+   * largest payload the server accepts; at least 4096
    */
   uint32_t max_frame_size;
   char *server_name;
@@ -162,7 +166,8 @@ struct  Pbkv__HelloReply
 
 
 /*
- * Sent by either side just before it closes the connection because of an error.
+ * Sent by either side just before it closes the connection: `code` says why — an error code,
+ * UNAVAILABLE (too many connections), or OK for a normal close (e.g. idle too long).
  */
 struct  Pbkv__Goodbye
 {

@@ -11,6 +11,8 @@ public enum MessageCodecError: Error, Sendable, Hashable, CustomStringConvertibl
     case unknownValue(field: String, value: Int64)
     /// A `string` or `bytes` field held bytes that are not valid UTF-8.
     case invalidUTF8(field: String)
+    /// A `string` field held a NUL byte (protobuf-c would cut the text there).
+    case nulInString(field: String)
 
     public var description: String {
         switch self {
@@ -18,6 +20,8 @@ public enum MessageCodecError: Error, Sendable, Hashable, CustomStringConvertibl
         case .emptyEnvelope: "envelope carries no known body (check the protocol version)"
         case .unknownValue(let field, let value): "unknown value \(value) in field \(field)"
         case .invalidUTF8(let field): "field \(field) is not valid UTF-8; pbkv keys and values are UTF-8 text"
+        case .nulInString(let field):
+            "field \(field) contains a NUL byte; string fields (names, addresses, messages) must be UTF-8 text without NUL"
         }
     }
 }
@@ -276,8 +280,10 @@ public enum EnvelopeCodec {
                     return .failure(.malformed("protobuf-c could not unpack \(raw.count) bytes as pbkv.Envelope"))
                 }
                 defer { pbkv__envelope__free_unpacked(message, nil) }
+                // protobuf-c cut any `string` field at its first NUL byte: look at the bytes again.
+                let nulField = stringFieldWithNUL(in: raw, of: message.pointee.base.descriptor)
                 do throws(MessageCodecError) {
-                    return .success(try swiftEnvelope(message.pointee))
+                    return .success(try swiftEnvelope(message.pointee, nulField: nulField))
                 } catch {
                     return .failure(error)
                 }
@@ -286,15 +292,18 @@ public enum EnvelopeCodec {
         return try result.get()
     }
 
-    private static func swiftEnvelope(_ m: Pbkv__Envelope) throws(MessageCodecError) -> Envelope {
+    /// `nulField`: the first `string` field whose bytes held a NUL (its C string is cut short).
+    private static func swiftEnvelope(_ m: Pbkv__Envelope, nulField: String?) throws(MessageCodecError) -> Envelope {
         switch m.body_case {
         case PBKV__ENVELOPE__BODY_HELLO:
             guard let h = m.hello?.pointee else { throw .emptyEnvelope }
+            if let nulField { throw .nulInString(field: nulField) }
             return .hello(Hello(
                 protocolVersion: h.protocol_version, features: features(h.n_features, h.features),
                 maxFrameSize: h.max_frame_size, clientName: try text(h.client_name, "Hello.client_name")))
         case PBKV__ENVELOPE__BODY_HELLO_REPLY:
             guard let h = m.hello_reply?.pointee else { throw .emptyEnvelope }
+            if let nulField { throw .nulInString(field: nulField) }
             return .helloReply(HelloReply(
                 protocolVersion: h.protocol_version, features: features(h.n_features, h.features),
                 maxFrameSize: h.max_frame_size, serverName: try text(h.server_name, "HelloReply.server_name")))
@@ -302,6 +311,7 @@ public enum EnvelopeCodec {
             guard let r = m.request?.pointee else { throw .emptyEnvelope }
             let call: Result<Call, CallDecodeError>
             do throws(MessageCodecError) {
+                if let nulField { throw .nulInString(field: nulField) }
                 if let decoded = try swiftCall(r) {
                     call = .success(decoded)
                 } else {
@@ -313,12 +323,14 @@ public enum EnvelopeCodec {
             return .request(Request(callID: r.call_id, timeoutMs: r.timeout_ms, decoded: call))
         case PBKV__ENVELOPE__BODY_RESPONSE:
             guard let r = m.response?.pointee else { throw .emptyEnvelope }
-            return .response(try swiftResponse(r))
+            return .response(try swiftResponse(r, nulField: nulField))
         case PBKV__ENVELOPE__BODY_GOODBYE:
             guard let g = m.goodbye?.pointee else { throw .emptyEnvelope }
+            // A farewell note: shown as far as it goes, marked when it was cut at a NUL byte.
+            let message = (try? text(g.message, "Goodbye.message")) ?? "<invalid UTF-8>"
             return .goodbye(Goodbye(
                 code: (try? code(g.code, "Goodbye.code")) ?? .protocolViolation,
-                message: (try? text(g.message, "Goodbye.message")) ?? "<invalid UTF-8>"))
+                message: nulField == nil ? message : message + " [cut at a NUL byte]"))
         default:
             throw .emptyEnvelope
         }
@@ -553,6 +565,9 @@ public enum EnvelopeCodec {
                     return .failure(.unknownValue(field: "ViewRecord.format_version", value: Int64(m.format_version)))
                 }
                 guard let v = m.view?.pointee else { return .failure(.malformed("ViewRecord without a view")) }
+                if let nulField = stringFieldWithNUL(in: UnsafeRawBufferPointer(raw), of: message.pointee.base.descriptor) {
+                    return .failure(.nulInString(field: nulField))
+                }
                 do throws(MessageCodecError) {
                     return .success(ViewRecord(
                         view: try swiftView(v), previousBackup: try text(m.previous_backup, "ViewRecord.previous_backup")))
@@ -564,15 +579,22 @@ public enum EnvelopeCodec {
         return try result.get()
     }
 
-    private static func swiftResponse(_ r: Pbkv__Response) throws(MessageCodecError) -> Response {
+    private static func swiftResponse(_ r: Pbkv__Response, nulField: String?) throws(MessageCodecError) -> Response {
         let responseCode: Code
         do throws(MessageCodecError) {
             responseCode = try code(r.code, "Response.code")
         } catch {
             return Response(callID: r.call_id, code: .protocolViolation, message: error.description)
         }
+        // Only the error message may be shown cut short; a NUL in an address or a view is refused.
+        if let nulField, nulField != "Response.message" {
+            return Response(
+                callID: r.call_id, code: .protocolViolation,
+                message: "reply could not be decoded: \(MessageCodecError.nulInString(field: nulField))")
+        }
         if responseCode != .ok {
-            let message = (try? text(r.message, "Response.message")) ?? "<invalid UTF-8>"
+            var message = (try? text(r.message, "Response.message")) ?? "<invalid UTF-8>"
+            if nulField != nil { message += " [cut at a NUL byte]" }
             let leader = (try? text(r.leader, "Response.leader")) ?? ""
             return Response(callID: r.call_id, code: responseCode, message: message, leader: leader)
         }

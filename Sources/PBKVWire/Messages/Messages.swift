@@ -12,6 +12,8 @@ public enum Code: Int32, Sendable, Hashable, CustomStringConvertible {
     case `internal` = 9
     case outOfOrder = 10
     case notLeader = 11
+    /// In a Goodbye: the server takes no more connections now (its connection limit).
+    case unavailable = 12
 
     public var description: String {
         switch self {
@@ -27,6 +29,7 @@ public enum Code: Int32, Sendable, Hashable, CustomStringConvertible {
         case .internal: "INTERNAL"
         case .outOfOrder: "OUT_OF_ORDER"
         case .notLeader: "NOT_LEADER"
+        case .unavailable: "UNAVAILABLE"
         }
     }
 }
@@ -66,7 +69,8 @@ public struct HelloReply: Sendable, Hashable {
     }
 }
 
-/// Sent just before a side closes a connection because of an error.
+/// Sent just before a side closes a connection: an error code, `.unavailable` (connection
+/// limit), or `.ok` for a normal close (e.g. the connection was idle too long).
 public struct Goodbye: Sendable, Hashable {
     public var code: Code
     public var message: String

@@ -262,7 +262,11 @@ final class RPCClientHandler: ChannelDuplexHandler {
                 compressionThreshold: pending.compressionThreshold)
         } catch {
             inFlight.removeValue(forKey: callID)
-            pending.promise.fail(RPCError.protocolViolation("request not sent: \(error)"))
+            if case .frameTooLarge(let size, let limit) = error {
+                pending.promise.fail(RPCError.requestTooLarge(method: pending.call.method, size: size, limit: limit))
+            } else {
+                pending.promise.fail(RPCError.protocolViolation("request not sent: \(error)"))
+            }
             return
         }
         context.write(wrapOutboundOut(buffer), promise: nil)
@@ -280,6 +284,11 @@ final class RPCClientHandler: ChannelDuplexHandler {
         case .helloReply(let reply) where !handshakeComplete:
             guard reply.protocolVersion == RPCProtocol.version else {
                 return protocolError(context: context, "server speaks protocol version \(reply.protocolVersion)")
+            }
+            guard reply.maxFrameSize == 0 || reply.maxFrameSize >= RPCProtocol.minimumMaxFrameSize else {
+                return protocolError(
+                    context: context,
+                    "the server announced max_frame_size \(reply.maxFrameSize), below the minimum of \(RPCProtocol.minimumMaxFrameSize) bytes")
             }
             handshakeComplete = true
             handshakeTimer?.cancel()

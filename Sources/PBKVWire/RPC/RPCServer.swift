@@ -3,10 +3,22 @@ import NIOCore
 import NIOPosix
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Constants of the connection protocol.
 public enum RPCProtocol {
     /// The protocol version this build speaks (`Hello.protocol_version`).
     public static let version: UInt32 = 1
+    /// The smallest `max_frame_size` a handshake may announce (0 means the default): every
+    /// HelloReply, Goodbye and error reply fits in it, so no answer ever has to be dropped.
+    public static let minimumMaxFrameSize: UInt32 = 4096
+    /// Error messages sent on the wire are cut to this many bytes, so that an error reply or a
+    /// Goodbye always fits in a frame of `minimumMaxFrameSize`.
+    static let maxMessageBytes = 1024
 }
 
 /// How an `RPCServer` listens and talks.
@@ -23,11 +35,51 @@ public struct RPCServerConfiguration: Sendable {
     public var faults: FaultInjector?
     /// Name sent in `HelloReply`, for logs.
     public var name = "pbkv"
+    /// A new connection must complete its `Hello` within this time; otherwise it gets a
+    /// Goodbye (PROTOCOL_VIOLATION) and is closed.
+    public var handshakeTimeout: Duration = .seconds(5)
+    /// A connection with no call in flight that completes no frame for this long gets a
+    /// Goodbye (code OK: a normal close) and is closed; nil: never.
+    public var idleTimeout: Duration? = .seconds(300)
+    /// Most connections open at once. One more is accepted, sent a Goodbye (UNAVAILABLE) that
+    /// names the limit, and closed. Default: `defaultMaxConnections`.
+    public var maxConnections = RPCServerConfiguration.defaultMaxConnections
 
     public init(host: String, port: Int) {
         self.host = host
         self.port = port
     }
+
+    /// File descriptors kept back from the connection limit for what a server opens itself: its
+    /// listening socket, standard streams, event loop descriptors, its own outgoing connections
+    /// (to the view service, to its backup, to etcd), and the socket of a connection it is refusing.
+    public static let reservedFileDescriptors = 64
+    /// The default connection limit when the file descriptor limit is unknown or unlimited.
+    public static let connectionLimitCap = 4096
+
+    /// The connection limit for a process allowed `fileDescriptorLimit` open files:
+    /// that limit minus `reservedFileDescriptors`, at most `connectionLimitCap`, at least 1.
+    public static func maxConnections(fileDescriptorLimit: Int?) -> Int {
+        guard let limit = fileDescriptorLimit else { return connectionLimitCap }
+        return max(1, min(connectionLimitCap, limit - reservedFileDescriptors))
+    }
+
+    /// This process's soft RLIMIT_NOFILE, or nil when unlimited or unreadable.
+    public static var fileDescriptorLimit: Int? {
+        var limit = rlimit()
+        #if canImport(Glibc)
+        let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+        #else
+        let resource = RLIMIT_NOFILE
+        #endif
+        // RLIM_INFINITY is all ones (a macro Swift imports as an overflowing literal); any value
+        // above Int.max means unlimited in practice.
+        guard getrlimit(resource, &limit) == 0, limit.rlim_cur < rlim_t(Int.max) else { return nil }
+        return Int(limit.rlim_cur)
+    }
+
+    /// `maxConnections(fileDescriptorLimit:)` of this process's limit (960 under `ulimit -n 1024`).
+    public static var defaultMaxConnections: Int { maxConnections(fileDescriptorLimit: fileDescriptorLimit) }
 }
 
 /// A TCP server that answers pbkv RPCs: frames, handshake, and dispatch to method tables.
@@ -47,6 +99,9 @@ public final class RPCServer: Sendable {
     /// The bound port.
     public var port: Int { localAddress.port ?? 0 }
 
+    /// Connections open now, counted against `maxConnections` (refused ones are not).
+    public var connectionCount: Int { connections.count }
+
     /// Binds and starts serving `tables` on `group`.
     public static func start(
         configuration: RPCServerConfiguration, group: any EventLoopGroup, tables: [RPCMethodTable], logger: Logger
@@ -57,7 +112,26 @@ public final class RPCServer: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: false)
             .childChannelInitializer { channel in
-                connections.insert(channel)
+                switch connections.insert(channel, limit: configuration.maxConnections) {
+                case .admitted(let refusedBefore):
+                    if refusedBefore > 0 {
+                        logger.info("accepting connections again", metadata: [
+                            "limit": "\(configuration.maxConnections)", "refused": "\(refusedBefore)",
+                        ])
+                    }
+                case .refused(let first):
+                    if first {
+                        logger.info("connection limit reached: refusing new connections with a Goodbye", metadata: [
+                            "limit": "\(configuration.maxConnections)",
+                        ])
+                    }
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(
+                            ConnectionRefuser(limit: configuration.maxConnections, maxPayload: configuration.maxPayload))
+                    }
+                case .serverClosed:
+                    break
+                }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(FrameDecoder(maxPayload: configuration.maxPayload)))
@@ -78,20 +152,51 @@ public final class RPCServer: Sendable {
     }
 }
 
-/// The connections a server accepted and that are still open; once closed, new ones are refused.
+/// The connections a server accepted and that are still open, up to a limit; once the server
+/// closed, new ones are closed at once.
 private final class AcceptedConnections: Sendable {
-    private let state = Mutex<(open: [ObjectIdentifier: any Channel], closed: Bool)>(([:], false))
-
-    func insert(_ channel: any Channel) {
-        let id = ObjectIdentifier(channel)
-        let accepted = state.withLock { state in
-            guard !state.closed else { return false }
-            state.open[id] = channel
-            return true
-        }
-        guard accepted else { return channel.close(promise: nil) }
-        channel.closeFuture.whenComplete { _ in self.state.withLock { _ = $0.open.removeValue(forKey: id) } }
+    private struct State {
+        var open: [ObjectIdentifier: any Channel] = [:]
+        var closed = false
+        /// Connections refused since the last one admitted (for logging the change only).
+        var refused = 0
     }
+
+    enum Admission {
+        /// Counted as open; `refusedBefore` connections were refused since the last admission.
+        case admitted(refusedBefore: Int)
+        /// Over the limit: not counted; `first` for the first refusal since the last admission.
+        case refused(first: Bool)
+        /// The server is closed: the connection was closed.
+        case serverClosed
+    }
+
+    private let state = Mutex(State())
+
+    func insert(_ channel: any Channel, limit: Int) -> Admission {
+        let id = ObjectIdentifier(channel)
+        let admission = state.withLock { state -> Admission in
+            guard !state.closed else { return .serverClosed }
+            guard state.open.count < limit else {
+                state.refused += 1
+                return .refused(first: state.refused == 1)
+            }
+            state.open[id] = channel
+            defer { state.refused = 0 }
+            return .admitted(refusedBefore: state.refused)
+        }
+        switch admission {
+        case .serverClosed:
+            channel.close(promise: nil)
+        case .admitted:
+            channel.closeFuture.whenComplete { _ in self.state.withLock { _ = $0.open.removeValue(forKey: id) } }
+        case .refused:
+            break
+        }
+        return admission
+    }
+
+    var count: Int { state.withLock { $0.open.count } }
 
     /// Marks the set closed and returns the connections still open.
     func closeAll() -> [any Channel] {
@@ -103,7 +208,49 @@ private final class AcceptedConnections: Sendable {
     }
 }
 
+/// Answers a connection beyond the server's limit: a Goodbye (UNAVAILABLE) that names the
+/// limit, then an immediate close (no lingering: a refused connection must not hold its
+/// descriptor, or a flood of them would use up what the limit protects).
+final class ConnectionRefuser: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let limit: Int
+    private let maxPayload: Int
+
+    init(limit: Int, maxPayload: Int) {
+        self.limit = limit
+        self.maxPayload = maxPayload
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: 128)
+        var plain = FrameCodec(maxPayload: max(maxPayload, Frame.defaultMaxPayload))
+        let goodbye = Goodbye(
+            code: .unavailable, message: "too many connections (limit \(limit)); try again later")
+        try? plain.encode(.goodbye(goodbye), into: &buffer)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}  // not listened to
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension ConnectionRefuser: Sendable {}
+
 /// Per-connection server state machine: handshake, then requests dispatched by method.
+///
+/// Limits: the Hello must come within `handshakeTimeout` and announce a `max_frame_size` of
+/// 0 or at least `RPCProtocol.minimumMaxFrameSize`; after that the connection is closed with a
+/// Goodbye (code OK) once it has had no call in flight and completed no frame for
+/// `idleTimeout`. Every call gets an answer or the connection gets a Goodbye: a reply too large
+/// for the peer becomes FRAME_TOO_LARGE, and if even that cannot be sent, a Goodbye.
 final class RPCServerHandler: ChannelInboundHandler {
     typealias InboundIn = Frame
     typealias OutboundOut = ByteBuffer
@@ -125,6 +272,14 @@ final class RPCServerHandler: ChannelInboundHandler {
     /// The peer's address, read once: `context.remoteAddress` is a getpeername(2) call plus
     /// formatting the address as text, which showed up per request in profiles.
     private var remoteAddress: SocketAddress?
+    private var handshakeTimer: Scheduled<Void>?
+    /// One timer per connection for the idle timeout, re-armed when it fires early (a frame
+    /// came or a call was in flight meanwhile), never per call.
+    private var idleTimer: Scheduled<Void>?
+    /// When the connection last completed a frame, or its last call in flight was answered.
+    private var lastActivity = NIODeadline.now()
+    /// Calls dispatched to a service and not yet answered.
+    private var callsInFlight = 0
 
     init(configuration: RPCServerConfiguration, tables: [RPCMethodTable], logger: Logger) {
         self.configuration = configuration
@@ -141,7 +296,25 @@ final class RPCServerHandler: ChannelInboundHandler {
             context.close(promise: nil)
             return
         }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let limit = configuration.handshakeTimeout
+        handshakeTimer = context.eventLoop.scheduleTask(in: limit.timeAmount) {
+            let (handler, context) = loopBound.value
+            guard handler.state == .awaitingHello else { return }
+            handler.fail(
+                context: context, code: .protocolViolation,
+                message: "no Hello within \(limit.inSeconds) s of connecting; a client's first frame must be Hello")
+        }
         context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        state = .closing
+        handshakeTimer?.cancel()
+        handshakeTimer = nil
+        idleTimer?.cancel()
+        idleTimer = nil
+        context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -159,10 +332,13 @@ final class RPCServerHandler: ChannelInboundHandler {
         inReadBatch = true
         switch (state, envelope) {
         case (.awaitingHello, .hello(let hello)):
+            handshakeTimer?.cancel()
+            handshakeTimer = nil
             handshake(context: context, hello: hello)
         case (.awaitingHello, _), (.delayingHello, _):
             fail(context: context, code: .protocolViolation, message: "the first frame on a connection must be Hello")
         case (.ready, .request(let request)):
+            if configuration.idleTimeout != nil { lastActivity = .now() }
             handle(context: context, request: request)
         case (.ready, .goodbye(let goodbye)):
             logger.debug("peer said goodbye", metadata: ["code": "\(goodbye.code)", "message": "\(goodbye.message)"])
@@ -202,10 +378,16 @@ final class RPCServerHandler: ChannelInboundHandler {
                 context: context, code: .unsupportedVersion,
                 message: "protocol version \(hello.protocolVersion) not supported; this server speaks \(RPCProtocol.version)")
         }
+        guard hello.maxFrameSize == 0 || hello.maxFrameSize >= RPCProtocol.minimumMaxFrameSize else {
+            return fail(
+                context: context, code: .protocolViolation,
+                message: "Hello.max_frame_size \(hello.maxFrameSize) is below the minimum of \(RPCProtocol.minimumMaxFrameSize) "
+                    + "bytes; announce at least \(RPCProtocol.minimumMaxFrameSize) (0 means the default, \(Frame.defaultMaxPayload))")
+        }
         let features: [Feature] = configuration.compression && hello.features.contains(.zlib) ? [.zlib] : []
         if hello.maxFrameSize > 0 { codec.peerMaxPayload = Int(hello.maxFrameSize) }
         let reply = HelloReply(
-            protocolVersion: RPCProtocol.version, features: features, maxFrameSize: UInt32(configuration.maxPayload),
+            protocolVersion: RPCProtocol.version, features: features, maxFrameSize: UInt32(clamping: configuration.maxPayload),
             serverName: configuration.name)
         if let delay = configuration.faults?.connectionDelay() {
             state = .delayingHello
@@ -213,15 +395,17 @@ final class RPCServerHandler: ChannelInboundHandler {
             context.eventLoop.scheduleTask(in: delay.timeAmount) {
                 let (handler, context) = loopBound.value
                 guard handler.state == .delayingHello else { return }
+                handler.state = .ready
                 handler.send(context: context, .helloReply(reply))
                 handler.codec.compressionEnabled = features.contains(.zlib)
-                handler.state = .ready
+                handler.startIdleTimer(context: context)
                 context.flush()
             }
         } else {
+            state = .ready
             send(context: context, .helloReply(reply))
             codec.compressionEnabled = features.contains(.zlib)
-            state = .ready
+            startIdleTimer(context: context)
         }
     }
 
@@ -255,9 +439,12 @@ final class RPCServerHandler: ChannelInboundHandler {
             return reply(context: context, Response(
                 callID: callID, code: .unknownMethod, message: "this server does not implement \(call.method)"))
         }
+        callsInFlight += 1
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         future.hop(to: context.eventLoop).whenComplete { result in
             let (handler, context) = loopBound.value
+            handler.callsInFlight -= 1
+            if handler.callsInFlight == 0 && handler.configuration.idleTimeout != nil { handler.lastActivity = .now() }
             switch result {
             case .success(let result):
                 handler.reply(context: context, Response(callID: callID, result: result))
@@ -275,22 +462,30 @@ final class RPCServerHandler: ChannelInboundHandler {
             logger.trace("fault injection: dropped reply", metadata: ["call": "\(response.callID)"])
             return
         }
+        var response = response
+        if response.message.utf8.count > RPCProtocol.maxMessageBytes {
+            response.message = response.message.cut(toUTF8Bytes: RPCProtocol.maxMessageBytes)
+        }
         send(context: context, .response(response))
     }
 
     /// Writes one envelope; flushed at the end of the read batch, or now if outside one.
+    /// Nothing is dropped in silence: a reply too large for the peer becomes a FRAME_TOO_LARGE
+    /// reply to that call, and anything that still cannot be sent ends the connection with a Goodbye.
     private func send(context: ChannelHandlerContext, _ envelope: Envelope) {
         var buffer = context.channel.allocator.buffer(capacity: 64)
         do {
             try codec.encode(envelope, into: &buffer)
         } catch {
-            // Too large to send: tell the caller instead of the bytes.
-            if case .response(let response) = envelope {
-                buffer.clear()
-                try? codec.encode(
-                    .response(Response(callID: response.callID, code: .frameTooLarge, message: error.description)), into: &buffer)
-            } else {
-                return
+            guard case .response(let response) = envelope else {
+                return fail(context: context, code: .internal, message: "the server could not send its answer: \(error)")
+            }
+            buffer.clear()
+            let refusal = Response(callID: response.callID, code: .frameTooLarge, message: tooLargeMessage(error))
+            do {
+                try codec.encode(.response(refusal), into: &buffer)
+            } catch {
+                return fail(context: context, code: .frameTooLarge, message: tooLargeMessage(error))
             }
         }
         if inReadBatch {
@@ -301,14 +496,72 @@ final class RPCServerHandler: ChannelInboundHandler {
         }
     }
 
+    /// What a FRAME_TOO_LARGE reply says: whose limit the reply exceeds and what to do.
+    private func tooLargeMessage(_ error: FrameError) -> String {
+        guard case .frameTooLarge(let size, let limit) = error else { return error.description }
+        if let peerLimit = codec.peerMaxPayload, peerLimit < codec.maxPayload, size <= codec.maxPayload {
+            return "the reply of \(size) bytes exceeds your max_frame_size of \(peerLimit) bytes; "
+                + "announce a larger one in Hello (0 means the default, \(Frame.defaultMaxPayload))"
+        }
+        return "the reply of \(size) bytes exceeds this server's frame limit of \(limit) bytes"
+    }
+
+    // MARK: - idle timeout
+
+    private func startIdleTimer(context: ChannelHandlerContext) {
+        guard let idle = configuration.idleTimeout else { return }
+        lastActivity = .now()
+        armIdleTimer(context: context, at: lastActivity + idle.timeAmount)
+    }
+
+    private func armIdleTimer(context: ChannelHandlerContext, at deadline: NIODeadline) {
+        idleTimer?.cancel()
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        idleTimer = context.eventLoop.scheduleTask(deadline: deadline) {
+            let (handler, context) = loopBound.value
+            handler.idleTimerFired(context: context)
+        }
+    }
+
+    /// Closes the connection if it stayed idle for the whole timeout; otherwise looks again
+    /// when it could next be idle that long.
+    private func idleTimerFired(context: ChannelHandlerContext) {
+        idleTimer = nil
+        guard state == .ready, let idle = configuration.idleTimeout else { return }
+        let now = NIODeadline.now()
+        if callsInFlight > 0 {
+            return armIdleTimer(context: context, at: now + idle.timeAmount)
+        }
+        if now < lastActivity + idle.timeAmount {
+            return armIdleTimer(context: context, at: lastActivity + idle.timeAmount)
+        }
+        sayGoodbye(
+            context: context,
+            Goodbye(code: .ok, message: "closing this connection: no call for \(idle.inSeconds) s (idle timeout); reconnect to call again"),
+            logLevel: .debug)
+    }
+
+    // MARK: - closing
+
     /// Says why in a Goodbye, then closes this connection (only this one).
     private func fail(context: ChannelHandlerContext, code: Code, message: String) {
+        sayGoodbye(context: context, Goodbye(code: code, message: message), logLevel: .info)
+    }
+
+    /// Sends `goodbye` and closes the connection once it is written; later replies are not sent.
+    private func sayGoodbye(context: ChannelHandlerContext, _ goodbye: Goodbye, logLevel: Logger.Level) {
         guard state != .closing else { return }
-        logger.info("closing connection after protocol error", metadata: ["code": "\(code)", "error": "\(message)"])
+        logger.log(
+            level: logLevel, "closing connection", metadata: ["code": "\(goodbye.code)", "reason": "\(goodbye.message)"])
+        handshakeTimer?.cancel()
+        idleTimer?.cancel()
+        var goodbye = goodbye
+        goodbye.message = goodbye.message.cut(toUTF8Bytes: RPCProtocol.maxMessageBytes)
         var buffer = context.channel.allocator.buffer(capacity: 64)
-        // Not limited by our own (possibly tiny) receive maximum: the Goodbye must get out.
+        // Not limited by our own (possibly tiny) receive maximum: the Goodbye must get out. It
+        // fits in any frame a peer may announce (`RPCProtocol.minimumMaxFrameSize`).
         var plain = FrameCodec(maxPayload: max(configuration.maxPayload, Frame.defaultMaxPayload))
-        try? plain.encode(.goodbye(Goodbye(code: code, message: message)), into: &buffer)
+        try? plain.encode(.goodbye(goodbye), into: &buffer)
         state = .closing
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
@@ -317,6 +570,22 @@ final class RPCServerHandler: ChannelInboundHandler {
 
 @available(*, unavailable)
 extension RPCServerHandler: Sendable {}
+
+extension String {
+    /// This text cut to at most `limit` UTF-8 bytes, on a character boundary.
+    func cut(toUTF8Bytes limit: Int) -> String {
+        guard utf8.count > limit else { return self }
+        var bytes = 0
+        var end = startIndex
+        for character in self {
+            let size = character.utf8.count
+            guard bytes + size <= limit - 3 else { break }
+            bytes += size
+            end = index(after: end)
+        }
+        return String(self[..<end]) + "..."
+    }
+}
 
 extension Duration {
     /// This duration as NIO's `TimeAmount`.
