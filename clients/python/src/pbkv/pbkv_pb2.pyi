@@ -21,6 +21,7 @@ class Code(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTERNAL: _ClassVar[Code]
     OUT_OF_ORDER: _ClassVar[Code]
     NOT_LEADER: _ClassVar[Code]
+    UNAVAILABLE: _ClassVar[Code]
 
 class Feature(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -44,6 +45,7 @@ UNSUPPORTED_VERSION: Code
 INTERNAL: Code
 OUT_OF_ORDER: Code
 NOT_LEADER: Code
+UNAVAILABLE: Code
 FEATURE_NONE: Feature
 FEATURE_ZLIB: Feature
 OP_GET: OpKind
