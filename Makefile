@@ -73,7 +73,7 @@ proto-check: deps
 
 ## python-test: the Python client's tests (pytest) against a cluster of the debug `pbkv` build.
 python-test: python-venv
-	PBKV_BIN=$$($(SWIFT) build --show-bin-path)/pbkv $(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PY_CLIENT)/tests
+	PBKV_INSECURE=1 PBKV_BIN=$$($(SWIFT) build --show-bin-path)/pbkv $(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PY_CLIENT)/tests
 
 ## chaos-short: three seeds of 20 s each against a multi-process cluster with a file-store view
 ## service, and one with the view service replicated on etcd (part of `make test`).

@@ -48,7 +48,8 @@ let package = Package(
         .target(
             name: "PBKVWire",
             dependencies: [
-                "CPBKVProto", "CZlib",
+                "CPBKVProto", "CZlib", "PBKVTLS",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -67,7 +68,7 @@ let package = Package(
         .target(
             name: "PBKVServer",
             dependencies: [
-                "PBKVWire", "PBKVViewService",
+                "PBKVWire", "PBKVViewService", "PBKVTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -77,7 +78,7 @@ let package = Package(
         .target(
             name: "PBKVClient",
             dependencies: [
-                "PBKVWire", "PBKVViewService",
+                "PBKVWire", "PBKVViewService", "PBKVTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -100,7 +101,7 @@ let package = Package(
         .target(
             name: "PBKVTestSupport",
             dependencies: [
-                "PBKVWire", "PBKVViewService", "PBKVServer", "PBKVClient",
+                "PBKVWire", "PBKVViewService", "PBKVServer", "PBKVClient", "PBKVTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

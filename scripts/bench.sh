@@ -14,6 +14,8 @@
 # matrix cell, BENCH_SECTIONS (default failover,transfer,memory), BENCH_TRANSFER_KEYS,
 # BENCH_MEMORY_KEYS (default 1000000 each), BENCH_FAILOVER_TRIALS (default 5).
 set -euo pipefail
+# The cluster this script starts speaks plaintext, like the Redis it is compared with.
+export PBKV_INSECURE=1
 cd "$(dirname "$0")/.."
 
 SECONDS_PER_CELL=${BENCH_SECONDS:-5}

@@ -2560,7 +2560,7 @@ const ProtobufCMessageDescriptor pbkv__envelope__descriptor =
   (ProtobufCMessageInit) pbkv__envelope__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCEnumValue pbkv__code__enum_values_by_number[13] =
+static const ProtobufCEnumValue pbkv__code__enum_values_by_number[14] =
 {
   { "OK", "PBKV__CODE__OK", 0 },
   { "NO_KEY", "PBKV__CODE__NO_KEY", 1 },
@@ -2575,11 +2575,12 @@ static const ProtobufCEnumValue pbkv__code__enum_values_by_number[13] =
   { "OUT_OF_ORDER", "PBKV__CODE__OUT_OF_ORDER", 10 },
   { "NOT_LEADER", "PBKV__CODE__NOT_LEADER", 11 },
   { "UNAVAILABLE", "PBKV__CODE__UNAVAILABLE", 12 },
+  { "PERMISSION_DENIED", "PBKV__CODE__PERMISSION_DENIED", 13 },
 };
 static const ProtobufCIntRange pbkv__code__value_ranges[] = {
-{0, 0},{0, 13}
+{0, 0},{0, 14}
 };
-static const ProtobufCEnumValueIndex pbkv__code__enum_values_by_name[13] =
+static const ProtobufCEnumValueIndex pbkv__code__enum_values_by_name[14] =
 {
   { "BAD_REQUEST", 5 },
   { "FRAME_TOO_LARGE", 7 },
@@ -2589,6 +2590,7 @@ static const ProtobufCEnumValueIndex pbkv__code__enum_values_by_name[13] =
   { "NO_KEY", 1 },
   { "OK", 0 },
   { "OUT_OF_ORDER", 10 },
+  { "PERMISSION_DENIED", 13 },
   { "PROTOCOL_VIOLATION", 6 },
   { "UNAVAILABLE", 12 },
   { "UNKNOWN_METHOD", 4 },
@@ -2602,9 +2604,9 @@ const ProtobufCEnumDescriptor pbkv__code__descriptor =
   "Code",
   "Pbkv__Code",
   "pbkv",
-  13,
+  14,
   pbkv__code__enum_values_by_number,
-  13,
+  14,
   pbkv__code__enum_values_by_name,
   1,
   pbkv__code__value_ranges,

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import PBKVTLS
 import PBKVViewService
 import PBKVWire
 
@@ -54,6 +55,9 @@ public struct KVClientConfiguration: Sendable {
     /// Smallest request that is compressed (when the primary agrees to zlib). High by default:
     /// on a LAN deflate costs more time than the bytes it saves.
     public var compressionThreshold = FrameCodec.latencyCompressionThreshold
+    /// Mutual TLS with a client certificate of the cluster CA; the view service and the
+    /// primary must present server certificates covering the addresses dialed. nil: plaintext.
+    public var tls: MutualTLS?
 
     public init() {}
 }
@@ -102,7 +106,10 @@ public actor KVClient {
         self.eventLoop = eventLoopGroup.next()
         self.executor = eventLoop.executor
         self.logger = logger
-        self.viewService = ViewServiceClient(addresses: addresses, eventLoop: eventLoop, logger: logger)
+        var viewServiceConfiguration = RPCClientConfiguration()
+        viewServiceConfiguration.tls = configuration.tls
+        self.viewService = ViewServiceClient(
+            addresses: addresses, eventLoop: eventLoop, configuration: viewServiceConfiguration, logger: logger)
     }
 
     /// The actor runs on its connections' event loop: a call and its reply need no thread hop.
@@ -227,6 +234,7 @@ public actor KVClient {
         if let old = primaryClient { _ = old.shutdown() }
         var rpcConfiguration = RPCClientConfiguration()
         rpcConfiguration.compressionThreshold = configuration.compressionThreshold
+        rpcConfiguration.tls = configuration.tls
         let client = RPCClient(peer: peer, eventLoop: eventLoop, configuration: rpcConfiguration, logger: logger)
         primaryClient = client
         primaryClientAddress = address

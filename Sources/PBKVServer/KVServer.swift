@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import PBKVTLS
 import PBKVViewService
 import PBKVWire
 import Synchronization
@@ -45,6 +46,10 @@ public struct KVServerConfiguration: Sendable {
     public var maxConnections = RPCServerConfiguration.defaultMaxConnections
     /// Offer zlib on this server's connections (when the peer agrees).
     public var compression = true
+    /// Mutual TLS on every connection: accepted ones (clients, the primary) and opened ones (the
+    /// view service, the backup — which must hold a certificate for its address before it gets
+    /// any state). nil: plaintext.
+    public var tls: MutualTLS?
     /// Smallest transfer chunk that is compressed: bulk state, where bytes matter.
     public var transferCompressionThreshold = FrameCodec.defaultCompressionThreshold
     /// Smallest reply or forward batch that is compressed: the latency path, where on a LAN
@@ -134,6 +139,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         var vsConfig = RPCClientConfiguration()
         vsConfig.faults = configuration.viewServiceFaults
         vsConfig.name = me
+        vsConfig.tls = configuration.tls
         self.viewService = ViewServiceClient(
             addresses: configuration.viewService, eventLoop: eventLoop, configuration: vsConfig, logger: logger)
         self.rpcServer = NIOLoopBoundBox.makeBoxSendingValue(nil, eventLoop: eventLoop)
@@ -153,6 +159,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         // Bind first so the advertised address can default to the real port.
         let holder = ServiceHolder()
         var rpc = RPCServerConfiguration(host: configuration.listenHost, port: configuration.listenPort)
+        rpc.tls = configuration.tls
         rpc.faults = configuration.faults
         rpc.maxPayload = configuration.maxPayload
         rpc.compression = configuration.compression
@@ -280,6 +287,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         if let old = state.value.backupLink { _ = old.client.shutdown() }
         guard let peer = try? PeerAddress(parsing: address) else { return nil }
         var config = RPCClientConfiguration()
+        config.tls = configuration.tls
         config.name = me
         config.maxPayload = configuration.maxPayload
         config.compression = configuration.compression

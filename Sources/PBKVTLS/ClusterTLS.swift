@@ -81,3 +81,22 @@ public struct ClusterTLS: Sendable {
         return MemberIdentity(derEncoded: der)
     }
 }
+
+/// A member's ready-to-use mutual TLS: the contexts for accepted and for opened connections,
+/// built once from its `ClusterTLS` material.
+public struct MutualTLS: Sendable {
+    public let material: ClusterTLS
+    public let serverContext: NIOSSLContext
+    public let clientContext: NIOSSLContext
+
+    public init(_ material: ClusterTLS) throws {
+        self.material = material
+        self.serverContext = try material.makeServerContext()
+        self.clientContext = try material.makeClientContext()
+    }
+
+    /// Loads `DIR/ca.pem`, `DIR/NAME.pem`, `DIR/NAME-key.pem` and builds the contexts.
+    public init(directory: String, name: String) throws {
+        try self.init(ClusterTLS(directory: directory, name: name))
+    }
+}

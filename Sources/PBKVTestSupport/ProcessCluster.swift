@@ -1,4 +1,9 @@
 import Foundation
+import Logging
+import NIOCore
+import PBKVClient
+import PBKVTLS
+import PBKVWire
 
 #if canImport(Glibc)
 import Glibc
@@ -50,13 +55,57 @@ public final class ProcessCluster: @unchecked Sendable {
     /// What servers and clients are given: the view service address(es), comma-separated.
     public var viewServiceAddress: String { lock.withLock { viewServices.joined(separator: ",") } }
 
-    public init(executable: URL, host: String = "127.0.0.1", pingIntervalMs: Int = 100, logDirectory: URL? = nil) throws {
+    /// With mutual TLS: the cluster's own CA, made in the log directory (`tls/`).
+    public let tlsDirectory: String?
+    /// With mutual TLS: a client certificate of the cluster's CA, for the clients of tools and
+    /// tests (`KVClientConfiguration.tls`, `RPCClientConfiguration.tls`); nil when plaintext.
+    public let clientTLS: MutualTLS?
+
+    /// A cluster whose processes log under `logDirectory` (a new temporary one by default).
+    /// `tls` (the default) makes a CA for it and gives every process a certificate for its
+    /// address; false runs everything with `--insecure`.
+    public init(executable: URL, host: String = "127.0.0.1", pingIntervalMs: Int = 100, logDirectory: URL? = nil, tls: Bool = true)
+        throws
+    {
         self.executable = executable
         self.host = host
         self.pingIntervalMs = pingIntervalMs
         let dir = logDirectory ?? FileManager.default.temporaryDirectory.appendingPathComponent("pbkv-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         self.logDirectory = dir
+        if tls {
+            let tlsDirectory = dir.appendingPathComponent("tls").path
+            try CertificateAuthority.create(in: tlsDirectory).issue(name: "client", role: .client, hosts: [])
+            self.tlsDirectory = tlsDirectory
+            self.clientTLS = try MutualTLS(directory: tlsDirectory, name: "client")
+        } else {
+            self.tlsDirectory = nil
+            self.clientTLS = nil
+        }
+    }
+
+    /// A client of this cluster (its view services, its TLS): `configuration` with `tls` set.
+    public func client(_ configuration: KVClientConfiguration = .init(), logger: Logger) throws -> KVClient {
+        var configuration = configuration
+        configuration.tls = clientTLS
+        return try KVClient(viewService: viewServiceAddress, configuration: configuration, logger: logger)
+    }
+
+    /// A raw RPC client of one process of this cluster (its TLS, with the client certificate).
+    public func rpcClient(to address: String, eventLoop: any EventLoop, logger: Logger) throws -> RPCClient {
+        var configuration = RPCClientConfiguration()
+        configuration.tls = clientTLS
+        return RPCClient(peer: try PeerAddress(parsing: address), eventLoop: eventLoop, configuration: configuration, logger: logger)
+    }
+
+    /// `--tls DIR --tls-name NAME` with a server certificate for `address` (issued once), or `--insecure`.
+    private func securityArguments(for address: String) throws -> [String] {
+        guard let tlsDirectory else { return ["--insecure"] }
+        let name = "server-" + address.replacingOccurrences(of: ":", with: "_")
+        if !FileManager.default.fileExists(atPath: CertificateAuthority.certificatePath(tlsDirectory, name)) {
+            try CertificateAuthority(directory: tlsDirectory).issue(name: name, role: .server, hosts: [address])
+        }
+        return ["--tls", tlsDirectory, "--tls-name", name]
     }
 
     /// The `pbkv` binary built beside the running test binary (tests run from the build
@@ -85,6 +134,7 @@ public final class ProcessCluster: @unchecked Sendable {
         let dataDirectory = logDirectory.appendingPathComponent("viewservice-\(address.replacingOccurrences(of: ":", with: "_"))").path
         let proc = try launch(name: "viewservice", address: address, arguments: [
             "viewservice", "--listen", address, "--data-dir", dataDirectory,
+        ] + securityArguments(for: address) + [
             "--ping-interval-ms", "\(pingIntervalMs)", "--dead-pings", "\(deadPings)",
         ] + extraArguments)
         lock.withLock { if !viewServices.contains(address) { viewServices.append(address) } }
@@ -102,7 +152,7 @@ public final class ProcessCluster: @unchecked Sendable {
         let address = try address ?? "\(host):\(Self.freePort(host: host))"
         return try launch(name: name, address: address, arguments: [
             "server", "--listen", address, "--viewservice", viewServiceAddress, "--ping-interval-ms", "\(pingIntervalMs)",
-        ] + extraArguments)
+        ] + securityArguments(for: address) + extraArguments)
     }
 
     /// Every process started, in order.

@@ -55,7 +55,7 @@ extension ProcessCluster {
     /// directly (a follower's NOT_LEADER is not followed), at most `timeout` each.
     public func viewServiceLeader(timeout: Duration = .milliseconds(500)) async -> ClusterProcess? {
         for process in viewServiceProcesses where process.isRunning {
-            if await Self.answersAsLeader(process.address, timeout: timeout) { return process }
+            if await answersAsLeader(process.address, timeout: timeout) { return process }
         }
         return nil
     }
@@ -72,9 +72,8 @@ extension ProcessCluster {
         while ContinuousClock.now < deadline {
             let candidates = viewServiceProcesses.filter { $0.isRunning && $0.address != excluded }
             for process in candidates where clients[process.address] == nil {
-                guard let peer = try? PeerAddress(parsing: process.address) else { continue }
-                clients[process.address] = RPCClient(
-                    peer: peer, eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+                clients[process.address] = try? rpcClient(
+                    to: process.address, eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
                     logger: Logger(label: "pbkv.leader-probe", factory: { _ in SwiftLogNoOpLogHandler() }))
             }
             let asked = candidates.compactMap { process in clients[process.address].map { (process, $0) } }
@@ -106,7 +105,7 @@ extension ProcessCluster {
         while ContinuousClock.now < deadline {
             let processes = viewServiceProcesses
             var roles: [ViewServiceRole] = []
-            for process in processes { roles.append(await Self.role(of: process.address, timeout: .milliseconds(200))) }
+            for process in processes { roles.append(await role(of: process.address, timeout: .milliseconds(200))) }
             last = zip(processes, roles).map { "\($0.address): \($1)" }
             let leaders = zip(processes, roles).filter { $1 == .leader }.map(\.0)
             if processes.count == viewServiceAddress.split(separator: ",").count, leaders.count == 1,
@@ -120,16 +119,17 @@ extension ProcessCluster {
     }
 
     /// Whether the view service at `address` answers a GetView itself (not NOT_LEADER).
-    public static func answersAsLeader(_ address: String, timeout: Duration) async -> Bool {
+    public func answersAsLeader(_ address: String, timeout: Duration) async -> Bool {
         await role(of: address, timeout: timeout) == .leader
     }
 
     /// What the view service at `address` says to a GetView now (asked directly, once).
-    public static func role(of address: String, timeout: Duration) async -> ViewServiceRole {
-        guard let peer = try? PeerAddress(parsing: address) else { return .unreachable }
-        let client = RPCClient(
-            peer: peer, eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
-            logger: Logger(label: "pbkv.leader-probe", factory: { _ in SwiftLogNoOpLogHandler() }))
+    public func role(of address: String, timeout: Duration) async -> ViewServiceRole {
+        guard
+            let client = try? rpcClient(
+                to: address, eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+                logger: Logger(label: "pbkv.leader-probe", factory: { _ in SwiftLogNoOpLogHandler() }))
+        else { return .unreachable }
         defer { _ = client.shutdown() }
         do {
             _ = try await client.call(.getView, timeout: timeout)

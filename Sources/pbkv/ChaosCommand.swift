@@ -22,6 +22,7 @@ struct ChaosCommand: AsyncParsableCommand {
     var drop: Double = 0.02
     @Option(help: "Ping interval of the cluster, in milliseconds.")
     var pingIntervalMs: Int = 100
+    @OptionGroup var security: OwnClusterSecurityOptions
     @Flag(help: "Replicated view service: three view services on a three-member etcd (needs /usr/bin/etcd); the nemesis also kills etcd members.")
     var etcd = false
 
@@ -46,6 +47,7 @@ struct ChaosCommand: AsyncParsableCommand {
             configuration.seed = seed
             configuration.dropProbability = drop
             configuration.pingIntervalMs = pingIntervalMs
+            configuration.tls = security.tls
             if etcd { configuration.etcdProbe = { await EtcdClient.isServing(endpoint: $0) } }
             print("== chaos run, seed \(seed): \(clients) clients, \(keys) keys, \(seconds) s, drops \(drop)\(etcd ? ", view service on etcd" : "")")
             let runner = ChaosRunner(configuration: configuration) { line in

@@ -10,10 +10,17 @@ struct ClientOptions: ParsableArguments {
     var viewservice: String = "127.0.0.1:7000"
     @Option(help: "Give up after this many seconds.")
     var timeout: Double = 30
+    @OptionGroup var security: SecurityOptions
 
     func makeClient() throws -> KVClient {
         var configuration = KVClientConfiguration()
         configuration.deadline = .milliseconds(Int64(timeout * 1000))
+        do {
+            configuration.tls = try security.resolve()
+        } catch {
+            printError("pbkv: \(error)")
+            throw ExitStatus.failure
+        }
         var logger = Logger(label: "pbkv.client")
         logger.logLevel = .critical
         do {

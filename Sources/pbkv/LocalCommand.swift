@@ -31,6 +31,7 @@ struct LocalCommand: AsyncParsableCommand {
     var killLeaderAfter: Int = 50
     @Option(help: "Pause between Puts, in milliseconds (default 0; 20 with --etcd, so Puts go on during the view service failover).")
     var putIntervalMs: Int?
+    @OptionGroup var security: OwnClusterSecurityOptions
     @Flag(help: "Keep the cluster running after the demo and print its addresses (Ctrl-C stops it).")
     var keepRunning = false
 
@@ -51,7 +52,7 @@ struct LocalCommand: AsyncParsableCommand {
             print(String(format: "[%6.2fs] ", t.inSeconds) + line)
             fflush(nil)
         }
-        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable, pingIntervalMs: pingIntervalMs)
+        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable, pingIntervalMs: pingIntervalMs, tls: security.tls)
         var replicated: ReplicatedViewService?
         let lost: Int
         do {
@@ -87,10 +88,12 @@ struct LocalCommand: AsyncParsableCommand {
             print("  \(replicated == nil ? "view service: " : "view services:") \(viewServices)")
             let servers = cluster.all.filter { $0.name.hasPrefix("s") && $0.isRunning }
             print("  servers:       " + servers.map { "\($0.name) \($0.address)" }.joined(separator: ", "))
+            let security = cluster.tlsDirectory.map { "--tls \($0) --tls-name client" } ?? "--insecure"
+            if let directory = cluster.tlsDirectory { print("  CA and certificates: \(directory) (client certificate: client)") }
             print("Try:")
-            print("  pbkv view --viewservice \(viewServices)")
-            print("  pbkv put hello world --viewservice \(viewServices)")
-            print("  pbkv get hello --viewservice \(viewServices)")
+            print("  pbkv view --viewservice \(viewServices) \(security)")
+            print("  pbkv put hello world --viewservice \(viewServices) \(security)")
+            print("  pbkv get hello --viewservice \(viewServices) \(security)")
             print("Press Ctrl-C to stop (the processes are stopped with it).")
             fflush(nil)
             signal(SIGINT, SIG_IGN)
@@ -111,7 +114,7 @@ struct LocalCommand: AsyncParsableCommand {
         logger.logLevel = .critical
         var clientConfig = KVClientConfiguration()
         clientConfig.deadline = .seconds(20)
-        let client = try KVClient(viewService: cluster.viewServiceAddress, configuration: clientConfig, logger: logger)
+        let client = try cluster.client(clientConfig, logger: logger)
 
         // Servers one after another, so s1 is primary and s2 its backup; s3 waits idle.
         var servers: [ClusterProcess] = []
@@ -174,7 +177,7 @@ struct LocalCommand: AsyncParsableCommand {
                     leaderFailover = answeredAt - kill.at
                     say("new view service leader: \(Self.viewServiceName(next.address, cluster)), answering \(leaderFailover!.milliseconds) ms after the kill; \(putsWithoutLeader) Puts were acknowledged meanwhile")
                     let restarted = try cluster.startViewService(address: kill.process.address, extraArguments: replicated?.arguments ?? [])
-                    let role = await Self.settledRole(of: restarted.address, within: .seconds(5))
+                    let role = await Self.settledRole(of: restarted.address, in: cluster, within: .seconds(5))
                     say("restarted view service \(Self.viewServiceName(kill.process.address, cluster)) (pid \(restarted.pid)); it answers as \(role)")
                 }
                 let view = try await client.currentView()
@@ -231,11 +234,11 @@ struct LocalCommand: AsyncParsableCommand {
     }
 
     /// What a (re)started view service answers once it knows a leader, polled for at most `limit`.
-    private static func settledRole(of address: String, within limit: Duration) async -> ViewServiceRole {
+    private static func settledRole(of address: String, in cluster: ProcessCluster, within limit: Duration) async -> ViewServiceRole {
         let deadline = ContinuousClock.now + limit
         var role = ViewServiceRole.unreachable
         while ContinuousClock.now < deadline {
-            role = await ProcessCluster.role(of: address, timeout: .milliseconds(200))
+            role = await cluster.role(of: address, timeout: .milliseconds(200))
             if role == .leader { return role }
             if case .follower(.some) = role { return role }
             try? await Task.sleep(for: .milliseconds(20))

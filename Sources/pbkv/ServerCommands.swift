@@ -29,11 +29,13 @@ struct ViewServiceCommand: AsyncParsableCommand {
     var etcdPrefix: String = "pbkv"
     @Option(help: "Replicated mode: the address other view services give clients for this one, HOST:PORT. Default: --listen.")
     var advertise: String?
+    @OptionGroup var security: SecurityOptions
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
         guard pingIntervalMs > 0 else { throw ValidationError("--ping-interval-ms must be positive") }
         guard !dataDir.isEmpty else { throw ValidationError("--data-dir must not be empty") }
+        _ = try security.choice()
         if let etcd {
             guard !inMemory else { throw ValidationError("--etcd and --in-memory exclude each other: choose one store") }
             do { _ = try EtcdClient.parseEndpoints(etcd) } catch { throw ValidationError("--etcd: \(error)") }
@@ -47,10 +49,12 @@ struct ViewServiceCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = logging.bootstrap(label: "pbkv.viewservice")
         let address = try PeerAddress(parsing: listen)
+        var rpc = RPCServerConfiguration(host: address.host, port: address.port)
+        rpc.tls = try security.resolve(logger: logger)
         let (election, etcdClient) = try await makeElection(logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let (service, server) = try await ViewServiceServer.start(
-            rpc: RPCServerConfiguration(host: address.host, port: address.port),
+            rpc: rpc,
             configuration: ViewServiceConfiguration(pingInterval: .milliseconds(pingIntervalMs), deadPings: deadPings),
             election: election, group: group, logger: logger)
         let lifecycle = ShutdownOnSignal {
@@ -136,10 +140,12 @@ struct ServerCommand: AsyncParsableCommand {
     var faultDropReplies: Double = 0
     @Option(help: "TESTING AID: seed of the fault injector (same seed, same faults).")
     var faultSeed: UInt64 = 1
+    @OptionGroup var security: SecurityOptions
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
         guard (try? PeerAddress(parsing: listen)) != nil else { throw ValidationError("--listen must be HOST:PORT") }
+        _ = try security.choice()
         guard (try? PeerAddress.list(parsing: viewservice)) != nil else {
             throw ValidationError("--viewservice must be HOST:PORT, or several separated by commas")
         }
@@ -177,6 +183,12 @@ struct ServerCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = logging.bootstrap(label: "pbkv.server")
         var configuration = try makeConfiguration()
+        configuration.tls = try security.resolve(logger: logger)
+        if let tls = configuration.tls, let me = configuration.advertise, !tls.material.identity.speaks(for: me) {
+            throw ValidationError(
+                "the certificate \(tls.material.name) (\(tls.material.identity)) does not cover this server's address \(me); "
+                    + "issue one with `pbkv certs issue \(tls.material.directory) NAME --role server --host \(me)`")
+        }
         if faultDropRequests > 0 || faultDropReplies > 0 {
             configuration.faults = FaultInjector(
                 policy: FaultPolicy(dropRequest: faultDropRequests, dropReply: faultDropReplies), seed: faultSeed)

@@ -35,9 +35,8 @@ struct ReplicatedViewServiceTests {
             while ContinuousClock.now < deadline {
                 for process in cluster.viewServiceProcesses {
                     // A plain RPC client: a follower's NOT_LEADER must not be followed elsewhere.
-                    let rpc = RPCClient(
-                        peer: try PeerAddress(parsing: process.address), eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
-                        logger: quiet)
+                    let rpc = try cluster.rpcClient(
+                        to: process.address, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: quiet)
                     let answered = (try? await rpc.call(.getView, timeout: .milliseconds(300)).get()) != nil
                     try? await rpc.shutdown().get()
                     if answered { return process }
@@ -63,7 +62,7 @@ struct ReplicatedViewServiceTests {
             for _ in 0..<3 { try cluster.startViewService(extraArguments: arguments) }
             var config = KVClientConfiguration()
             config.deadline = .seconds(10)
-            let client = try KVClient(viewService: cluster.viewServiceAddress, configuration: config, logger: quiet)
+            let client = try cluster.client(config, logger: quiet)
             let setup = Setup(etcd: etcd, cluster: cluster, client: client, viewServiceArguments: arguments)
             for i in 1...3 {
                 let server = try cluster.startServer(name: "s\(i)")

@@ -18,7 +18,7 @@ struct ViewServiceRestartTests {
         try cluster.startViewService()
         var config = KVClientConfiguration()
         config.deadline = .seconds(10)
-        let client = try KVClient(viewService: cluster.viewServiceAddress, configuration: config, logger: quiet)
+        let client = try cluster.client(config, logger: quiet)
         var servers: [ClusterProcess] = []
         for i in 1...3 {
             let server = try cluster.startServer(name: "s\(i)")

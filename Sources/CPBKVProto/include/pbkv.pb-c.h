@@ -93,7 +93,11 @@ typedef enum _Pbkv__Code {
   /*
    * Goodbye: the server takes no more connections now (its limit); retry later
    */
-  PBKV__CODE__UNAVAILABLE = 12
+  PBKV__CODE__UNAVAILABLE = 12,
+  /*
+   * TLS: the peer's certificate does not allow this method (or this identity)
+   */
+  PBKV__CODE__PERMISSION_DENIED = 13
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(PBKV__CODE)
 } Pbkv__Code;
 typedef enum _Pbkv__Feature {

@@ -22,6 +22,8 @@ public struct ChaosConfiguration: Sendable {
     public var dropProbability = 0.02
     /// Ping interval of the cluster, in milliseconds.
     public var pingIntervalMs = 100
+    /// Mutual TLS with a CA made for the run (false: plaintext).
+    public var tls = true
     /// The pbkv binary to run the cluster with.
     public var executable = ProcessCluster.currentExecutable
     /// Per-operation deadline of the clients; an operation still unanswered then is recorded as
@@ -115,7 +117,8 @@ public struct ChaosRunner: Sendable {
     }
 
     public func run() async throws -> ChaosReport {
-        let cluster = try ProcessCluster(executable: configuration.executable, pingIntervalMs: configuration.pingIntervalMs)
+        let cluster = try ProcessCluster(
+            executable: configuration.executable, pingIntervalMs: configuration.pingIntervalMs, tls: configuration.tls)
         var replicated: ReplicatedViewService?
         do {
             if let probe = configuration.etcdProbe {
@@ -152,7 +155,7 @@ public struct ChaosRunner: Sendable {
         quiet.logLevel = .critical
         var observerConfig = KVClientConfiguration()
         observerConfig.deadline = .seconds(2)
-        let observer = try KVClient(viewService: cluster.viewServiceAddress, configuration: observerConfig, logger: quiet)
+        let observer = try cluster.client(observerConfig, logger: quiet)
 
         func faultArguments(_ n: UInt64) -> [String] {
             guard config.dropProbability > 0 else { return [] }
@@ -182,7 +185,7 @@ public struct ChaosRunner: Sendable {
             var clientConfig = KVClientConfiguration()
             clientConfig.deadline = config.operationDeadline
             clientConfig.attemptTimeout = .milliseconds(300)
-            let client = try KVClient(viewService: cluster.viewServiceAddress, configuration: clientConfig, logger: quiet)
+            let client = try cluster.client(clientConfig, logger: quiet)
             return Task {
                 var rng = SplitMix64(seed: config.seed &* 7919 &+ UInt64(n))
                 var i = 0
@@ -330,7 +333,7 @@ public struct ChaosRunner: Sendable {
         }
         var auditConfig = KVClientConfiguration()
         auditConfig.deadline = .seconds(10)
-        let auditor = try KVClient(viewService: cluster.viewServiceAddress, configuration: auditConfig, logger: quiet)
+        let auditor = try cluster.client(auditConfig, logger: quiet)
         for key in keys {
             let token = recorder.invoke(client: config.clients, kind: .get, key: key)
             do {

@@ -14,6 +14,7 @@ public enum Code: Int32, Sendable, Hashable, CustomStringConvertible {
     case notLeader = 11
     /// In a Goodbye: the server takes no more connections now (its connection limit).
     case unavailable = 12
+    case permissionDenied = 13
 
     public var description: String {
         switch self {
@@ -30,6 +31,7 @@ public enum Code: Int32, Sendable, Hashable, CustomStringConvertible {
         case .outOfOrder: "OUT_OF_ORDER"
         case .notLeader: "NOT_LEADER"
         case .unavailable: "UNAVAILABLE"
+        case .permissionDenied: "PERMISSION_DENIED"
         }
     }
 }

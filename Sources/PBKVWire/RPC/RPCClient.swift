@@ -1,4 +1,6 @@
 import Logging
+import NIOSSL
+import PBKVTLS
 import NIOCore
 import NIOPosix
 
@@ -13,6 +15,9 @@ public struct RPCClientConfiguration: Sendable {
     /// Sabotages this client's outbound calls (tests only).
     public var faults: FaultInjector?
     public var name = "pbkv-client"
+    /// Mutual TLS: present this member's certificate and accept only a server certificate of
+    /// the cluster CA that covers the address dialed. nil: plaintext (`--insecure`).
+    public var tls: MutualTLS?
 
     public init() {}
 }
@@ -142,6 +147,12 @@ public final class RPCClient: Sendable {
             .connectTimeout(limit)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls = configuration.tls {
+                        // No host name check: pbkv checks the certificate's pbkv identity instead
+                        // (it must cover HOST:PORT, port included), after the handshake.
+                        try channel.pipeline.syncOperations.addHandler(
+                            NIOSSLClientHandler(context: tls.clientContext, serverHostname: nil))
+                    }
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(FrameDecoder(maxPayload: configuration.maxPayload)))
                     try channel.pipeline.syncOperations.addHandler(
@@ -290,6 +301,15 @@ final class RPCClientHandler: ChannelDuplexHandler {
                     context: context,
                     "the server announced max_frame_size \(reply.maxFrameSize), below the minimum of \(RPCProtocol.minimumMaxFrameSize) bytes")
             }
+            if configuration.tls != nil {
+                // Whom did we reach? Only a server whose certificate covers the address dialed.
+                let identity = ClusterTLS.peerIdentity(of: context.pipeline.syncOperations)
+                guard let identity, identity.speaks(for: "\(peer)") else {
+                    return refuse(
+                        context: context,
+                        "its certificate (\(identity.map { "\($0)" } ?? "no pbkv identity")) does not cover \(peer)")
+                }
+            }
             handshakeComplete = true
             handshakeTimer?.cancel()
             codec.compressionEnabled = configuration.compression && reply.features.contains(.zlib)
@@ -358,6 +378,14 @@ final class RPCClientHandler: ChannelDuplexHandler {
         for call in expired.values {
             call.promise.fail(RPCError.timeout(method: call.method, peer: "\(peer)"))
         }
+    }
+
+    /// Ends the handshake: the server is not the one the address names.
+    private func refuse(context: ChannelHandlerContext, _ reason: String) {
+        logger.warning("refusing a server", metadata: ["reason": "\(reason)"])
+        handshakeComplete = true
+        handshakeDone.fail(RPCError.connectionRefused(peer: "\(peer)", reason: reason))
+        context.close(promise: nil)
     }
 
     private func protocolError(context: ChannelHandlerContext, _ message: String) {

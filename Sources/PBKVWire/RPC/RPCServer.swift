@@ -1,4 +1,6 @@
 import Logging
+import NIOSSL
+import PBKVTLS
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -35,6 +37,9 @@ public struct RPCServerConfiguration: Sendable {
     public var faults: FaultInjector?
     /// Name sent in `HelloReply`, for logs.
     public var name = "pbkv"
+    /// Mutual TLS: accepted connections must present a certificate of the cluster CA, and each
+    /// call carries the peer's identity (`RPCCallContext.peer`). nil: plaintext (`--insecure`).
+    public var tls: MutualTLS?
     /// A new connection must complete its `Hello` within this time; otherwise it gets a
     /// Goodbye (PROTOCOL_VIOLATION) and is closed.
     public var handshakeTimeout: Duration = .seconds(5)
@@ -133,6 +138,9 @@ public final class RPCServer: Sendable {
                     break
                 }
                 return channel.eventLoop.makeCompletedFuture {
+                    if let tls = configuration.tls {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.serverContext))
+                    }
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(FrameDecoder(maxPayload: configuration.maxPayload)))
                     try channel.pipeline.syncOperations.addHandler(
@@ -280,6 +288,8 @@ final class RPCServerHandler: ChannelInboundHandler {
     private var lastActivity = NIODeadline.now()
     /// Calls dispatched to a service and not yet answered.
     private var callsInFlight = 0
+    /// Who the peer is, read from its certificate at the first call (TLS only).
+    private var peer: PeerAuthentication?
 
     init(configuration: RPCServerConfiguration, tables: [RPCMethodTable], logger: Logger) {
         self.configuration = configuration
@@ -426,7 +436,11 @@ final class RPCServerHandler: ChannelInboundHandler {
         case .success(let decoded):
             call = decoded
         }
-        let callContext = RPCCallContext(eventLoop: context.eventLoop, remoteAddress: remoteAddress, logger: logger)
+        if peer == nil {
+            peer = configuration.tls == nil ? .plaintext : .certificate(ClusterTLS.peerIdentity(of: context.pipeline.syncOperations))
+        }
+        let callContext = RPCCallContext(
+            eventLoop: context.eventLoop, remoteAddress: remoteAddress, peer: peer ?? .plaintext, logger: logger)
         // A plain loop: `lazy.compactMap(...).first` evaluates the route twice, running every call twice.
         var routed: EventLoopFuture<CallResult>?
         for table in tables {

@@ -1,16 +1,52 @@
 import Logging
+import PBKVTLS
 import NIOCore
+
+/// Who sent a call, as far as the connection can tell.
+public enum PeerAuthentication: Sendable, Hashable {
+    /// Plaintext (`--insecure`): nobody is authenticated and no method is refused.
+    case plaintext
+    /// Mutual TLS: the peer's certificate, verified against the cluster CA, states this
+    /// identity (nil: a certificate of the CA without a pbkv role, allowed nothing).
+    case certificate(MemberIdentity?)
+
+    /// Nil when the peer may call a client method (Get, Put, PutHash, GetView); the refusal otherwise.
+    public func refusalOfClientCall(_ method: String) -> RPCServiceError? {
+        guard case .certificate(let identity) = self, identity == nil else { return nil }
+        return RPCServiceError(code: .permissionDenied, message: "\(method) refused: the certificate names no pbkv role")
+    }
+
+    /// Nil when the peer may call a member method (Ping, Forward, Transfer) speaking for
+    /// `address`: only a server certificate covering that address may; the refusal otherwise.
+    public func refusalOfMemberCall(_ method: String, speakingFor address: String) -> RPCServiceError? {
+        guard case .certificate(let identity) = self else { return nil }
+        guard let identity, identity.role == .server else {
+            return RPCServiceError(
+                code: .permissionDenied,
+                message: "\(method) refused: only a server certificate may call it (this one is \(identity.map { "\($0)" } ?? "without a role"))")
+        }
+        guard identity.speaks(for: address) else {
+            return RPCServiceError(
+                code: .permissionDenied,
+                message: "\(method) refused: \(identity) may not speak for \(address) (issue it a certificate with --host \(address))")
+        }
+        return nil
+    }
+}
 
 /// What a service implementation knows about the call it is answering.
 public struct RPCCallContext: Sendable {
     /// The loop the connection runs on; replies may be completed from any thread.
     public var eventLoop: any EventLoop
     public var remoteAddress: SocketAddress?
+    /// Who the caller is (TLS) or that nobody is authenticated (plaintext).
+    public var peer: PeerAuthentication
     public var logger: Logger
 
-    public init(eventLoop: any EventLoop, remoteAddress: SocketAddress?, logger: Logger) {
+    public init(eventLoop: any EventLoop, remoteAddress: SocketAddress?, peer: PeerAuthentication = .plaintext, logger: Logger) {
         self.eventLoop = eventLoop
         self.remoteAddress = remoteAddress
+        self.peer = peer
         self.logger = logger
     }
 }
@@ -71,11 +107,20 @@ public struct RPCMethodTable: Sendable {
         self.route = route
     }
 
+    /// Answers with `refusal` when there is one (the peer's certificate does not allow the call).
+    private static func refused(_ refusal: RPCServiceError?, _ context: RPCCallContext) -> EventLoopFuture<CallResult>? {
+        refusal.map { context.eventLoop.makeFailedFuture($0) }
+    }
+
     public static func viewService(_ service: some ViewServiceProtocol) -> RPCMethodTable {
         RPCMethodTable { call, context in
             switch call {
-            case .ping(let args): service.ping(args, context: context).map { .view($0) }
-            case .getView: service.getView(context: context).map { .view($0) }
+            case .ping(let args):
+                // A ping speaks for the server it names: only that server's certificate may send it.
+                refused(context.peer.refusalOfMemberCall("Ping", speakingFor: args.server), context)
+                    ?? service.ping(args, context: context).map { .view($0) }
+            case .getView:
+                refused(context.peer.refusalOfClientCall("GetView"), context) ?? service.getView(context: context).map { .view($0) }
             default: nil
             }
         }
@@ -83,7 +128,13 @@ public struct RPCMethodTable: Sendable {
 
     public static func kv(_ service: some KVServiceProtocol) -> RPCMethodTable {
         RPCMethodTable { call, context in
-            switch call {
+            if let refusal = context.peer.refusalOfClientCall(call.method) {
+                switch call {
+                case .get, .put, .putHash: return context.eventLoop.makeFailedFuture(refusal)
+                default: break
+                }
+            }
+            return switch call {
             case .get(let key, let id): service.get(key: key, id: id, context: context).map { .kv($0) }
             case .put(let key, let value, let id): service.put(key: key, value: value, id: id, context: context).map { .kv($0) }
             case .putHash(let key, let value, let id):
@@ -96,8 +147,14 @@ public struct RPCMethodTable: Sendable {
     public static func replica(_ service: some ReplicaServiceProtocol) -> RPCMethodTable {
         RPCMethodTable { call, context in
             switch call {
-            case .forward(let args): service.forward(args, context: context).map { .forward($0) }
-            case .transfer(let chunk): service.transfer(chunk, context: context).map { .transfer($0) }
+            // Only the primary's own certificate may stream operations or state to a backup (the
+            // backup then checks that this primary is the one its view names).
+            case .forward(let args):
+                refused(context.peer.refusalOfMemberCall("Forward", speakingFor: args.primary), context)
+                    ?? service.forward(args, context: context).map { .forward($0) }
+            case .transfer(let chunk):
+                refused(context.peer.refusalOfMemberCall("Transfer", speakingFor: chunk.primary), context)
+                    ?? service.transfer(chunk, context: context).map { .transfer($0) }
             default: nil
             }
         }

@@ -32,6 +32,7 @@ struct BenchCommand: AsyncParsableCommand {
     var warmup: Double = 1
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
+    @OptionGroup var security: SecurityOptions
     @Option(help: "Benchmark a Redis server at HOST:PORT instead of pbkv (get and put only).")
     var redis: String?
     @Option(help: "With --redis: send WAIT N 0 after every SET (synchronous replication to N replicas).")
@@ -62,6 +63,7 @@ struct BenchCommand: AsyncParsableCommand {
     }
 
     func validate() throws {
+        if redis == nil { _ = try security.choice() }
         _ = try parseMix()
         guard clients > 0, duration > 0, keys > 0, valueSize >= 0 else {
             throw ValidationError("--clients, --duration and --keys must be positive")
@@ -86,8 +88,11 @@ struct BenchCommand: AsyncParsableCommand {
             }
             targets = list
         } else {
+            var configuration = KVClientConfiguration()
+            configuration.tls = try security.resolve()
             targets = try (0..<clients).map { _ in
-                PBKVBenchTarget(client: try KVClient(viewService: viewservice, logger: ClusterBenchCommand.quietLogger))
+                PBKVBenchTarget(
+                    client: try KVClient(viewService: viewservice, configuration: configuration, logger: ClusterBenchCommand.quietLogger))
             }
         }
         if fill {

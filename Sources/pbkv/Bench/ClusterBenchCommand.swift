@@ -40,6 +40,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     var memoryKeys: Int = 1_000_000
     @Option(help: "Clients used to load keys.")
     var fillClients: Int = 50
+    @OptionGroup var security: OwnClusterSecurityOptions
     @Flag(help: "Print one JSON object per section instead of text.")
     var json = false
 
@@ -66,7 +67,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     /// restarted empty and the next trial waits until it is back in an acknowledged view with a
     /// backup. `--etcd`: the same on a replicated view service.
     private func runFailover() async throws {
-        try await Self.withCluster(replicated: etcd) { cluster, replicated in
+        try await Self.withCluster(replicated: etcd, tls: security.tls) { cluster, replicated in
             let (watcher, recorder, writers) = try await Self.startWritingCluster(cluster, writers: failoverClients)
             defer { for writer in writers { writer.cancel() } }
 
@@ -111,7 +112,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     /// Killed processes are restarted (the view service with the same arguments, the server
     /// empty); each trial waits for agreement on a leader and a settled view, then 0.3–1.3 s.
     private func runViewServiceFailover() async throws {
-        try await Self.withCluster(replicated: true) { cluster, replicated in
+        try await Self.withCluster(replicated: true, tls: security.tls) { cluster, replicated in
             guard let replicated else { return }
             let (watcher, recorder, writers) = try await Self.startWritingCluster(cluster, writers: failoverClients)
             defer { for writer in writers { writer.cancel() } }
@@ -123,7 +124,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
                 _ = try await watcher.waitForView(within: .seconds(30)) { $0.acknowledged && !$0.backup.isEmpty }
                 let leader = try await cluster.waitForSteadyViewServices(within: .seconds(30))
                 // A client that knows the leader, as every server and client does in steady state.
-                let viewClient = try KVClient(viewService: cluster.viewServiceAddress, logger: Self.quietLogger)
+                let viewClient = try cluster.client(logger: Self.quietLogger)
                 _ = try await viewClient.currentView()
                 try await Task.sleep(for: Self.steadyThenRandomPhase())
                 recorder.clear()
@@ -214,8 +215,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     private static func startWritingCluster(
         _ cluster: ProcessCluster, writers count: Int
     ) async throws -> (KVClient, AckRecorder, [Task<Void, Never>]) {
-        let viewService = cluster.viewServiceAddress
-        let watcher = try KVClient(viewService: viewService, logger: quietLogger)
+        let watcher = try cluster.client(logger: quietLogger)
         for name in ["s1", "s2", "s3"] {
             try cluster.startServer(name: name)
             if name != "s3" {
@@ -227,7 +227,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
             Task {
                 var config = KVClientConfiguration()
                 config.deadline = .seconds(30)
-                guard let client = try? KVClient(viewService: viewService, configuration: config, logger: quietLogger) else { return }
+                guard let client = try? cluster.client(config, logger: quietLogger) else { return }
                 var i = 0
                 while !Task.isCancelled {
                     let invoked = ContinuousClock.now
@@ -247,9 +247,9 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     /// store, or (`replicated`) three on a three-member etcd; every process is stopped after,
     /// also when `body` throws.
     private static func withCluster(
-        replicated: Bool, _ body: (ProcessCluster, ReplicatedViewService?) async throws -> Void
+        replicated: Bool, tls: Bool, _ body: (ProcessCluster, ReplicatedViewService?) async throws -> Void
     ) async throws {
-        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable)
+        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable, tls: tls)
         var viewService: ReplicatedViewService?
         do {
             if replicated {
@@ -273,9 +273,9 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     /// without. Measures the time from the backup's start to the acknowledged view naming it,
     /// logical MB/s, the primary's written bytes, and both processes' peak memory.
     private func runTransfer() async throws {
-        let (cluster, vs, watcher, primary) = try await Self.startLonePrimary()
+        let (cluster, _, watcher, primary) = try await Self.startLonePrimary(tls: security.tls)
         defer { cluster.stopAll() }
-        let fillSeconds = try await Self.fill(viewService: vs.address, keys: transferKeys, clients: fillClients) { i in
+        let fillSeconds = try await Self.fill(cluster, keys: transferKeys, clients: fillClients) { i in
             Self.textValue(i, size: transferValueSize)
         }
         let logicalBytes = (0..<transferKeys).reduce(0) { $0 + "key:\($1)".utf8.count } + transferKeys * transferValueSize
@@ -321,11 +321,11 @@ struct ClusterBenchCommand: AsyncParsableCommand {
 
     /// The primary's resident memory before and after writing `memoryKeys` keys of 16 B.
     private func runMemory() async throws {
-        let (cluster, vs, watcher, primary) = try await Self.startLonePrimary()
+        let (cluster, _, watcher, primary) = try await Self.startLonePrimary(tls: security.tls)
         defer { cluster.stopAll() }
         await watcher.close()
         let before = ProcStats(pid: primary.pid).residentBytes
-        let seconds = try await Self.fill(viewService: vs.address, keys: memoryKeys, clients: fillClients) { i in
+        let seconds = try await Self.fill(cluster, keys: memoryKeys, clients: fillClients) { i in
             Self.textValue(i, size: 16)
         }
         // Let the allocator settle after the burst of connections and buffers.
@@ -345,11 +345,11 @@ struct ClusterBenchCommand: AsyncParsableCommand {
 
     /// A view service and one server, waited for until it is the acknowledged primary; the
     /// returned client watches the view.
-    static func startLonePrimary() async throws -> (ProcessCluster, ClusterProcess, KVClient, ClusterProcess) {
-        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable)
+    static func startLonePrimary(tls: Bool) async throws -> (ProcessCluster, ClusterProcess, KVClient, ClusterProcess) {
+        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable, tls: tls)
         do {
             let vs = try cluster.startViewService()
-            let watcher = try KVClient(viewService: vs.address, logger: quietLogger)
+            let watcher = try cluster.client(logger: quietLogger)
             let primary = try cluster.startServer(name: "primary")
             _ = try await watcher.waitForView(within: .seconds(15)) { $0.acknowledged && $0.primary == primary.address }
             return (cluster, vs, watcher, primary)
@@ -378,12 +378,12 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     }
 
     /// Puts keys `key:0` … with `clients` concurrent clients; returns the seconds it took.
-    static func fill(viewService: String, keys: Int, clients: Int, value: @escaping @Sendable (Int) -> String) async throws -> Double {
+    static func fill(_ cluster: ProcessCluster, keys: Int, clients: Int, value: @escaping @Sendable (Int) -> String) async throws -> Double {
         let start = ContinuousClock.now
         try await withThrowingTaskGroup(of: Void.self) { group in
             for n in 0..<clients {
                 group.addTask {
-                    let client = try KVClient(viewService: viewService, logger: quietLogger)
+                    let client = try cluster.client(logger: quietLogger)
                     var index = n
                     while index < keys {
                         try await client.put("key:\(index)", value(index))

@@ -22,6 +22,7 @@ class Code(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUT_OF_ORDER: _ClassVar[Code]
     NOT_LEADER: _ClassVar[Code]
     UNAVAILABLE: _ClassVar[Code]
+    PERMISSION_DENIED: _ClassVar[Code]
 
 class Feature(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -46,6 +47,7 @@ INTERNAL: Code
 OUT_OF_ORDER: Code
 NOT_LEADER: Code
 UNAVAILABLE: Code
+PERMISSION_DENIED: Code
 FEATURE_NONE: Feature
 FEATURE_ZLIB: Feature
 OP_GET: OpKind
