@@ -155,6 +155,23 @@ public final class ProcessCluster: @unchecked Sendable {
         ] + securityArguments(for: address) + extraArguments)
     }
 
+    /// Starts KV servers named `names` one after another, each waited for through `client`:
+    /// the first becomes the acknowledged primary, the second its backup, the rest wait idle.
+    public func startServersInOrder(_ names: [String], watching client: KVClient, within limit: Duration = .seconds(15))
+        async throws -> [ClusterProcess]
+    {
+        var servers: [ClusterProcess] = []
+        for (i, name) in names.enumerated() {
+            let server = try startServer(name: name)
+            servers.append(server)
+            guard i < 2 else { continue }
+            _ = try await client.waitForView(within: limit) { view in
+                view.acknowledged && (i == 0 ? view.primary == server.address : view.backup == server.address)
+            }
+        }
+        return servers
+    }
+
     /// Every process started, in order.
     public var all: [ClusterProcess] { lock.withLock { processes } }
 

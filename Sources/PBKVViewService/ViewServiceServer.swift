@@ -17,7 +17,7 @@ public struct ViewServiceStats: Sendable, Hashable {
 /// Leadership comes from a `ViewServiceElection`: `SoleLeadership` for one process with a file
 /// or memory store, the etcd election in replicated mode. While not leader it answers every
 /// call NOT_LEADER with the leader's address. A failed compare-and-store makes it step down at
-/// once; a stored record it cannot read stops it (`failure`).
+/// once; a stored record it cannot read stops it (`terminated` fails).
 public final class ViewServiceServer: ViewServiceProtocol, Sendable {
     private enum Role {
         /// Not leader; `leader` is the leader's address when known.
@@ -101,7 +101,7 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
             task.cancel()
             await task.value
         }
-        eventLoop.execute { self.terminate(.success(())) }
+        try? await eventLoop.submit { self.terminate(.success(())) }.get()
     }
 
     /// Succeeds when `stop()` ran; fails when the stored record cannot be read (the process

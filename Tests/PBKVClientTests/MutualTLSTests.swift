@@ -20,12 +20,7 @@ struct MutualTLSTests {
         var config = KVClientConfiguration()
         config.deadline = .seconds(10)
         let client = try cluster.client(config, logger: quiet)
-        for i in 1...2 {
-            let server = try cluster.startServer(name: "s\(i)")
-            _ = try await client.waitForView(within: .seconds(15)) { view in
-                view.acknowledged && (i == 1 ? view.primary == server.address : view.backup == server.address)
-            }
-        }
+        _ = try await cluster.startServersInOrder(["s1", "s2"], watching: client)
         try await client.put("a", "1")
         try await client.put("b", "2")
         return (cluster, client, try await client.currentView())

@@ -19,16 +19,7 @@ struct ViewServiceRestartTests {
         var config = KVClientConfiguration()
         config.deadline = .seconds(10)
         let client = try cluster.client(config, logger: quiet)
-        var servers: [ClusterProcess] = []
-        for i in 1...3 {
-            let server = try cluster.startServer(name: "s\(i)")
-            servers.append(server)
-            if i < 3 {
-                _ = try await client.waitForView(within: .seconds(10)) { view in
-                    view.acknowledged && (i == 1 ? view.primary == server.address : view.backup == server.address)
-                }
-            }
-        }
+        let servers = try await cluster.startServersInOrder(["s1", "s2", "s3"], watching: client)
         try await client.put("a", "1")
         try await client.put("b", "2")
         return (cluster, client, servers)
