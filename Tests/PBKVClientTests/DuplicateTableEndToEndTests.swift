@@ -54,4 +54,51 @@ struct DuplicateTableEndToEndTests {
         await cluster.kill(s2)
         await cluster.shutdown()
     }
+
+    @Test("A Put whose first attempt ran (reply lost) and whose session was then evicted fails with sessionExpired, and is not run again")
+    func retryAfterEviction() async throws {
+        let cluster = try await InProcessCluster.start()
+        // One session kept: a third client's request evicts the others.
+        let s1 = try await cluster.startServer(name: "s1") { $0.replica.maxSessions = 1 }
+        do {
+            _ = try await cluster.waitForView("s1 primary") { $0.primary == s1.address && $0.acknowledged }
+            var configuration = KVClientConfiguration()
+            configuration.deadline = .seconds(20)
+            configuration.attemptTimeout = .seconds(2)  // the window in which the others evict it
+            let veteran = try KVClient(viewService: cluster.viewServiceAddress, configuration: configuration)
+            try await veteran.put("a", "1")
+            let firstID = await veteran.clientID
+            s1.faults.policy = FaultPolicy(dropNextReplies: 1)
+            let attempt = Task { () -> String in
+                do {
+                    try await veteran.put("a", "2")
+                    return "succeeded"
+                } catch {
+                    return "\(error)"
+                }
+            }
+            // The first attempt ran: its reply was dropped.
+            try await cluster.waitUntil("the first attempt applied") { try await s1.server.storeSnapshot().clock == 2 }
+            for name in ["b", "c"] {
+                let other = try cluster.client()
+                try await other.put(name, name)
+                await other.close()
+            }
+            let evicted = try await s1.server.storeSnapshot()
+            #expect(evicted.duplicates[firstID] == nil)
+            let error = await attempt.value
+            #expect(error == KVClientError.sessionExpired(operation: "Put", key: "a").description)
+            let after = try await s1.server.storeSnapshot()
+            #expect(after.map["a"] == "2" && after.clock == 4)  // ran once, not twice
+            // The client has moved to a new session: the next call works.
+            try await veteran.put("a", "3")
+            #expect(await veteran.clientID != firstID)
+            #expect(try await veteran.get("a") == "3")
+            await veteran.close()
+        } catch {
+            Issue.record("\(error)")
+        }
+        await cluster.kill(s1)
+        await cluster.shutdown()
+    }
 }
