@@ -1949,7 +1949,7 @@ const ProtobufCMessageDescriptor pbkv__entry__descriptor =
   (ProtobufCMessageInit) pbkv__entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor pbkv__duplicate_entry__field_descriptors[3] =
+static const ProtobufCFieldDescriptor pbkv__duplicate_entry__field_descriptors[5] =
 {
   {
     "client_id",
@@ -1987,16 +1987,42 @@ static const ProtobufCFieldDescriptor pbkv__duplicate_entry__field_descriptors[3
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "last_used",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__DuplicateEntry, last_used),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reread",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__DuplicateEntry, reread),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned pbkv__duplicate_entry__field_indices_by_name[] = {
   0,   /* field[0] = client_id */
+  3,   /* field[3] = last_used */
   2,   /* field[2] = reply */
+  4,   /* field[4] = reread */
   1,   /* field[1] = seq */
 };
 static const ProtobufCIntRange pbkv__duplicate_entry__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor pbkv__duplicate_entry__descriptor =
 {
@@ -2006,14 +2032,14 @@ const ProtobufCMessageDescriptor pbkv__duplicate_entry__descriptor =
   "Pbkv__DuplicateEntry",
   "pbkv",
   sizeof(Pbkv__DuplicateEntry),
-  3,
+  5,
   pbkv__duplicate_entry__field_descriptors,
   pbkv__duplicate_entry__field_indices_by_name,
   1,  pbkv__duplicate_entry__number_ranges,
   (ProtobufCMessageInit) pbkv__duplicate_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor pbkv__transfer_chunk__field_descriptors[9] =
+static const ProtobufCFieldDescriptor pbkv__transfer_chunk__field_descriptors[10] =
 {
   {
     "viewnum",
@@ -2123,9 +2149,22 @@ static const ProtobufCFieldDescriptor pbkv__transfer_chunk__field_descriptors[9]
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "clock",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__TransferChunk, clock),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned pbkv__transfer_chunk__field_indices_by_name[] = {
   3,   /* field[3] = chunk_index */
+  9,   /* field[9] = clock */
   7,   /* field[7] = duplicates */
   6,   /* field[6] = entries */
   4,   /* field[4] = last */
@@ -2138,7 +2177,7 @@ static const unsigned pbkv__transfer_chunk__field_indices_by_name[] = {
 static const ProtobufCIntRange pbkv__transfer_chunk__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor pbkv__transfer_chunk__descriptor =
 {
@@ -2148,7 +2187,7 @@ const ProtobufCMessageDescriptor pbkv__transfer_chunk__descriptor =
   "Pbkv__TransferChunk",
   "pbkv",
   sizeof(Pbkv__TransferChunk),
-  9,
+  10,
   pbkv__transfer_chunk__field_descriptors,
   pbkv__transfer_chunk__field_indices_by_name,
   1,  pbkv__transfer_chunk__number_ranges,
@@ -2560,7 +2599,7 @@ const ProtobufCMessageDescriptor pbkv__envelope__descriptor =
   (ProtobufCMessageInit) pbkv__envelope__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCEnumValue pbkv__code__enum_values_by_number[14] =
+static const ProtobufCEnumValue pbkv__code__enum_values_by_number[15] =
 {
   { "OK", "PBKV__CODE__OK", 0 },
   { "NO_KEY", "PBKV__CODE__NO_KEY", 1 },
@@ -2576,11 +2615,12 @@ static const ProtobufCEnumValue pbkv__code__enum_values_by_number[14] =
   { "NOT_LEADER", "PBKV__CODE__NOT_LEADER", 11 },
   { "UNAVAILABLE", "PBKV__CODE__UNAVAILABLE", 12 },
   { "PERMISSION_DENIED", "PBKV__CODE__PERMISSION_DENIED", 13 },
+  { "SESSION_EXPIRED", "PBKV__CODE__SESSION_EXPIRED", 14 },
 };
 static const ProtobufCIntRange pbkv__code__value_ranges[] = {
-{0, 0},{0, 14}
+{0, 0},{0, 15}
 };
-static const ProtobufCEnumValueIndex pbkv__code__enum_values_by_name[14] =
+static const ProtobufCEnumValueIndex pbkv__code__enum_values_by_name[15] =
 {
   { "BAD_REQUEST", 5 },
   { "FRAME_TOO_LARGE", 7 },
@@ -2592,6 +2632,7 @@ static const ProtobufCEnumValueIndex pbkv__code__enum_values_by_name[14] =
   { "OUT_OF_ORDER", 10 },
   { "PERMISSION_DENIED", 13 },
   { "PROTOCOL_VIOLATION", 6 },
+  { "SESSION_EXPIRED", 14 },
   { "UNAVAILABLE", 12 },
   { "UNKNOWN_METHOD", 4 },
   { "UNSUPPORTED_VERSION", 8 },
@@ -2604,9 +2645,9 @@ const ProtobufCEnumDescriptor pbkv__code__descriptor =
   "Code",
   "Pbkv__Code",
   "pbkv",
-  14,
+  15,
   pbkv__code__enum_values_by_number,
-  14,
+  15,
   pbkv__code__enum_values_by_name,
   1,
   pbkv__code__value_ranges,

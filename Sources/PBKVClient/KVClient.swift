@@ -19,6 +19,10 @@ public enum KVClientError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The calling task was cancelled before the operation completed; it may or may not have
     /// run (retrying with a new call is a new operation).
     case cancelled(operation: String, key: String)
+    /// A retried Put or PutHash found its session evicted from the server's duplicate table
+    /// (SESSION_EXPIRED): an earlier attempt may or may not have taken effect, and the server
+    /// can no longer tell. The client has started a new session for later calls.
+    case sessionExpired(operation: String, key: String)
 
     public var description: String {
         switch self {
@@ -33,6 +37,10 @@ public enum KVClientError: Error, Sendable, Hashable, CustomStringConvertible {
             "the client was closed"
         case .cancelled(let operation, let key):
             "\(operation) \"\(key)\" was cancelled before it completed; it may or may not have taken effect"
+        case .sessionExpired(let operation, let key):
+            "\(operation) \"\(Self.shown(key))\" was retried after its session expired on the server (SESSION_EXPIRED: "
+                + "the duplicate table evicted it, see --max-sessions): an earlier attempt may or may not have taken "
+                + "effect; read the key to find out before repeating it"
         }
     }
 
@@ -68,6 +76,8 @@ public struct KVClientStats: Sendable, Hashable {
     public var attempts = 0
     public var retries = 0
     public var viewServiceCalls = 0
+    /// Sessions started again after a SESSION_EXPIRED (a new client id each).
+    public var newSessions = 0
 }
 
 /// The pbkv client library: Get, Put and PutHash with at-most-once semantics across failover.
@@ -78,7 +88,9 @@ public struct KVClientStats: Sendable, Hashable {
 /// outstanding at a time: concurrent calls on one `KVClient` wait their turn (open more clients
 /// for concurrency).
 public actor KVClient {
-    public nonisolated let clientID: UInt64
+    /// The client id of the current session: random, replaced when the server answers
+    /// SESSION_EXPIRED (its duplicate table evicted this session).
+    public private(set) var clientID: UInt64
     private let configuration: KVClientConfiguration
     private nonisolated let eventLoop: any EventLoop
     private nonisolated let executor: any SerialExecutor
@@ -160,11 +172,13 @@ public actor KVClient {
         defer { release() }
         guard !closed else { throw .closed }
         seq += 1
-        let call = makeCall(RequestID(clientID: clientID, seq: seq))
+        var call = makeCall(RequestID(clientID: clientID, seq: seq))
         stats.operations += 1
         let start = ContinuousClock.now
         var lastProblem = "no primary known yet"
         var first = true
+        // Whether an attempt of this call reached the RPC layer: it may have run on a server.
+        var sent = false
         while true {
             if !first {
                 stats.retries += 1
@@ -174,10 +188,26 @@ public actor KVClient {
             if primary == nil { await refreshView(&lastProblem) }
             if let primary, let client = client(for: primary) {
                 stats.attempts += 1
+                let mayHaveRun = sent
+                sent = true
                 do {
                     let result = try await client.call(call, timeout: configuration.attemptTimeout)
                     guard case .kv(let reply) = result else { throw RPCError.protocolViolation("expected a KV reply") }
                     if reply.code == .ok || reply.code == .noKey { return reply }
+                    if reply.code == .sessionExpired {
+                        // The server did not run this attempt. A new session (new id, seq 1) is
+                        // safe when no earlier attempt may have run, and always for a Get (a
+                        // read has no effect to repeat); otherwise the outcome is unknown.
+                        newSession()
+                        if mayHaveRun, !call.isGet {
+                            throw KVClientError.sessionExpired(operation: call.method, key: call.key)
+                        }
+                        seq = 1
+                        call = makeCall(RequestID(clientID: clientID, seq: seq))
+                        sent = false
+                        stats.newSessions += 1
+                        continue
+                    }
                     if reply.code == .badRequest {
                         throw KVClientError.rejected(operation: call.method, key: call.key, reason: reply.value)
                     }
@@ -214,6 +244,12 @@ public actor KVClient {
                 throw .cancelled(operation: call.method, key: call.key)
             }
         }
+    }
+
+    /// Starts a new session: a fresh random client id, seq restarting at 1.
+    private func newSession() {
+        clientID = UInt64.random(in: 1...UInt64.max)
+        seq = 0
     }
 
     private func refreshView(_ lastProblem: inout String) async {
@@ -259,6 +295,12 @@ public actor KVClient {
 }
 
 extension Call {
+    /// Whether this is a Get (repeating it has no effect).
+    var isGet: Bool {
+        if case .get = self { return true }
+        return false
+    }
+
     /// The key an operation is about ("" for others).
     var key: String {
         switch self {

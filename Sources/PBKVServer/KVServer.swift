@@ -221,6 +221,11 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         try await eventLoop.submit { self.state.value.machine.store.map }.get()
     }
 
+    /// A copy of the whole replicated state, duplicate table included (tests: compare replicas).
+    public func storeSnapshot() async throws -> KVStore {
+        try await eventLoop.submit { self.state.value.machine.store }.get()
+    }
+
     // MARK: - view service
 
     private func ping() {

@@ -46,6 +46,10 @@ public struct ReplicaConfiguration: Sendable, Hashable {
     public var maxChunksInFlight = 4
     /// Wait before re-sending to a backup that failed to answer.
     public var retryDelay: Duration = .milliseconds(20)
+    /// Most client sessions (duplicate-table rows) kept; the least recently used beyond it are
+    /// evicted (`KVStore`). Every server of a cluster must use the same value: evictions are
+    /// decided by each replica from the operation stream.
+    public var maxSessions = KVStore.defaultMaxSessions
 
     public init() {}
 
@@ -62,6 +66,7 @@ public struct ReplicaConfiguration: Sendable, Hashable {
         guard maxKeyBytes >= 1 else { throw .keyLimitTooSmall(maxKeyBytes) }
         guard maxValueBytes >= 0 else { throw .valueLimitNegative(maxValueBytes) }
         guard maxBatchBytes >= 1, maxBatchOperations >= 1, maxChunkEntries >= 1 else { throw .batchLimitsNotPositive }
+        guard maxSessions >= 1 else { throw .sessionLimitTooSmall(maxSessions) }
         let envelope = EncodedSize.batchEnvelope(primaryBytes: me.utf8.count)
         guard EncodedSize.item(keyBytes: maxKeyBytes, valueBytes: maxValueBytes) + envelope <= maxFrameBytes else {
             throw .limitsExceedFrame(
@@ -76,6 +81,7 @@ public enum ReplicaConfigurationError: Error, Sendable, Hashable, CustomStringCo
     case keyLimitTooSmall(Int)
     case valueLimitNegative(Int)
     case batchLimitsNotPositive
+    case sessionLimitTooSmall(Int)
     /// The largest key plus the largest value, with the message around them, exceed a frame.
     case limitsExceedFrame(maxKeyBytes: Int, maxValueBytes: Int, largestSum: Int, maxFrameBytes: Int)
 
@@ -84,6 +90,7 @@ public enum ReplicaConfigurationError: Error, Sendable, Hashable, CustomStringCo
         case .keyLimitTooSmall(let n): "--max-key-bytes is \(n); it must be at least 1"
         case .valueLimitNegative(let n): "--max-value-bytes is \(n); it must not be negative"
         case .batchLimitsNotPositive: "maxBatchBytes, maxBatchOperations and maxChunkEntries must be positive"
+        case .sessionLimitTooSmall(let n): "--max-sessions is \(n); it must be at least 1 (default \(KVStore.defaultMaxSessions))"
         case .limitsExceedFrame(let key, let value, let largestSum, let frame):
             "--max-key-bytes \(key) plus --max-value-bytes \(value) do not fit in a frame of \(frame) bytes with the "
                 + "message around them: such a Put could never be forwarded to a backup; "
@@ -130,7 +137,7 @@ public struct ReplicaStateMachine: Sendable {
     public let configuration: ReplicaConfiguration
     public private(set) var view = View.initial
     public private(set) var role = ReplicaRole.idle
-    public private(set) var store = KVStore()
+    public private(set) var store: KVStore
     /// True when `store` is legitimate: received by a complete transfer, promoted from such a
     /// backup, or the empty state of the very first primary. False after any loss of role.
     public private(set) var hasState = false
@@ -193,6 +200,7 @@ public struct ReplicaStateMachine: Sendable {
         self.me = me
         self.configuration = configuration
         self.batchBudget = configuration.batchBudget(me: me)
+        self.store = KVStore(maxSessions: configuration.maxSessions)
     }
 
     /// The view number to send in the next ping: 0 while holding no state that the view
@@ -306,7 +314,7 @@ public struct ReplicaStateMachine: Sendable {
         let (entries, duplicates, last) = transfer.cursor.next(maxEntries: configuration.maxChunkEntries, maxBytes: batchBudget)
         let chunk = TransferChunk(
             viewnum: view.viewnum, primary: me, transferID: transfer.id, chunkIndex: transfer.nextChunk, last: last,
-            nextIndex: transfer.snapshotIndex, entries: entries, duplicates: duplicates)
+            nextIndex: transfer.snapshotIndex, entries: entries, duplicates: duplicates, clock: transfer.cursor.clock)
         transfer.entriesSent += entries.count
         transfer.nextChunk += 1
         transfer.lastProduced = last
@@ -351,6 +359,12 @@ public struct ReplicaStateMachine: Sendable {
             // seq increasing) no longer waits for it, so only a misbehaving one sees this. Retrying
             // elsewhere would not help, hence not WRONG_SERVER.
             return [.reply(token, KVReply(code: .badRequest, value: "seq is older than this client's last request: one request outstanding per client id, seq increasing"))]
+        case .expired:
+            // No row and seq > 1: the session was evicted, and this may be a retry of a request
+            // that already ran. Never execute it; the client starts a new session.
+            return [.reply(token, KVReply(
+                code: .sessionExpired,
+                value: "no duplicate-table row for client id \(op.id.clientID) at seq \(op.id.seq) (evicted: this server keeps the \(store.maxSessions) most recently used sessions); the request was not executed: start a new session with a new client id and seq 1"))]
         case .new:
             break
         }
@@ -517,7 +531,14 @@ public struct ReplicaStateMachine: Sendable {
         if end > session.nextIndex {
             let skip = Int(session.nextIndex - args.firstIndex)
             for op in args.ops[skip...] {
-                if case .new = store.check(op.id) { _ = store.apply(op) }
+                // The primary applied every forwarded operation: apply it unless it is already
+                // in the table (a repeated stream piece). An `.expired` here (a server with a
+                // smaller --max-sessions than its primary) is applied too, so the map never
+                // diverges from the primary's.
+                switch store.check(op.id) {
+                case .new, .expired: _ = store.apply(op)
+                case .duplicate, .stale: break
+                }
             }
             session.nextIndex = end
             self.session = session
@@ -535,7 +556,7 @@ public struct ReplicaStateMachine: Sendable {
             guard chunk.chunkIndex == session.nextChunk, !session.complete else {
                 return (TransferReply(code: .outOfOrder), [])
             }
-            store.load(entries: chunk.entries, duplicates: chunk.duplicates)
+            store.load(entries: chunk.entries, duplicates: chunk.duplicates, clock: chunk.clock)
             session.nextChunk += 1
             if chunk.last {
                 session.complete = true
@@ -548,7 +569,7 @@ public struct ReplicaStateMachine: Sendable {
         guard chunk.chunkIndex == 0 else { return (TransferReply(code: .outOfOrder), []) }
         store.reset()
         hasState = false
-        store.load(entries: chunk.entries, duplicates: chunk.duplicates)
+        store.load(entries: chunk.entries, duplicates: chunk.duplicates, clock: chunk.clock)
         session = BackupSession(
             primary: chunk.primary, transferID: chunk.transferID, nextChunk: 1, complete: chunk.last,
             nextIndex: chunk.nextIndex)
@@ -564,11 +585,21 @@ struct TransferCursor: Sendable {
     private var mapIndex: [String: String].Index
     private let duplicates: [DuplicateEntry]
     private var duplicateIndex = 0
+    /// The store's operation clock at the snapshot.
+    let clock: UInt64
 
     init(store: KVStore) {
         map = store.map
         mapIndex = map.startIndex
-        duplicates = store.duplicates.map { DuplicateEntry(clientID: $0.key, seq: $0.value.seq, reply: $0.value.reply) }
+        clock = store.clock
+        // A Get's row has no reply; it is sent as WRONG_SERVER, which a receiver that knows
+        // `reread` ignores and an older one (a rolling upgrade) answers to a retried Get — a
+        // retry elsewhere, never a made-up value.
+        duplicates = store.duplicates.map {
+            DuplicateEntry(
+                clientID: $0.key, seq: $0.value.seq, reply: $0.value.reply ?? KVReply(code: .wrongServer),
+                lastUsed: $0.value.lastUsed, reread: $0.value.reply == nil)
+        }
     }
 
     /// The next chunk: at most `maxEntries` entries and rows, and at most `maxBytes` of items

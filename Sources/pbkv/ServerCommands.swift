@@ -124,6 +124,12 @@ struct ServerCommand: AsyncParsableCommand {
         """)
     var maxValueBytes: Int = ReplicaConfiguration.defaultMaxValueBytes
     @Option(help: """
+        Most client sessions remembered for at-most-once (duplicate-table rows, about 100 bytes each); \
+        the least recently used beyond it are evicted and a retry of an evicted session gets \
+        SESSION_EXPIRED, never a second execution. Use the same value on every server.
+        """)
+    var maxSessions: Int = KVStore.defaultMaxSessions
+    @Option(help: """
         Most connections open at once, from clients and servers alike; one more gets a Goodbye \
         (UNAVAILABLE, "too many connections") and is closed. Default: the open-file limit minus \
         \(RPCServerConfiguration.reservedFileDescriptors) kept for the server's own use, at most \
@@ -174,6 +180,7 @@ struct ServerCommand: AsyncParsableCommand {
         configuration.compression = !noCompression
         configuration.replica.maxKeyBytes = maxKeyBytes
         configuration.replica.maxValueBytes = maxValueBytes
+        configuration.replica.maxSessions = maxSessions
         if let maxConnections { configuration.maxConnections = maxConnections }
         configuration.handshakeTimeout = .milliseconds(handshakeTimeoutMs)
         configuration.idleTimeout = idleTimeoutSeconds == 0 ? nil : .seconds(idleTimeoutSeconds)

@@ -162,7 +162,8 @@ struct ReplicaRoleTests {
         #expect(a.pingViewnum == 1)
         #expect(a.onClientRequest(put("k", "v", seq: 1), token: 1) == [.reply(1, wrongServer)])
         #expect(a.onView(view(1, "a", acknowledged: true)) == [])
-        #expect(a.onClientRequest(put("k", "v", seq: 2), token: 2) == [.reply(2, ok)])
+        // The refused request was not executed: its retry (same id) is.
+        #expect(a.onClientRequest(put("k", "v", seq: 1), token: 2) == [.reply(2, ok)])
     }
 
     @Test("A restarted server named primary of an acknowledged view has no state: WRONG_SERVER, pings 0")
@@ -198,7 +199,7 @@ struct ReplicaRoleTests {
         #expect(answer == [.reply(2, wrongServer)])
         // Once the acknowledgement is confirmed, it serves.
         _ = restarted.onView(vs.answer(server: "a", viewnum: 1, now: .milliseconds(100)))
-        #expect(restarted.onClientRequest(put("k", "v", client: 2, seq: 2), token: 3) == [.reply(3, ok)])
+        #expect(restarted.onClientRequest(put("k", "v", client: 3, seq: 1), token: 3) == [.reply(3, ok)])
     }
 
     @Test("Backup and idle servers answer clients WRONG_SERVER")
@@ -278,8 +279,9 @@ struct ReplicaForwardingTests {
         #expect(net.replies == [.reply(1, ok), .reply(2, ok("v")), .reply(3, ok("v"))])
         #expect(net.inFlight.isEmpty)
         #expect(net["p"].pendingCount == 0)
-        // The backup applied the Get too: its duplicate table has client 2's row.
-        #expect(net["b"].store.duplicates[2] == KVStore.DuplicateRecord(seq: 1, reply: ok("v")))
+        // The backup applied the Get too: its duplicate table has client 2's row (a Get's row
+        // keeps no value), stamped with the second operation of the stream.
+        #expect(net["b"].store.duplicates[2] == KVStore.DuplicateRecord(seq: 1, lastUsed: 2, reply: nil))
         #expect(net["b"].store == net["p"].store)
     }
 
@@ -293,7 +295,7 @@ struct ReplicaForwardingTests {
         net.onView("p", view(1, "p", acknowledged: true))
         // 10 keys written by 4 clients: 10 map entries and 4 duplicate rows.
         for i in 0..<10 {
-            net.request("p", put("key\(i)", "value\(i)", client: UInt64(i % 4 + 1), seq: UInt64(i + 1)), token: ReplyToken(i))
+            net.request("p", put("key\(i)", "value\(i)", client: UInt64(i % 4 + 1), seq: UInt64(i / 4 + 1)), token: ReplyToken(i))
         }
         let snapshot = net["p"].store
         #expect(snapshot.map.count == 10 && snapshot.duplicates.count == 4)

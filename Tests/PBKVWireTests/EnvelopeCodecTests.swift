@@ -65,6 +65,15 @@ let roundTripSamples: [Sample] = {
                 DuplicateEntry(clientID: 3, seq: 9, reply: KVReply(code: .ok)),
                 DuplicateEntry(clientID: 4, seq: 1, reply: KVReply(code: .wrongServer)),
             ])))),
+        Sample(name: "Transfer, bounded duplicate table: rows' last use, a Get row, the clock", envelope: request(.transfer(TransferChunk(
+            viewnum: 4, primary: "127.0.0.1:7001", transferID: 2, chunkIndex: 0, last: true, nextIndex: 5,
+            entries: [Entry(key: "a", value: "1")],
+            duplicates: [
+                DuplicateEntry(clientID: 1, seq: 5, reply: KVReply(code: .ok, value: "prev"), lastUsed: 41),
+                DuplicateEntry(clientID: 2, seq: 1, reply: KVReply(code: .wrongServer), lastUsed: .max, reread: true),
+            ],
+            clock: 0xFFFF_FFFF_FFFF)))),
+        Sample(name: "Response kv SESSION_EXPIRED", envelope: response(.kv(KVReply(code: .sessionExpired, value: "start a new session")))),
         Sample(name: "Transfer, first empty chunk", envelope: request(.transfer(TransferChunk(
             viewnum: 1, primary: "", transferID: 0, chunkIndex: 0, last: false, nextIndex: 0, entries: [], duplicates: [])))),
 

@@ -97,7 +97,11 @@ typedef enum _Pbkv__Code {
   /*
    * TLS: the peer's certificate does not allow this method (or this identity)
    */
-  PBKV__CODE__PERMISSION_DENIED = 13
+  PBKV__CODE__PERMISSION_DENIED = 13,
+  /*
+   * Get/Put/PutHash: no duplicate-table row for this client id and seq > 1
+   */
+  PBKV__CODE__SESSION_EXPIRED = 14
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(PBKV__CODE)
 } Pbkv__Code;
 typedef enum _Pbkv__Feature {
@@ -389,11 +393,25 @@ struct  Pbkv__DuplicateEntry
   ProtobufCMessage base;
   uint64_t client_id;
   uint64_t seq;
+  /*
+   * The reply a retry gets (a PutHash's previous value, a Put's OK). With `reread`, pbkv sends
+   * WRONG_SERVER here: ignored by a receiver that knows `reread`; an older one answers it to a
+   * retried Get, which then retries elsewhere rather than get a wrong value.
+   */
   Pbkv__KVReply *reply;
+  /*
+   * The sender's operation clock when the row was last used: the least recently used rows
+   * are evicted first. 0 from a sender older than the bounded table.
+   */
+  uint64_t last_used;
+  /*
+   * A Get's row: a retry of it is executed again as a new read, so no reply is kept.
+   */
+  protobuf_c_boolean reread;
 };
 #define PBKV__DUPLICATE_ENTRY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&pbkv__duplicate_entry__descriptor) \
-    , 0, 0, NULL }
+    , 0, 0, NULL, 0, 0 }
 
 
 /*
@@ -421,10 +439,15 @@ struct  Pbkv__TransferChunk
    * instead of one sub-message per entry cut the per-entry cost of encoding and decoding.
    */
   ProtobufCBinaryData packed_entries;
+  /*
+   * The primary's operation clock at the snapshot (operations applied since its state began),
+   * which orders duplicate rows for eviction; the backup continues from it.
+   */
+  uint64_t clock;
 };
 #define PBKV__TRANSFER_CHUNK__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&pbkv__transfer_chunk__descriptor) \
-    , 0, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0,NULL, 0,NULL, {0,NULL} }
+    , 0, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0,NULL, 0,NULL, {0,NULL}, 0 }
 
 
 struct  Pbkv__TransferReply

@@ -199,6 +199,7 @@ public enum EnvelopeCodec {
             t.pointee.chunk_index = chunk.chunkIndex
             t.pointee.last = chunk.last ? 1 : 0
             t.pointee.next_index = chunk.nextIndex
+            t.pointee.clock = chunk.clock
             if !chunk.entries.isEmpty {
                 t.pointee.packed_entries = packEntries(chunk.entries, arena)
             }
@@ -209,6 +210,8 @@ public enum EnvelopeCodec {
                     pbkv__duplicate_entry__init(d)
                     d.pointee.client_id = dup.clientID
                     d.pointee.seq = dup.seq
+                    d.pointee.last_used = dup.lastUsed
+                    d.pointee.reread = dup.reread ? 1 : 0
                     d.pointee.reply = cKVReply(dup.reply, arena)
                     dups[i] = d
                 }
@@ -516,12 +519,13 @@ public enum EnvelopeCodec {
             for i in 0..<t.n_duplicates {
                 guard let d = t.duplicates[i]?.pointee else { continue }
                 let reply = try d.reply.map { (r) throws(MessageCodecError) in try kvReply(r.pointee) } ?? KVReply(code: .ok)
-                duplicates.append(DuplicateEntry(clientID: d.client_id, seq: d.seq, reply: reply))
+                duplicates.append(DuplicateEntry(
+                    clientID: d.client_id, seq: d.seq, reply: reply, lastUsed: d.last_used, reread: d.reread != 0))
             }
             return .transfer(TransferChunk(
                 viewnum: t.viewnum, primary: try text(t.primary, "TransferChunk.primary"), transferID: t.transfer_id,
                 chunkIndex: t.chunk_index, last: t.last != 0, nextIndex: t.next_index, entries: entries,
-                duplicates: duplicates))
+                duplicates: duplicates, clock: t.clock))
         default:
             return nil
         }

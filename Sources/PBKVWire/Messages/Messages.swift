@@ -15,6 +15,9 @@ public enum Code: Int32, Sendable, Hashable, CustomStringConvertible {
     /// In a Goodbye: the server takes no more connections now (its connection limit).
     case unavailable = 12
     case permissionDenied = 13
+    /// Get, Put or PutHash: the duplicate table has no row for this client id and seq > 1 (the
+    /// session was evicted). The request was not executed; start a new session.
+    case sessionExpired = 14
 
     public var description: String {
         switch self {
@@ -32,6 +35,7 @@ public enum Code: Int32, Sendable, Hashable, CustomStringConvertible {
         case .notLeader: "NOT_LEADER"
         case .unavailable: "UNAVAILABLE"
         case .permissionDenied: "PERMISSION_DENIED"
+        case .sessionExpired: "SESSION_EXPIRED"
         }
     }
 }
@@ -235,12 +239,19 @@ public struct Entry: Sendable, Hashable {
 public struct DuplicateEntry: Sendable, Hashable {
     public var clientID: UInt64
     public var seq: UInt64
+    /// The reply a retry gets; not sent (and `KVReply(code: .ok)` when decoded) if `reread`.
     public var reply: KVReply
+    /// The sender's operation clock when the row was last used (eviction order).
+    public var lastUsed: UInt64
+    /// A Get's row: a retry is executed again, so no reply is kept.
+    public var reread: Bool
 
-    public init(clientID: UInt64, seq: UInt64, reply: KVReply) {
+    public init(clientID: UInt64, seq: UInt64, reply: KVReply, lastUsed: UInt64 = 0, reread: Bool = false) {
         self.clientID = clientID
         self.seq = seq
         self.reply = reply
+        self.lastUsed = lastUsed
+        self.reread = reread
     }
 }
 
@@ -255,11 +266,14 @@ public struct TransferChunk: Sendable, Hashable {
     public var nextIndex: UInt64
     public var entries: [Entry]
     public var duplicates: [DuplicateEntry]
+    /// The sender's operation clock at the snapshot (orders duplicate rows for eviction).
+    public var clock: UInt64
 
     public init(
         viewnum: UInt64, primary: String, transferID: UInt64, chunkIndex: UInt32, last: Bool,
-        nextIndex: UInt64, entries: [Entry], duplicates: [DuplicateEntry]
+        nextIndex: UInt64, entries: [Entry], duplicates: [DuplicateEntry], clock: UInt64 = 0
     ) {
+        self.clock = clock
         self.viewnum = viewnum
         self.primary = primary
         self.transferID = transferID

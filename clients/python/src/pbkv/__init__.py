@@ -17,6 +17,7 @@ from .errors import (
     DeadlineExceeded,
     PbkvError,
     ProtocolError,
+    SessionExpired,
     Unavailable,
 )
 from .puthash import fnv1a32, put_hash_value
@@ -34,6 +35,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "PbkvError",
     "ProtocolError",
+    "SessionExpired",
     "SocketFactory",
     "Unavailable",
     "View",

@@ -17,12 +17,16 @@ from .errors import (
     ClientClosed,
     DeadlineExceeded,
     ProtocolError,
+    SessionExpired,
     Unavailable,
 )
 from .framing import DEFAULT_MAX_PAYLOAD, LATENCY_COMPRESSION_THRESHOLD
 from .viewservice import View, ViewServiceClient, parse_addresses
 
 Text = Union[str, bytes, bytearray, memoryview]
+
+#: `pbkv.Code.SESSION_EXPIRED`, as a number so that a client given an older schema knows it too.
+_SESSION_EXPIRED = 14
 
 
 @dataclass
@@ -35,6 +39,8 @@ class ClientStats:
     retries: int = 0
     #: Connections opened to KV servers.
     connects: int = 0
+    #: Sessions started again after SESSION_EXPIRED (a new client id each).
+    new_sessions: int = 0
 
 
 class Client:
@@ -159,6 +165,8 @@ class Client:
             self._check_open()
             self._seq += 1
             request = build(pb.RequestId(client_id=self.client_id, seq=self._seq))
+            # Whether an attempt of this operation was sent: it may have run on a server.
+            sent = False
             self.stats.operations += 1
             deadline = time.monotonic() + self.timeout
             last_problem = "no primary known yet"
@@ -173,8 +181,24 @@ class Client:
                 if primary is not None:
                     self.stats.attempts += 1
                     attempt_deadline = min(deadline, time.monotonic() + self.attempt_timeout)
+                    may_have_run, sent = sent, True
                     try:
                         reply = self._attempt(primary, request, attempt_deadline)
+                        if reply is not None and reply.code == _SESSION_EXPIRED:
+                            # Not run. A new session (new id, seq 1) is safe if no earlier attempt
+                            # may have run, and always for a Get; otherwise the outcome is unknown.
+                            self.client_id = secrets.randbits(64) or 1
+                            self._seq = 1
+                            if may_have_run and operation != "get":
+                                self._seq = 0
+                                raise SessionExpired(
+                                    f"{operation} {_show(key)} was retried after its session expired on the server "
+                                    "(SESSION_EXPIRED: evicted from the duplicate table, see --max-sessions): an earlier "
+                                    "attempt may or may not have taken effect; read the key before repeating it")
+                            request = build(pb.RequestId(client_id=self.client_id, seq=self._seq))
+                            sent = False
+                            self.stats.new_sessions += 1
+                            continue
                         if reply is not None:
                             return reply
                         last_problem = f"{primary} is not the primary"
@@ -198,7 +222,7 @@ class Client:
                 time.sleep(min(self.retry_interval, deadline - now))
 
     def _attempt(self, primary: str, request: Any, deadline: float) -> Any:
-        """The KVReply, or None when `primary` is not the primary (WRONG_SERVER)."""
+        """The KVReply (OK, NO_KEY or SESSION_EXPIRED), or None when `primary` is not the primary."""
         pb = self._schema
         connection = self._connection
         if connection is None or connection.closed or connection.address != primary:
@@ -213,7 +237,7 @@ class Client:
             if response.WhichOneof("result") != "kv":
                 raise ProtocolError(f"{primary} answered a KV call without a KV reply")
             reply = response.kv
-            if reply.code in (pb.OK, pb.NO_KEY):
+            if reply.code in (pb.OK, pb.NO_KEY, _SESSION_EXPIRED):
                 return reply
             if reply.code == pb.BAD_REQUEST:
                 raise BadRequest(f"{primary} refused the request: {self._text(reply.value) or 'bad request'}")

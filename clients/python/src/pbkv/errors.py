@@ -59,5 +59,12 @@ class ProtocolError(PbkvError):
         self.code = code
 
 
+class SessionExpired(PbkvError):
+    """A retried Put or PutHash found its session evicted from the server's duplicate table
+    (SESSION_EXPIRED): an earlier attempt may or may not have taken effect, and the server can
+    no longer tell. Read the key to find out before repeating the operation. The client has
+    started a new session for later calls."""
+
+
 class ClientClosed(PbkvError):
     """The client was closed."""

@@ -23,6 +23,7 @@ class Code(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NOT_LEADER: _ClassVar[Code]
     UNAVAILABLE: _ClassVar[Code]
     PERMISSION_DENIED: _ClassVar[Code]
+    SESSION_EXPIRED: _ClassVar[Code]
 
 class Feature(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -48,6 +49,7 @@ OUT_OF_ORDER: Code
 NOT_LEADER: Code
 UNAVAILABLE: Code
 PERMISSION_DENIED: Code
+SESSION_EXPIRED: Code
 FEATURE_NONE: Feature
 FEATURE_ZLIB: Feature
 OP_GET: OpKind
@@ -205,17 +207,21 @@ class Entry(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class DuplicateEntry(_message.Message):
-    __slots__ = ("client_id", "seq", "reply")
+    __slots__ = ("client_id", "seq", "reply", "last_used", "reread")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_FIELD_NUMBER: _ClassVar[int]
+    REREAD_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     seq: int
     reply: KVReply
-    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., reply: _Optional[_Union[KVReply, _Mapping]] = ...) -> None: ...
+    last_used: int
+    reread: bool
+    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., reply: _Optional[_Union[KVReply, _Mapping]] = ..., last_used: _Optional[int] = ..., reread: _Optional[bool] = ...) -> None: ...
 
 class TransferChunk(_message.Message):
-    __slots__ = ("viewnum", "primary", "transfer_id", "chunk_index", "last", "next_index", "entries", "duplicates", "packed_entries")
+    __slots__ = ("viewnum", "primary", "transfer_id", "chunk_index", "last", "next_index", "entries", "duplicates", "packed_entries", "clock")
     VIEWNUM_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +231,7 @@ class TransferChunk(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     PACKED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
     viewnum: int
     primary: str
     transfer_id: int
@@ -234,7 +241,8 @@ class TransferChunk(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[Entry]
     duplicates: _containers.RepeatedCompositeFieldContainer[DuplicateEntry]
     packed_entries: bytes
-    def __init__(self, viewnum: _Optional[int] = ..., primary: _Optional[str] = ..., transfer_id: _Optional[int] = ..., chunk_index: _Optional[int] = ..., last: _Optional[bool] = ..., next_index: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., duplicates: _Optional[_Iterable[_Union[DuplicateEntry, _Mapping]]] = ..., packed_entries: _Optional[bytes] = ...) -> None: ...
+    clock: int
+    def __init__(self, viewnum: _Optional[int] = ..., primary: _Optional[str] = ..., transfer_id: _Optional[int] = ..., chunk_index: _Optional[int] = ..., last: _Optional[bool] = ..., next_index: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., duplicates: _Optional[_Iterable[_Union[DuplicateEntry, _Mapping]]] = ..., packed_entries: _Optional[bytes] = ..., clock: _Optional[int] = ...) -> None: ...
 
 class TransferReply(_message.Message):
     __slots__ = ("code",)
