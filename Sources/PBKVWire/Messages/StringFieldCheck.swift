@@ -30,18 +30,7 @@ extension EnvelopeCodec {
         let end = bytes.count
         var at = 0
 
-        func varint() -> UInt64? {
-            var value: UInt64 = 0
-            var shift: UInt64 = 0
-            while at < end, shift < 64 {
-                let byte = data[at]
-                at += 1
-                value |= UInt64(byte & 0x7F) << shift
-                if byte & 0x80 == 0 { return value }
-                shift += 7
-            }
-            return nil
-        }
+        func varint() -> UInt64? { ProtobufWireFormat.varint(bytes, &at, end) }
 
         while at < end {
             guard let tag = varint() else { return nil }

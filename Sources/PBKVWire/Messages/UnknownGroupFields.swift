@@ -120,16 +120,7 @@ public enum UnknownGroupFields {
     }
 
     private static func varint(_ bytes: UnsafeRawBufferPointer, _ at: inout Int, _ end: Int) -> UInt64? {
-        var value: UInt64 = 0
-        var shift: UInt64 = 0
-        while at < end, shift < 64 {
-            let byte = bytes[at]
-            at += 1
-            value |= UInt64(byte & 0x7F) << shift
-            if byte & 0x80 == 0 { return value }
-            shift += 7
-        }
-        return nil
+        ProtobufWireFormat.varint(bytes, &at, end)
     }
 
     private static func appendVarint(_ value: UInt64, to out: inout [UInt8]) {
