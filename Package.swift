@@ -122,7 +122,7 @@ let package = Package(
         .testTarget(
             name: "PBKVWireTests",
             dependencies: [
-                "PBKVWire", "PBKVTestSupport", "CPBKVProto",
+                "PBKVWire", "PBKVTestSupport", "CPBKVProto", "PBKVTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -44,6 +44,9 @@ public struct KVServerConfiguration: Sendable {
     public var idleTimeout: Duration? = .seconds(300)
     /// Most client and server connections open at once (`RPCServerConfiguration.maxConnections`).
     public var maxConnections = RPCServerConfiguration.defaultMaxConnections
+    /// With mutual TLS, places of `maxConnections` kept for cluster members, never given to
+    /// clients (`RPCServerConfiguration.memberReserve`); nil: automatic.
+    public var memberReserve: Int?
     /// Offer zlib on this server's connections (when the peer agrees).
     public var compression = true
     /// Mutual TLS on every connection: accepted ones (clients, the primary) and opened ones (the
@@ -71,6 +74,9 @@ public struct KVServerConfiguration: Sendable {
             throw .maxPayloadOutOfRange(maxPayload)
         }
         guard maxConnections >= 1 else { throw .maxConnectionsNotPositive(maxConnections) }
+        if let memberReserve, !(0..<maxConnections).contains(memberReserve) {
+            throw .memberReserveOutOfRange(memberReserve, maxConnections: maxConnections)
+        }
         guard handshakeTimeout > .zero, idleTimeout.map({ $0 > .zero }) ?? true else { throw .timeoutNotPositive }
         var replica = replica
         replica.maxFrameBytes = maxPayload
@@ -86,6 +92,7 @@ public struct KVServerConfiguration: Sendable {
 public enum KVServerConfigurationError: Error, Sendable, Hashable, CustomStringConvertible {
     case maxPayloadOutOfRange(Int)
     case maxConnectionsNotPositive(Int)
+    case memberReserveOutOfRange(Int, maxConnections: Int)
     case timeoutNotPositive
     case replica(ReplicaConfigurationError)
 
@@ -94,6 +101,8 @@ public enum KVServerConfigurationError: Error, Sendable, Hashable, CustomStringC
         case .maxPayloadOutOfRange(let n):
             "maxPayload \(n) is out of range: at least \(RPCProtocol.minimumMaxFrameSize) and at most \(UInt32.max)"
         case .maxConnectionsNotPositive(let n): "--max-connections is \(n); it must be at least 1"
+        case .memberReserveOutOfRange(let n, let limit):
+            "--member-reserve is \(n); it must be at least 0 and below --max-connections (\(limit)), or clients could never connect"
         case .timeoutNotPositive: "the handshake and idle timeouts must be positive"
         case .replica(let error): error.description
         }
@@ -168,6 +177,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         rpc.handshakeTimeout = configuration.handshakeTimeout
         rpc.idleTimeout = configuration.idleTimeout
         rpc.maxConnections = configuration.maxConnections
+        rpc.memberReserve = configuration.memberReserve
         let server = try await RPCServer.start(
             configuration: rpc, group: loop,
             tables: [.kv(LateBoundKV(holder: holder)), .replica(LateBoundReplica(holder: holder))], logger: logger)

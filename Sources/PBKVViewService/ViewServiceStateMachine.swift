@@ -24,7 +24,8 @@ public struct ViewServiceConfiguration: Sendable, Hashable {
 /// - the first server to ping becomes primary of view 1;
 /// - the view changes only when the primary or backup died or restarted (pinged 0), when there
 ///   is no backup and an idle server is available, or when there is no primary yet;
-/// - it never moves past view N until N's primary acknowledged N (pinged with N);
+/// - it never moves past view N until N's primary acknowledged N (pinged with N), except to
+///   replace N's backup when it failed while N's primary is alive (the primary stays);
 /// - only the backup of the acknowledged view is ever promoted; idle servers never are;
 /// - an idle server fills the backup slot in the same change that promotes the backup;
 /// - idle servers are remembered; dead idle servers are forgotten.
@@ -184,7 +185,15 @@ public struct ViewServiceStateMachine: Sendable {
             guard let pinger else { return nil }
             return next(primary: pinger, backup: "")
         }
-        guard view.acknowledged else { return nil }
+        guard view.acknowledged else {
+            // The one way past an unacknowledged view: its backup failed while its primary is
+            // alive. The primary acknowledges only once its backup holds the whole state, so a
+            // backup dying during its transfer would otherwise freeze the view until it came
+            // back. The primary stays (it holds the state), and the backup of an unacknowledged
+            // view is always one that joined in it, which nothing relies on yet.
+            guard !view.backup.isEmpty, failed(view.backup, now: now), !failed(view.primary, now: now) else { return nil }
+            return next(primary: view.primary, backup: idleCandidate(now: now) ?? "")
+        }
         let primaryFailed = failed(view.primary, now: now)
         let backupFailed = !view.backup.isEmpty && failed(view.backup, now: now)
         if primaryFailed {

@@ -130,12 +130,19 @@ struct ServerCommand: AsyncParsableCommand {
         """)
     var maxSessions: Int = KVStore.defaultMaxSessions
     @Option(help: """
-        Most connections open at once, from clients and servers alike; one more gets a Goodbye \
-        (UNAVAILABLE, "too many connections") and is closed. Default: the open-file limit minus \
-        \(RPCServerConfiguration.reservedFileDescriptors) kept for the server's own use, at most \
-        \(RPCServerConfiguration.connectionLimitCap) (here: \(RPCServerConfiguration.defaultMaxConnections)).
+        Most connections open at once, from clients and servers alike. When all are open, a new \
+        connection takes the place of the oldest one that has not sent its Hello; when every one \
+        has, it gets a Goodbye (UNAVAILABLE, "too many connections") and is closed. Default: the \
+        open-file limit minus \(RPCServerConfiguration.reservedFileDescriptors) kept for the server's \
+        own use, at most \(RPCServerConfiguration.connectionLimitCap) (here: \(RPCServerConfiguration.defaultMaxConnections)).
         """)
     var maxConnections: Int?
+    @Option(help: """
+        With --tls: places of --max-connections that clients may not take, kept for cluster \
+        members (server certificates), so a flood of clients never cuts this server from its \
+        primary or backup. Default: a quarter of --max-connections, at most 64.
+        """)
+    var memberReserve: Int?
     @Option(help: "Milliseconds a new connection has to send its Hello; then it gets a Goodbye and is closed.")
     var handshakeTimeoutMs: Int = 5_000
     @Option(help: "Seconds a connection may stay idle (no call in flight, nothing received) before it gets a Goodbye and is closed; 0: never.")
@@ -182,6 +189,7 @@ struct ServerCommand: AsyncParsableCommand {
         configuration.replica.maxValueBytes = maxValueBytes
         configuration.replica.maxSessions = maxSessions
         if let maxConnections { configuration.maxConnections = maxConnections }
+        configuration.memberReserve = memberReserve
         configuration.handshakeTimeout = .milliseconds(handshakeTimeoutMs)
         configuration.idleTimeout = idleTimeoutSeconds == 0 ? nil : .seconds(idleTimeoutSeconds)
         return configuration

@@ -46,9 +46,16 @@ public struct RPCServerConfiguration: Sendable {
     /// A connection with no call in flight that completes no frame for this long gets a
     /// Goodbye (code OK: a normal close) and is closed; nil: never.
     public var idleTimeout: Duration? = .seconds(300)
-    /// Most connections open at once. One more is accepted, sent a Goodbye (UNAVAILABLE) that
-    /// names the limit, and closed. Default: `defaultMaxConnections`.
+    /// Most connections open at once. When they are all open, a new connection takes the place
+    /// of the oldest one that has not sent its Hello yet; when every one has, the new connection
+    /// is sent a Goodbye (UNAVAILABLE) that names the limit, and closed.
+    /// Default: `defaultMaxConnections`.
     public var maxConnections = RPCServerConfiguration.defaultMaxConnections
+    /// With mutual TLS: places of `maxConnections` that clients (client certificates) may not
+    /// take, kept for cluster members (server certificates), so that a flood of clients never
+    /// cuts a primary from its backup or a server from the view service. nil: automatic,
+    /// `defaultMemberReserve(maxConnections:)`. Plaintext has no members to tell apart: no reserve.
+    public var memberReserve: Int?
 
     public init(host: String, port: Int) {
         self.host = host
@@ -85,6 +92,19 @@ public struct RPCServerConfiguration: Sendable {
 
     /// `maxConnections(fileDescriptorLimit:)` of this process's limit (960 under `ulimit -n 1024`).
     public static var defaultMaxConnections: Int { maxConnections(fileDescriptorLimit: fileDescriptorLimit) }
+
+    /// The automatic member reserve: a quarter of the connection limit, at most 64 (a cluster
+    /// has a handful of members; each opens a few connections to a peer).
+    public static func defaultMemberReserve(maxConnections: Int) -> Int { min(64, maxConnections / 4) }
+
+    /// Places kept for members: `memberReserve` (or the automatic one) with TLS, 0 in plaintext.
+    public var effectiveMemberReserve: Int {
+        guard tls != nil else { return 0 }
+        return memberReserve ?? Self.defaultMemberReserve(maxConnections: maxConnections)
+    }
+
+    /// Most connections clients may hold at once: `maxConnections` less the member reserve.
+    public var clientConnectionLimit: Int { max(0, maxConnections - effectiveMemberReserve) }
 }
 
 /// A TCP server that answers pbkv RPCs: frames, handshake, and dispatch to method tables.
@@ -117,12 +137,21 @@ public final class RPCServer: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: false)
             .childChannelInitializer { channel in
+                let ticket: UInt64
                 switch connections.insert(channel, limit: configuration.maxConnections) {
-                case .admitted(let refusedBefore):
+                case .admitted(let admittedTicket, let refusedBefore, let displaced):
+                    ticket = admittedTicket
                     if refusedBefore > 0 {
                         logger.info("accepting connections again", metadata: [
                             "limit": "\(configuration.maxConnections)", "refused": "\(refusedBefore)",
                         ])
+                    }
+                    if let displaced {
+                        logger.debug("connection limit reached: closing the oldest connection without a Hello", metadata: [
+                            "limit": "\(configuration.maxConnections)",
+                            "closed": "\(displaced.remoteAddress.map { "\($0)" } ?? "?")",
+                        ])
+                        displaced.close(promise: nil)
                     }
                 case .refused(let first):
                     if first {
@@ -135,7 +164,11 @@ public final class RPCServer: Sendable {
                             ConnectionRefuser(limit: configuration.maxConnections, maxPayload: configuration.maxPayload))
                     }
                 case .serverClosed:
-                    break
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                }
+                let clientLimit = configuration.clientConnectionLimit
+                let identify: ConnectionIdentification = { member in
+                    connections.identify(ticket, asMember: member, clientLimit: clientLimit)
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     if let tls = configuration.tls {
@@ -144,7 +177,7 @@ public final class RPCServer: Sendable {
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(FrameDecoder(maxPayload: configuration.maxPayload)))
                     try channel.pipeline.syncOperations.addHandler(
-                        RPCServerHandler(configuration: configuration, tables: tables, logger: logger))
+                        RPCServerHandler(configuration: configuration, tables: tables, identify: identify, logger: logger))
                 }
             }
             .bind(host: configuration.host, port: configuration.port)
@@ -160,20 +193,48 @@ public final class RPCServer: Sendable {
     }
 }
 
+/// Told, at a connection's Hello, whether its peer is a cluster member; false: no room for
+/// another client connection (the handler then says Goodbye).
+typealias ConnectionIdentification = @Sendable (_ member: Bool) -> Bool
+
 /// The connections a server accepted and that are still open, up to a limit; once the server
 /// closed, new ones are closed at once.
+///
+/// A connection is *pending* until its Hello arrives, then a *member* (mutual TLS, a server
+/// certificate) or a *client*. When every place is taken, a new connection takes the place of the
+/// oldest pending one, so connections that never say Hello cannot lock anyone out for the
+/// handshake deadline; clients may hold at most `clientLimit` places, and the rest stay free for
+/// members. A member is thus refused only when every place is held by members and clients that
+/// completed their handshake.
 private final class AcceptedConnections: Sendable {
+    private enum Kind {
+        case pending
+        case client
+        case member
+    }
+
     private struct State {
-        var open: [ObjectIdentifier: any Channel] = [:]
+        /// By ticket: a number given at admission, never reused (so a late close of a displaced
+        /// connection cannot remove another's entry); lower tickets arrived earlier.
+        var open: [UInt64: (channel: any Channel, kind: Kind)] = [:]
+        var clients = 0
+        var lastTicket: UInt64 = 0
         var closed = false
         /// Connections refused since the last one admitted (for logging the change only).
         var refused = 0
+
+        /// The ticket of the connection that has waited longest for its Hello.
+        func oldestPending() -> UInt64? {
+            open.lazy.filter { $0.value.kind == .pending }.map(\.key).min()
+        }
     }
 
     enum Admission {
-        /// Counted as open; `refusedBefore` connections were refused since the last admission.
-        case admitted(refusedBefore: Int)
-        /// Over the limit: not counted; `first` for the first refusal since the last admission.
+        /// Counted as open (pending) under `ticket`; `refusedBefore` connections were refused since
+        /// the last admission; `displaced` is the pending connection whose place it took (to close).
+        case admitted(ticket: UInt64, refusedBefore: Int, displaced: (any Channel)?)
+        /// Every place is held by a connection past its Hello: not counted; `first` for the first
+        /// refusal since the last admission.
         case refused(first: Bool)
         /// The server is closed: the connection was closed.
         case serverClosed
@@ -182,26 +243,50 @@ private final class AcceptedConnections: Sendable {
     private let state = Mutex(State())
 
     func insert(_ channel: any Channel, limit: Int) -> Admission {
-        let id = ObjectIdentifier(channel)
         let admission = state.withLock { state -> Admission in
             guard !state.closed else { return .serverClosed }
-            guard state.open.count < limit else {
-                state.refused += 1
-                return .refused(first: state.refused == 1)
+            var displaced: (any Channel)?
+            if state.open.count >= limit {
+                guard let oldest = state.oldestPending() else {
+                    state.refused += 1
+                    return .refused(first: state.refused == 1)
+                }
+                displaced = state.open.removeValue(forKey: oldest)?.channel
             }
-            state.open[id] = channel
+            state.lastTicket += 1
+            state.open[state.lastTicket] = (channel, .pending)
             defer { state.refused = 0 }
-            return .admitted(refusedBefore: state.refused)
+            return .admitted(ticket: state.lastTicket, refusedBefore: state.refused, displaced: displaced)
         }
         switch admission {
         case .serverClosed:
             channel.close(promise: nil)
-        case .admitted:
-            channel.closeFuture.whenComplete { _ in self.state.withLock { _ = $0.open.removeValue(forKey: id) } }
+        case .admitted(let ticket, _, _):
+            channel.closeFuture.whenComplete { _ in
+                self.state.withLock { state in
+                    if state.open.removeValue(forKey: ticket)?.kind == .client { state.clients -= 1 }
+                }
+            }
         case .refused:
             break
         }
         return admission
+    }
+
+    /// Records what the connection under `ticket` turned out to be at its Hello; false when it
+    /// is a client and `clientLimit` clients are connected already.
+    func identify(_ ticket: UInt64, asMember member: Bool, clientLimit: Int) -> Bool {
+        state.withLock { state in
+            guard let entry = state.open[ticket], entry.kind == .pending else { return true }
+            if member {
+                state.open[ticket] = (entry.channel, .member)
+                return true
+            }
+            guard state.clients < clientLimit else { return false }
+            state.clients += 1
+            state.open[ticket] = (entry.channel, .client)
+            return true
+        }
     }
 
     var count: Int { state.withLock { $0.open.count } }
@@ -211,7 +296,7 @@ private final class AcceptedConnections: Sendable {
         state.withLock { state in
             state.closed = true
             defer { state.open.removeAll() }
-            return Array(state.open.values)
+            return state.open.values.map(\.channel)
         }
     }
 }
@@ -288,12 +373,19 @@ final class RPCServerHandler: ChannelInboundHandler {
     private var lastActivity = NIODeadline.now()
     /// Calls dispatched to a service and not yet answered.
     private var callsInFlight = 0
-    /// Who the peer is, read from its certificate at the first call (TLS only).
+    /// Who the peer is, read from its certificate at the Hello (TLS only).
     private var peer: PeerAuthentication?
 
-    init(configuration: RPCServerConfiguration, tables: [RPCMethodTable], logger: Logger) {
+    /// Says, at the Hello, whether this connection may stay (see `AcceptedConnections`).
+    private let identify: ConnectionIdentification
+
+    init(
+        configuration: RPCServerConfiguration, tables: [RPCMethodTable], identify: @escaping ConnectionIdentification,
+        logger: Logger
+    ) {
         self.configuration = configuration
         self.tables = tables
+        self.identify = identify
         self.logger = logger
         self.codec = FrameCodec(maxPayload: configuration.maxPayload, compressionThreshold: configuration.compressionThreshold)
     }
@@ -394,6 +486,18 @@ final class RPCServerHandler: ChannelInboundHandler {
                 message: "Hello.max_frame_size \(hello.maxFrameSize) is below the minimum of \(RPCProtocol.minimumMaxFrameSize) "
                     + "bytes; announce at least \(RPCProtocol.minimumMaxFrameSize) (0 means the default, \(Frame.defaultMaxPayload))")
         }
+        let peer = configuration.tls == nil ? PeerAuthentication.plaintext
+            : .certificate(ClusterTLS.peerIdentity(of: context.pipeline.syncOperations))
+        self.peer = peer
+        let member: Bool
+        if case .certificate(let identity?) = peer, identity.role == .server { member = true } else { member = false }
+        guard identify(member) else {
+            let reserve = configuration.effectiveMemberReserve
+            return fail(
+                context: context, code: .unavailable,
+                message: "too many client connections (limit \(configuration.clientConnectionLimit); \(reserve) of "
+                    + "\(configuration.maxConnections) kept for cluster members); try again later")
+        }
         let features: [Feature] = configuration.compression && hello.features.contains(.zlib) ? [.zlib] : []
         if hello.maxFrameSize > 0 { codec.peerMaxPayload = Int(hello.maxFrameSize) }
         let reply = HelloReply(
@@ -436,11 +540,8 @@ final class RPCServerHandler: ChannelInboundHandler {
         case .success(let decoded):
             call = decoded
         }
-        if peer == nil {
-            peer = configuration.tls == nil ? .plaintext : .certificate(ClusterTLS.peerIdentity(of: context.pipeline.syncOperations))
-        }
         let callContext = RPCCallContext(
-            eventLoop: context.eventLoop, remoteAddress: remoteAddress, peer: peer ?? .plaintext, logger: logger)
+            eventLoop: context.eventLoop, remoteAddress: remoteAddress, peer: peer ?? (configuration.tls == nil ? .plaintext : .certificate(nil)), logger: logger)
         // A plain loop: `lazy.compactMap(...).first` evaluates the route twice, running every call twice.
         var routed: EventLoopFuture<CallResult>?
         for table in tables {

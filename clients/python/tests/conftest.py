@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Optional
 
 import pytest
 
-from pbkv import Connection, PbkvError, View, pbkv_pb2
+from pbkv import TLS, Connection, PbkvError, View, pbkv_pb2
 
 REPO = Path(__file__).resolve().parents[3]
 PROTO_VARIANTS = Path(__file__).resolve().parent / "proto"
@@ -106,15 +106,26 @@ ETCD = "/usr/bin/etcd"
 
 class Cluster:
     """View services and KV servers, as processes on loopback: one view service with a data
-    directory, or (`etcd=True`) an etcd member and `viewservices` view services replicated on it."""
+    directory, or (`etcd=True`) an etcd member and `viewservices` view services replicated on it.
+    With `tls=True` the cluster gets a CA of its own (`pbkv certs init`), every process a server
+    certificate for its address, and `client_tls` is a client certificate of that CA."""
 
-    def __init__(self, binary: Path, directory: Path, *, etcd: bool = False, viewservices: int = 1) -> None:
+    def __init__(
+        self, binary: Path, directory: Path, *, etcd: bool = False, viewservices: int = 1, tls: bool = False
+    ) -> None:
         self.binary = binary
         self.directory = directory
         self.processes: list[Process] = []
         self.servers: dict[str, Process] = {}
         self.viewservices: dict[str, Process] = {}
+        self.certs: Optional[Path] = None
+        self.client_tls: Optional[TLS] = None
         try:
+            if tls:
+                self.certs = directory / "certs"
+                self.certs_command("init", str(self.certs))
+                self.certs_command("issue", str(self.certs), "tester", "--role", "client")
+                self.client_tls = TLS.from_dir(self.certs, "tester")
             self._start(etcd, viewservices)
         except BaseException:
             self.stop()  # what did start, by pid
@@ -137,11 +148,25 @@ class Cluster:
         for i in range(viewservices):
             address = f"127.0.0.1:{free_port()}"
             data = store or ["--data-dir", str(directory / f"viewservice-{i + 1}")]
-            self.viewservices[address] = self._spawn(f"viewservice-{i + 1}", ["viewservice", "--listen", address, *data])
+            self.viewservices[address] = self._spawn(
+                f"viewservice-{i + 1}", ["viewservice", "--listen", address, *data, *self._identity(f"viewservice-{i + 1}", address)])
         for address in self.viewservices:
             host, port = address.split(":")
             wait_for(lambda: _accepts(host, int(port)), within=20, what=f"the view service at {address} to listen")
         self.viewservice_address = ",".join(self.viewservices)
+
+    def certs_command(self, *args: str) -> None:
+        """Runs `pbkv certs ARGS…`; fails the test with its output if it fails."""
+        result = subprocess.run([str(self.binary), "certs", *args], capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            pytest.fail(f"pbkv certs {' '.join(args)} failed: {result.stdout}{result.stderr}")
+
+    def _identity(self, name: str, address: str) -> list[str]:
+        """The flags that make a process present a server certificate for `address` (none in plaintext)."""
+        if self.certs is None:
+            return []
+        self.certs_command("issue", str(self.certs), name, "--role", "server", "--host", address)
+        return ["--tls", str(self.certs), "--tls-name", name]
 
     def _spawn(self, name: str, args: list[str]) -> Process:
         process = Process(name, [str(self.binary), *args], self.directory)
@@ -151,9 +176,10 @@ class Cluster:
     def start_server(self, *extra: str) -> str:
         """Starts a KV server; returns its address (its identity in views)."""
         address = f"127.0.0.1:{free_port()}"
+        name = f"server-{len(self.servers) + 1}"
         self.servers[address] = self._spawn(
-            f"server-{len(self.servers) + 1}",
-            ["server", "--listen", address, "--viewservice", self.viewservice_address, *extra])
+            name, ["server", "--listen", address, "--viewservice", self.viewservice_address,
+                   *self._identity(name, address), *extra])
         return address
 
     def view(self) -> Optional[View]:
@@ -168,7 +194,8 @@ class Cluster:
     def get_view_response(self, address: str) -> Optional[object]:
         """One GetView call to one view service (None when it cannot be reached)."""
         try:
-            with Connection(address, deadline=time.monotonic() + 1) as connection:
+            factory = self.client_tls.socket_factory() if self.client_tls else None
+            with Connection(address, deadline=time.monotonic() + 1, socket_factory=factory) as connection:
                 pb = connection.schema
                 return connection.call(pb.Request(get_view=pb.GetViewArgs()), time.monotonic() + 1)
         except PbkvError:

@@ -1,8 +1,8 @@
 """pbkv: a client for the pbkv primary/backup replicated key/value service.
 
-    from pbkv import Client
+    from pbkv import Client, TLS
 
-    with Client(["127.0.0.1:7000"], timeout=10) as kv:
+    with Client(["127.0.0.1:7000"], tls=TLS.from_dir("certs", "alice"), timeout=10) as kv:
         kv.put("greeting", "hello")
         assert kv.get("greeting") == "hello"
         previous = kv.put_hash("counter", "x")
@@ -21,6 +21,7 @@ from .errors import (
     Unavailable,
 )
 from .puthash import fnv1a32, put_hash_value
+from .tls import TLS, ServerIdentityError, TLSConfigError, TLSSocketFactory
 from .viewservice import View, ViewServiceClient
 
 __all__ = [
@@ -36,7 +37,11 @@ __all__ = [
     "PbkvError",
     "ProtocolError",
     "SessionExpired",
+    "ServerIdentityError",
     "SocketFactory",
+    "TLS",
+    "TLSConfigError",
+    "TLSSocketFactory",
     "Unavailable",
     "View",
     "ViewServiceClient",

@@ -22,6 +22,7 @@ from .errors import (
 )
 from .framing import DEFAULT_MAX_PAYLOAD, LATENCY_COMPRESSION_THRESHOLD
 from .viewservice import View, ViewServiceClient, parse_addresses
+from .tls import TLS
 
 Text = Union[str, bytes, bytearray, memoryview]
 
@@ -71,16 +72,22 @@ class Client:
         compression_threshold: int = LATENCY_COMPRESSION_THRESHOLD,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         socket_factory: Optional[SocketFactory] = None,
+        tls: Optional[TLS] = None,
         schema: Optional[ModuleType] = None,
         client_name: str = "pbkv-python",
     ) -> None:
         """`attempt_timeout`: one call to a primary; `viewservice_timeout`: one view service
         call; `compression`: offer zlib (frames of at least `compression_threshold` bytes are
         then sent compressed; compressed replies are accepted); `socket_factory(host, port,
-        timeout)`: how connections are opened (the seam for TLS); `schema`: the generated
+        timeout)`: how connections are opened; `tls`: mutual TLS with a client certificate
+        (`TLS.from_dir(DIR, NAME)`; None, the default, is plaintext); `schema`: the generated
         protobuf module to speak (default `pbkv.pbkv_pb2`; tests use variants of the schema)."""
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        if tls is not None:
+            if socket_factory is not None:
+                raise ValueError("pass tls or socket_factory, not both")
+            socket_factory = tls.socket_factory()
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.retry_interval = retry_interval

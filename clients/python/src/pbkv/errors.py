@@ -3,11 +3,13 @@
     PbkvError
     ├── DeadlineExceeded  the operation did not complete in time (`last_problem` says why)
     ├── Unavailable       no answer from a server: refused, lost, timed out, not the leader
-    │                     (`Client` retries these itself until its deadline)
+    │   │                 (`Client` retries these itself until its deadline)
+    │   └── ServerIdentityError  (pbkv.tls) the server's certificate does not cover the address
     ├── BadRequest        refused as malformed (e.g. a key that is not UTF-8): retrying cannot help
     ├── CallError         a call answered with an error code the client does not handle itself
     │                     (UNKNOWN_METHOD, FRAME_TOO_LARGE, …): `code`, `message`
     ├── ProtocolError     the peer broke the wire protocol, or ended the connection saying we did
+    ├── TLSConfigError    (pbkv.tls) the CA, certificate or key files cannot be used
     └── ClientClosed      the client was closed
 """
 
