@@ -19,7 +19,7 @@
 # (default 5) per matrix cell, BENCH_SECTIONS (default failover,transfer,memory),
 # BENCH_TRANSFER_KEYS, BENCH_MEMORY_KEYS (default 1000000 each), BENCH_FAILOVER_TRIALS (default
 # 5), BENCH_RESULTS_DIR (default bench/results), BENCH_NOTE (a line shown in the results, e.g.
-# "short run on a busy machine").
+# "short run on a busy machine"), PBKV_BIN (a pbkv binary to use instead of building release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,8 +39,12 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
   # The package starts a system-wide instance on port 6379; it is not used here.
 fi
 
-swift build -c release --product pbkv >/dev/null
-PBKV="$(swift build -c release --show-bin-path)/pbkv"
+if [ -n "${PBKV_BIN:-}" ]; then
+  PBKV=$PBKV_BIN
+else
+  swift build -c release --product pbkv >/dev/null
+  PBKV="$(swift build -c release --show-bin-path)/pbkv"
+fi
 WORK=$(mktemp -d /tmp/pbkv-bench.XXXXXX)
 RESULTS="$WORK/results.jsonl"
 if [ -t 2 ]; then PROGRESS=/dev/stderr; else PROGRESS="$WORK/progress.log"; fi
@@ -148,7 +152,7 @@ redis_start "$R2" "$R1"
 wait_until 10 bash -c "redis-cli -p $R2 info replication | grep -q 'master_link_status:up'"
 
 REDIS_VERSION=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
-NOTE=${BENCH_NOTE//[\"\\]/}
+NOTE=${BENCH_NOTE:-}; NOTE=${NOTE//[\"\\]/}  # shown as it is, in JSON too
 record '"section":"meta"' "{\"date\":\"$(date -u '+%Y-%m-%d %H:%M UTC')\",\"cores\":$(nproc),\"kernel\":\"$(uname -r)\",\"load_before\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"redis_version\":\"$REDIS_VERSION\",\"seconds_per_cell\":$SECONDS_PER_CELL,\"keys\":$KEYS${NOTE:+,\"note\":\"$NOTE\"}}"
 echo "pbkv bench — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r), load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "pbkv: view service + primary + backup (processes, plaintext); Redis $REDIS_VERSION: primary + 1 replica; loopback."
@@ -209,10 +213,11 @@ compare_clusters() {
   local base=$1 name clients mix shape out row
   local -A rate=() p50=()
   echo "$title — each cell against $(sed 's/ /, /g' <<<"$*") in turn; 16 B values, ${SECONDS_PER_CELL} s per cell:"
-  row=$(printf '%-24s' "shape")
-  for name in "$@"; do row+=$(printf ' | %9.9s %6s %6s' "$name op/s" "p50" "p99"); done
-  for name in "${@:2}"; do row+=$(printf ' | %16s' "÷op/s  ×p50"); done
-  echo "$row"
+  local names units
+  names=$(printf '%-24s' ""); units=$(printf '%-24s' "shape")
+  for name in "$@"; do names+=$(printf ' | %-23.23s' "$name"); units+=$(printf ' | %9s %6s %6s' "op/s" "p50" "p99"); done
+  for name in "${@:2}"; do names+=$(printf ' | %-16.16s' "$name/$base"); units+=' |   ÷op/s     ×p50'; done
+  printf '%s\n%s\n' "$names" "$units"
   for clients in 1 50; do
     for mix in "put=100" "get=90,put=10"; do
       shape="16B $(mix_name "$mix")"
