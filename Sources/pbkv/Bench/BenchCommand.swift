@@ -97,12 +97,12 @@ struct BenchCommand: AsyncParsableCommand {
                     client: try KVClient(viewService: viewservice, configuration: configuration, logger: ClusterBenchCommand.quietLogger))
             }
         }
+        let display = ProgressDisplay(enabled: !noProgress)
         if fill {
-            try await runFill(targets, keyNames: keyNames, value: value, display: ProgressDisplay(enabled: !noProgress))
+            try await runFill(targets, keyNames: keyNames, value: value, display: display)
             for target in targets { await target.close() }
             return
         }
-        let display = ProgressDisplay(enabled: !noProgress)
         // Make sure every key exists so Gets measure the same path as writes.
         if mix.get > 0 {
             let loader = targets[0]

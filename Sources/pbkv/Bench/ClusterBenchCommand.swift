@@ -293,7 +293,8 @@ struct ClusterBenchCommand: AsyncParsableCommand {
             let start = ContinuousClock.now
             let backup = try cluster.startServer(name: "backup-\(trial)", extraArguments: compression ? [] : ["--no-compression"])
             let title = "transfer (compression \(compression ? "on" : "off"))"
-            try await display.run(title, sample: { Self.transferSample(backup: backup.pid, primaryRSS: primaryRSS) }) {
+            let backupPID = backup.pid
+            try await display.run(title, sample: { Self.transferSample(backup: backupPID, primaryRSS: primaryRSS) }) {
                 _ = try await watcher.waitForView(within: .seconds(300), pollEvery: .milliseconds(2)) {
                     $0.acknowledged && $0.backup == backup.address
                 }

@@ -30,7 +30,7 @@ struct ProgressDisplay: Sendable {
             var reporter = ProgressReporter(title: title, style: style)
             while !Task.isCancelled {
                 let (fraction, detail) = sample()
-                if let text = reporter.update(fraction: fraction, detail: detail, elapsed: .now - start) { Self.write(text) }
+                if let text = reporter.update(fraction: fraction, detail: detail, elapsed: ContinuousClock.now - start) { Self.write(text) }
                 try? await Task.sleep(for: style == .bar ? .milliseconds(200) : .seconds(1))
             }
             return reporter
@@ -40,7 +40,7 @@ struct ProgressDisplay: Sendable {
         ticker.cancel()
         let reporter = await ticker.value
         switch result {
-        case .success: Self.write(reporter.finish(detail: sample().detail, elapsed: .now - start))
+        case .success: Self.write(reporter.finish(detail: sample().detail, elapsed: ContinuousClock.now - start))
         case .failure: if style == .bar { Self.write(reporter.finish(detail: "", elapsed: .zero)) }  // erase the bar
         }
         return try result.get()
