@@ -355,7 +355,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
             ? FileHandle(forWritingAtPath: results) : nil)
         else { throw ValidationError("--results: cannot write \(results)") }
         defer { try? file.close() }
-        try file.seekToEnd()
+        _ = try file.seekToEnd()
         try file.write(contentsOf: Data((object + "\n").utf8))
     }
 
