@@ -15,7 +15,7 @@ PY_PROTO_OUT := $(PY_CLIENT)/src/pbkv
 GRPCIO_TOOLS := grpcio-tools==1.85.1
 PY_PROTOC = $(VENV)/bin/python -m grpc_tools.protoc -I proto --python_out=$(1) --pyi_out=$(1) proto/pbkv.proto
 
-.PHONY: deps build release test run proto proto-check clean chaos chaos-short bench python-venv python-proto-check python-test
+.PHONY: deps build release test run proto proto-check clean chaos chaos-short bench bench-report-test python-venv python-proto-check python-test
 SECONDS ?= 60
 SEEDS ?= 1
 # ETCD=1: chaos against the replicated view service (three view services on a three-member etcd).
@@ -38,8 +38,9 @@ release: deps
 	$(SWIFT) build -c release
 
 ## test: every test of every module (unit, end to end over loopback), a short chaos run, and the
-## Python client's tests against the built `pbkv` (first: the committed generated Python is current).
-test: deps proto-check python-proto-check
+## Python client's tests against the built `pbkv` (first: the committed generated Python is current,
+## and the bench report generator's tests, under a second).
+test: deps proto-check python-proto-check bench-report-test
 	$(SWIFT) build --build-tests
 	$(MAKE) --no-print-directory chaos-short
 	$(SWIFT) test --skip-build $(SWIFT_TEST_FLAGS)
@@ -92,9 +93,14 @@ run: deps
 	$(SWIFT) build -c release --product pbkv
 	$$($(SWIFT) build -c release --show-bin-path)/pbkv local
 
-## bench: pbkv next to Redis (installs redis-server), failover, transfer, memory; see scripts/bench.sh.
+## bench: pbkv next to Redis (installs redis-server), TLS cost, failover, transfer, memory; writes
+## bench/results/latest.{md,svg,jsonl}; see scripts/bench.sh.
 bench: deps
 	bash scripts/bench.sh
+
+## bench-report-test: tests of scripts/bench_report.py (the markdown and SVG of `make bench`).
+bench-report-test:
+	PYTHONDONTWRITEBYTECODE=1 $(PYTHON) -m unittest discover -q -s scripts -p 'test_*.py'
 
 ## proto: regenerate the committed code from proto/*.proto: C with protoc-c, Python with grpcio-tools.
 proto: deps $(VENV)/.installed

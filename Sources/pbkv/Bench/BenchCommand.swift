@@ -39,6 +39,8 @@ struct BenchCommand: AsyncParsableCommand {
     var redisWait: Int = 0
     @Flag(help: "Write each of the --keys keys once (split among the clients), report the rate, and exit.")
     var fill = false
+    @Flag(help: "Show no progress on standard error (a bar on a terminal, a few lines otherwise).")
+    var noProgress = false
 
     struct Mix {
         var get = 0
@@ -95,45 +97,47 @@ struct BenchCommand: AsyncParsableCommand {
                     client: try KVClient(viewService: viewservice, configuration: configuration, logger: ClusterBenchCommand.quietLogger))
             }
         }
+        let display = ProgressDisplay(enabled: !noProgress)
         if fill {
-            try await runFill(targets, keyNames: keyNames, value: value)
+            try await runFill(targets, keyNames: keyNames, value: value, display: display)
             for target in targets { await target.close() }
             return
         }
         // Make sure every key exists so Gets measure the same path as writes.
         if mix.get > 0 {
             let loader = targets[0]
-            for key in keyNames.prefix(min(keys, 10_000)) { try await loader.put(key, value) }
+            let preload = Array(keyNames.prefix(min(keys, 10_000)))
+            let loaded = Progress()
+            try await display.run("\(targetName) preload", sample: { Self.keysSample(loaded.count, of: preload.count) }) {
+                for key in preload {
+                    try await loader.put(key, value)
+                    loaded.add(1)
+                }
+            }
         }
-        let warmupEnd = ContinuousClock.now + .milliseconds(Int64(warmup * 1000))
+        let start = ContinuousClock.now
+        let warmupEnd = start + .milliseconds(Int64(warmup * 1000))
         let end = warmupEnd + .milliseconds(Int64(duration * 1000))
         let progress = Progress()
-        let reporter = Task {
-            var last = 0
-            while ContinuousClock.now < end {
-                try? await Task.sleep(for: .seconds(1))
-                let done = progress.count
-                if !json { FileHandle.standardError.write(Data("  \(done - last) ops/s\n".utf8)) }
-                last = done
+        let title = "\(targetName) \(clients) client\(clients == 1 ? "" : "s")"
+        let results = try await display.run(title, sample: { Self.timeSample(ops: progress.count, start: start, end: end) }) {
+            try await withThrowingTaskGroup(of: (Histogram<UInt64>, Int).self) { group in
+                for (n, client) in targets.enumerated() {
+                    let loop = BenchLoop(
+                        seed: UInt64(n + 1), keyNames: keyNames, value: value, mix: mix, warmupEnd: warmupEnd, end: end,
+                        progress: progress)
+                    // Each client's loop runs on that client's own event loop: no thread hop per call.
+                    group.addTask { await client.drive(loop) }
+                }
+                var merged = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+                var errors = 0
+                for try await (h, e) in group {
+                    merged.add(h)
+                    errors += e
+                }
+                return (merged, errors)
             }
         }
-        let results = try await withThrowingTaskGroup(of: (Histogram<UInt64>, Int).self) { group in
-            for (n, client) in targets.enumerated() {
-                let loop = BenchLoop(
-                    seed: UInt64(n + 1), keyNames: keyNames, value: value, mix: mix, warmupEnd: warmupEnd, end: end,
-                    progress: progress)
-                // Each client's loop runs on that client's own event loop: no thread hop per call.
-                group.addTask { await client.drive(loop) }
-            }
-            var merged = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
-            var errors = 0
-            for try await (h, e) in group {
-                merged.add(h)
-                errors += e
-            }
-            return (merged, errors)
-        }
-        reporter.cancel()
         var retries = 0
         var vsCalls = 0
         var operations = 0
@@ -171,20 +175,24 @@ extension BenchCommand {
     }
 
     /// Writes every key once, the keys split evenly among the clients, and prints the rate.
-    func runFill(_ targets: [any BenchTarget], keyNames: [String], value: String) async throws {
+    func runFill(_ targets: [any BenchTarget], keyNames: [String], value: String, display: ProgressDisplay) async throws {
         let start = ContinuousClock.now
         let count = targets.count
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for (n, target) in targets.enumerated() {
-                group.addTask {
-                    var index = n
-                    while index < keyNames.count {
-                        try await target.put(keyNames[index], value)
-                        index += count
+        let loaded = Progress()
+        try await display.run("\(targetName) fill", sample: { Self.keysSample(loaded.count, of: keyNames.count) }) {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (n, target) in targets.enumerated() {
+                    group.addTask {
+                        var index = n
+                        while index < keyNames.count {
+                            try await target.put(keyNames[index], value)
+                            loaded.add(1)
+                            index += count
+                        }
                     }
                 }
+                try await group.waitForAll()
             }
-            try await group.waitForAll()
         }
         let seconds = (ContinuousClock.now - start).inSeconds
         let rate = Double(keyNames.count) / seconds
@@ -194,6 +202,20 @@ extension BenchCommand {
         } else {
             print("\(targetName) fill: " + String(format: "%d keys of %d B in %.2f s (%.0f puts/s)", keyNames.count, valueSize, seconds, rate))
         }
+    }
+}
+
+extension BenchCommand {
+    /// Progress of a fill: keys written of the total.
+    static func keysSample(_ done: Int, of total: Int) -> (fraction: Double?, detail: String) {
+        (total > 0 ? Double(done) / Double(total) : nil, "\(done)/\(total) keys")
+    }
+
+    /// Progress of a timed run (warm-up included): operations so far and the time left.
+    static func timeSample(ops: Int, start: ContinuousClock.Instant, end: ContinuousClock.Instant) -> (fraction: Double?, detail: String) {
+        let now = ContinuousClock.now
+        let fraction = (now - start).inSeconds / (end - start).inSeconds
+        return (fraction, String(format: "%d ops, %.0f s left", ops, max(0, (end - now).inSeconds)))
     }
 }
 
@@ -267,7 +289,7 @@ struct RedisBenchTarget: BenchTarget {
     func close() async { await client.close() }
 }
 
-/// Counts operations across client tasks for the progress line.
+/// Counts operations across client tasks for the progress display.
 final class Progress: Sendable {
     private let counter = Atomic<Int>(0)
     var count: Int { counter.load(ordering: .relaxed) }

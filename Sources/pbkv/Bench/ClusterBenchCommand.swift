@@ -43,6 +43,12 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     @OptionGroup var security: OwnClusterSecurityOptions
     @Flag(help: "Print one JSON object per section instead of text.")
     var json = false
+    @Option(help: "Also append each section's JSON object, one per line, to this file (text still goes to stdout).")
+    var results: String?
+    @Flag(help: "Show no progress on standard error (a bar on a terminal, a few lines otherwise).")
+    var noProgress = false
+
+    private var display: ProgressDisplay { ProgressDisplay(enabled: !noProgress) }
 
     func run() async throws {
         _ = NIOSingletonsInstaller.installOnce
@@ -90,12 +96,10 @@ struct ClusterBenchCommand: AsyncParsableCommand {
             await watcher.close()
             let stats = Self.summary(gaps)
             let viewService = replicated == nil ? "file" : "etcd"
-            if json {
-                print("{\"section\":\"failover\",\"view_service\":\"\(viewService)\"," + stats.json + "}")
-            } else {
-                print("failover\(replicated == nil ? "" : " (view service on etcd)"): \(gaps.count) trials, gap " + stats.text
+            try report(
+                json: "{\"section\":\"failover\",\"view_service\":\"\(viewService)\"," + stats.json + "}",
+                text: "failover\(replicated == nil ? "" : " (view service on etcd)"): \(gaps.count) trials, gap " + stats.text
                     + " (default settings: ping 100 ms, 5 missed pings)")
-            }
         }
     }
 
@@ -169,16 +173,15 @@ struct ClusterBenchCommand: AsyncParsableCommand {
             await watcher.close()
 
             let a = Self.summary(leaderGaps), client = Self.summary(clientGaps), stalls = Self.summary(putStalls), b = Self.summary(bothGaps)
-            if json {
-                print("{\"section\":\"vs-failover\",\"leader\":{" + a.json + "},\"client_getview\":{" + client.json
-                    + "},\"put_stall\":{" + stalls.json + "},\"leader_and_primary\":{" + b.json + "}}")
-            } else {
-                print("vs-failover (a): \(leaderGaps.count) trials, SIGKILL of the leader view service to the first GetView answered by the new leader: " + a.text)
-                print("vs-failover (a): the same through a client that knew the old leader: " + client.text
-                    + "; longest stretch without an acknowledged Put meanwhile: " + stalls.text)
-                print("vs-failover (b): \(bothGaps.count) trials, SIGKILL of the leader view service and the primary together to the first acknowledged Put: " + b.text)
-                print("vs-failover: etcd lease TTL 2 s, campaign every 250 ms; ping 100 ms, 5 missed pings")
-            }
+            try report(
+                json: "{\"section\":\"vs-failover\",\"leader\":{" + a.json + "},\"client_getview\":{" + client.json
+                    + "},\"put_stall\":{" + stalls.json + "},\"leader_and_primary\":{" + b.json + "}}",
+                text: """
+                    vs-failover (a): \(leaderGaps.count) trials, SIGKILL of the leader view service to the first GetView answered by the new leader: \(a.text)
+                    vs-failover (a): the same through a client that knew the old leader: \(client.text); longest stretch without an acknowledged Put meanwhile: \(stalls.text)
+                    vs-failover (b): \(bothGaps.count) trials, SIGKILL of the leader view service and the primary together to the first acknowledged Put: \(b.text)
+                    vs-failover: etcd lease TTL 2 s, campaign every 250 ms; ping 100 ms, 5 missed pings
+                    """)
         }
     }
 
@@ -275,7 +278,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     private func runTransfer() async throws {
         let (cluster, _, watcher, primary) = try await Self.startLonePrimary(tls: security.tls)
         defer { cluster.stopAll() }
-        let fillSeconds = try await Self.fill(cluster, keys: transferKeys, clients: fillClients) { i in
+        let fillSeconds = try await Self.fill(cluster, keys: transferKeys, clients: fillClients, display: display) { i in
             Self.textValue(i, size: transferValueSize)
         }
         let logicalBytes = (0..<transferKeys).reduce(0) { $0 + "key:\($1)".utf8.count } + transferKeys * transferValueSize
@@ -289,8 +292,12 @@ struct ClusterBenchCommand: AsyncParsableCommand {
             let writtenBefore = ProcStats(pid: primary.pid).writtenBytes
             let start = ContinuousClock.now
             let backup = try cluster.startServer(name: "backup-\(trial)", extraArguments: compression ? [] : ["--no-compression"])
-            _ = try await watcher.waitForView(within: .seconds(300), pollEvery: .milliseconds(2)) {
-                $0.acknowledged && $0.backup == backup.address
+            let title = "transfer (compression \(compression ? "on" : "off"))"
+            let backupPID = backup.pid
+            try await display.run(title, sample: { Self.transferSample(backup: backupPID, primaryRSS: primaryRSS) }) {
+                _ = try await watcher.waitForView(within: .seconds(300), pollEvery: .milliseconds(2)) {
+                    $0.acknowledged && $0.backup == backup.address
+                }
             }
             let elapsed = (ContinuousClock.now - start).inSeconds
             // The primary logs how long the transfer itself took (first chunk to last ack).
@@ -300,15 +307,13 @@ struct ClusterBenchCommand: AsyncParsableCommand {
             let backupStats = ProcStats(pid: backup.pid)
             let wire = primaryStats.writtenBytes - writtenBefore
             let rate = Double(logicalBytes) / 1e6 / transferSeconds
-            if json {
-                print("{\"section\":\"transfer\",\"compression\":\(compression)," + String(format: "\"keys\":%d,\"value_size\":%d,\"logical_bytes\":%d,\"seconds_to_backup\":%.3f,\"transfer_seconds\":%.3f,\"mb_per_s\":%.1f,\"wire_bytes\":%d,\"primary_peak_rss\":%d,\"backup_peak_rss\":%d}",
-                    transferKeys, transferValueSize, logicalBytes, elapsed, transferSeconds, rate, wire,
-                    primaryStats.peakResidentBytes, backupStats.peakResidentBytes))
-            } else {
-                print("transfer (compression \(compression ? "on" : "off")): " + String(format: "backup in the acknowledged view %.2f s after its start; transfer %.2f s, %.0f MB/s logical; primary wrote %.1f MB (%.2f of logical); peak RSS primary %.0f MiB, backup %.0f MiB",
+            try report(
+                json: "{\"section\":\"transfer\",\"compression\":\(compression)," + String(format: "\"keys\":%d,\"value_size\":%d,\"logical_bytes\":%d,\"fill_seconds\":%.2f,\"primary_rss\":%d,\"seconds_to_backup\":%.3f,\"transfer_seconds\":%.3f,\"mb_per_s\":%.1f,\"wire_bytes\":%d,\"primary_peak_rss\":%d,\"backup_peak_rss\":%d}",
+                    transferKeys, transferValueSize, logicalBytes, fillSeconds, primaryRSS, elapsed, transferSeconds, rate, wire,
+                    primaryStats.peakResidentBytes, backupStats.peakResidentBytes),
+                text: "transfer (compression \(compression ? "on" : "off")): " + String(format: "backup in the acknowledged view %.2f s after its start; transfer %.2f s, %.0f MB/s logical; primary wrote %.1f MB (%.2f of logical); peak RSS primary %.0f MiB, backup %.0f MiB",
                     elapsed, transferSeconds, rate, Double(wire) / 1e6, Double(wire) / Double(logicalBytes),
                     Double(primaryStats.peakResidentBytes) / 1_048_576, Double(backupStats.peakResidentBytes) / 1_048_576))
-            }
             // Remove this backup so the next one joins afresh: the view service drops it after
             // its missed pings, and the primary acknowledges the view without a backup.
             backup.killAndWait()
@@ -325,23 +330,34 @@ struct ClusterBenchCommand: AsyncParsableCommand {
         defer { cluster.stopAll() }
         await watcher.close()
         let before = ProcStats(pid: primary.pid).residentBytes
-        let seconds = try await Self.fill(cluster, keys: memoryKeys, clients: fillClients) { i in
+        let seconds = try await Self.fill(cluster, keys: memoryKeys, clients: fillClients, display: display) { i in
             Self.textValue(i, size: 16)
         }
         // Let the allocator settle after the burst of connections and buffers.
         try await Task.sleep(for: .milliseconds(500))
         let after = ProcStats(pid: primary.pid).residentBytes
         let perKey = Double(after - before) / Double(memoryKeys)
-        if json {
-            print(String(format: "{\"section\":\"memory\",\"keys\":%d,\"value_size\":16,\"rss_before\":%d,\"rss_after\":%d,\"bytes_per_key\":%.1f,\"fill_seconds\":%.2f}",
-                memoryKeys, before, after, perKey, seconds))
-        } else {
-            print(String(format: "memory: %d keys of 16 B: primary RSS %.0f MiB → %.0f MiB, %.1f bytes per key (%.0f MiB per million keys)",
+        try report(
+            json: String(format: "{\"section\":\"memory\",\"keys\":%d,\"value_size\":16,\"rss_before\":%d,\"rss_after\":%d,\"bytes_per_key\":%.1f,\"fill_seconds\":%.2f}",
+                memoryKeys, before, after, perKey, seconds),
+            text: String(format: "memory: %d keys of 16 B: primary RSS %.0f MiB → %.0f MiB, %.1f bytes per key (%.0f MiB per million keys)",
                 memoryKeys, Double(before) / 1_048_576, Double(after) / 1_048_576, perKey, perKey * 1e6 / 1_048_576))
-        }
     }
 
     // MARK: Helpers
+
+    /// Prints a section's result (its JSON object with `--json`, else `text`) and appends the
+    /// JSON object as one line to `--results`.
+    private func report(json object: String, text: @autoclosure () -> String) throws {
+        print(json ? object : text())
+        guard let results else { return }
+        guard let file = FileHandle(forWritingAtPath: results) ?? (FileManager.default.createFile(atPath: results, contents: nil)
+            ? FileHandle(forWritingAtPath: results) : nil)
+        else { throw ValidationError("--results: cannot write \(results)") }
+        defer { try? file.close() }
+        _ = try file.seekToEnd()
+        try file.write(contentsOf: Data((object + "\n").utf8))
+    }
 
     /// A view service and one server, waited for until it is the acknowledged primary; the
     /// returned client watches the view.
@@ -377,24 +393,40 @@ struct ClusterBenchCommand: AsyncParsableCommand {
         return String(text.utf8.prefix(size))!
     }
 
-    /// Puts keys `key:0` … with `clients` concurrent clients; returns the seconds it took.
-    static func fill(_ cluster: ProcessCluster, keys: Int, clients: Int, value: @escaping @Sendable (Int) -> String) async throws -> Double {
+    /// Puts keys `key:0` … with `clients` concurrent clients, showing progress on `display`;
+    /// returns the seconds it took.
+    static func fill(
+        _ cluster: ProcessCluster, keys: Int, clients: Int, display: ProgressDisplay, value: @escaping @Sendable (Int) -> String
+    ) async throws -> Double {
         let start = ContinuousClock.now
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for n in 0..<clients {
-                group.addTask {
-                    let client = try cluster.client(logger: quietLogger)
-                    var index = n
-                    while index < keys {
-                        try await client.put("key:\(index)", value(index))
-                        index += clients
+        let loaded = Progress()
+        try await display.run("fill \(keys) keys", sample: { BenchCommand.keysSample(loaded.count, of: keys) }) {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for n in 0..<clients {
+                    group.addTask {
+                        let client = try cluster.client(logger: quietLogger)
+                        var index = n
+                        while index < keys {
+                            try await client.put("key:\(index)", value(index))
+                            loaded.add(1)
+                            index += clients
+                        }
+                        await client.close()
                     }
-                    await client.close()
                 }
+                try await group.waitForAll()
             }
-            try await group.waitForAll()
         }
         return (ContinuousClock.now - start).inSeconds
+    }
+
+    /// Progress of a state transfer, estimated from outside: the backup's resident memory grows
+    /// towards the primary's (`primaryRSS`, measured before the transfer) as it loads the state.
+    static func transferSample(backup: Int32, primaryRSS: Int) -> (fraction: Double?, detail: String) {
+        let backupRSS = ProcStats(pid: backup).residentBytes
+        let mib = { (bytes: Int) in String(format: "%.0f", Double(bytes) / 1_048_576) }
+        return (primaryRSS > 0 ? min(0.99, Double(backupRSS) / Double(primaryRSS)) : nil,
+            "backup resident \(mib(backupRSS)) of the primary's \(mib(primaryRSS)) MiB")
     }
 
     /// The `milliseconds` of the last "state transfer completed" line of a server's log.
