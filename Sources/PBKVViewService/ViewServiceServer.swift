@@ -196,18 +196,23 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
     private func persist(_ proposal: ViewRecord, store: any ViewStore, expected: ViewRecord?) -> EventLoopFuture<Void> {
         let settled = eventLoop.makePromise(of: Void.self)
         state.value.settling = settled.futureResult
-        attemptStore(proposal, store: store, expected: expected, term: state.value.term, settled: settled)
+        attemptStore(proposal, store: store, expected: expected, term: state.value.term, retrying: false, settled: settled)
         return settled.futureResult
     }
 
     private func attemptStore(
-        _ proposal: ViewRecord, store: any ViewStore, expected: ViewRecord?, term: UInt64, settled: EventLoopPromise<Void>
+        _ proposal: ViewRecord, store: any ViewStore, expected: ViewRecord?, term: UInt64, retrying: Bool,
+        settled: EventLoopPromise<Void>
     ) {
         let stored = eventLoop.makePromise(of: Result<Void, ViewStoreError>.self)
         stored.completeWithTask {
             do throws(ViewStoreError) {
                 try await store.compareAndStore(proposal, expected: expected)
                 return .success(())
+            } catch .conflict(let location) where retrying {
+                // The attempt that failed without a verdict may have stored it after all.
+                if let current = try? await store.load(), current == proposal { return .success(()) }
+                return .failure(.conflict(location: location))
             } catch {
                 return .failure(error)
             }
@@ -228,7 +233,7 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
                 self.logger.error("view not stored; will retry", metadata: ["error": "\(reason)"])
                 self.eventLoop.scheduleTask(in: self.configuration.pingInterval.timeAmount) {
                     guard self.state.value.term == term else { return self.settle(settled) }
-                    self.attemptStore(proposal, store: store, expected: expected, term: term, settled: settled)
+                    self.attemptStore(proposal, store: store, expected: expected, term: term, retrying: true, settled: settled)
                 }.futureResult.whenFailure { _ in settled.succeed(()) }  // the loop shut down
                 return
             case .failure(let error):
