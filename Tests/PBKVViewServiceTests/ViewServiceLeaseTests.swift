@@ -76,6 +76,15 @@ struct ViewServiceLeaseTests {
             throw ViewServiceWaitFailed(description: "\(server) never saw the view it waited for")
         }
 
+        /// Polls the store until `condition` holds; throws after 5 s.
+        func waitForStore(_ what: String, _ condition: (ScriptedViewStore) async -> Bool) async throws {
+            let end = ContinuousClock.now + .seconds(5)
+            while await !condition(store) {
+                guard ContinuousClock.now < end else { throw ViewServiceWaitFailed(description: "no \(what) within 5 s") }
+                try await Task.sleep(for: ViewServiceLeaseTests.interval / 5)
+            }
+        }
+
         /// s1 primary and s2 backup of an acknowledged view 2.
         func primaryAndBackup() async throws {
             _ = try await pingUntil("s1") { $0.primary == "s1" && $0.acknowledged }
@@ -141,11 +150,7 @@ struct ViewServiceLeaseTests {
             let s2 = Self.keepAlive(h)
             defer { s2.cancel() }
             // s1 falls silent; after a dead interval the view service decides to promote s2.
-            let end = ContinuousClock.now + .seconds(5)
-            while await !h.store.holding {
-                guard ContinuousClock.now < end else { throw ViewServiceWaitFailed(description: "no promotion stored") }
-                try await Task.sleep(for: Self.interval / 5)
-            }
+            try await h.waitForStore("promotion being stored") { await $0.holding }
             // s1 wakes and pings: the stored view still names it, but it must not hear so.
             let answer = Task { () -> (View, ContinuousClock.Instant) in
                 let view = try await h.ping("s1", 2)
@@ -167,11 +172,7 @@ struct ViewServiceLeaseTests {
             await h.store.failAmbiguously(primary: "s2")
             let s2 = Self.keepAlive(h)
             defer { s2.cancel() }
-            let end = ContinuousClock.now + .seconds(5)
-            while await !h.store.ambiguousFired {
-                guard ContinuousClock.now < end else { throw ViewServiceWaitFailed(description: "no promotion attempted") }
-                try await Task.sleep(for: Self.interval / 5)
-            }
+            try await h.waitForStore("promotion attempted") { await $0.ambiguousFired }
             // The record naming s2 is in the store: s1 must never again hear that it is primary.
             for _ in 0..<5 {
                 let view = try await h.ping("s1", 2)
