@@ -28,6 +28,9 @@ public final class EtcdElection: ViewServiceElection {
         public var campaignInterval: Duration
         /// How long a leader that resigned waits before campaigning again, so another can win.
         public var resignBackoff: Duration
+        /// Largest relative rate difference assumed between this process's monotonic clock and
+        /// etcd's: leadership is taken as sure only until `lastSent + TTL × (1 − driftBound)`.
+        public var driftBound = 0.01
 
         public init(
             leaseTTL: Duration = .seconds(2), campaignInterval: Duration = .milliseconds(250),
@@ -49,6 +52,13 @@ public final class EtcdElection: ViewServiceElection {
     /// Raised unless a test froze the election (see `freeze()`).
     private let thawed = Wakeup()
     private let running = NIOLockedValueBox(false)
+    /// `leadershipValidUntil`: set while leading, in the past otherwise.
+    private let validUntil = NIOLockedValueBox(ContinuousClock.now)
+
+    /// Until when this process surely leads: the lease's local deadline shortened by the drift
+    /// bound (etcd counts the TTL from when it received the grant or keepalive, on its clock;
+    /// a new leader's key can only be created after that). In the past while not leading.
+    public var leadershipValidUntil: ContinuousClock.Instant? { validUntil.withLockedValue { $0 } }
 
     public convenience init(
         client: EtcdClient, prefix: String = "pbkv", advertise: String, leaseTTL: Duration = .seconds(2), logger: Logger
@@ -261,6 +271,9 @@ public final class EtcdElection: ViewServiceElection {
         var held = lease
         guard clock.now < held.deadline else { return .lost("the lease's local deadline passed while campaigning") }
         resignation.lower()
+        let sureUntil = { (held: HeldLease) in held.lastSent + held.ttl * (1 - self.timing.driftBound) }
+        validUntil.withLockedValue { $0 = sureUntil(held) }
+        defer { validUntil.withLockedValue { $0 = clock.now } }
         await reporter.leader(EtcdViewStore(client: client, keys: keys, term: term, logger: logger))
         while true {
             await resignation.wait(until: held.renewal)
@@ -277,6 +290,7 @@ public final class EtcdElection: ViewServiceElection {
             case .renewed(let ttl):
                 held.lastSent = sent
                 held.ttl = .seconds(ttl)
+                validUntil.withLockedValue { $0 = sureUntil(held) }
             case .timedOut:
                 if Task.isCancelled { return .cancelled }
                 return .lost("no keepalive succeeded before the lease's local deadline")

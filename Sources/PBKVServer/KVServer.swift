@@ -221,6 +221,11 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         }.get()
     }
 
+    /// Whether this server holds a read lease now (tests: wait for it to end).
+    public func holdsReadLease() async throws -> Bool {
+        try await eventLoop.submit { self.state.value.machine.holdsLease(at: self.clockNow) }.get()
+    }
+
     /// Connections open at this server now (clients, and a primary's link if this is its backup).
     public func connectionCount() async -> Int {
         (try? await eventLoop.submit { self.rpcServer.value?.connectionCount ?? 0 }.get()) ?? 0
@@ -246,10 +251,13 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         }
         state.value.pingInFlight = true
         let viewnum = state.value.machine.pingViewnum
+        // A read lease counts from before the ping left (ContinuousClock: it also advances
+        // while the machine is suspended, so a lease never outlives a suspend).
+        let sentAt = clockNow
         viewService.ping(server: me, viewnum: viewnum, timeout: max(configuration.pingInterval * 2, .milliseconds(500))).whenComplete { result in
             self.state.value.pingInFlight = false
             if case .success(let view) = result, !self.state.value.stopped {
-                self.run(self.state.value.machine.onView(view))
+                self.run(self.state.value.machine.onView(view, pingSentAt: sentAt))
             }
             if self.state.value.pingAgain {
                 self.state.value.pingAgain = false
@@ -312,9 +320,9 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         return client
     }
 
-    /// Origin of the `Duration`s handed to the backup timer.
+    /// Origin of the `Duration`s handed to the backup timer and the replica state machine.
     private let clockOrigin = ContinuousClock.now
-    /// Time for the backup timer: since this server was made.
+    /// Time for the backup timer and read leases: since this server was made.
     private var clockNow: Duration { ContinuousClock.now - clockOrigin }
 
     private func withBackupTimer<T>(_ body: (inout BackupCallTimer) -> T) -> T {
@@ -380,7 +388,9 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
             let token = self.state.value.nextToken
             self.state.value.nextToken += 1
             self.state.value.waiting[token] = promise
-            self.run(self.state.value.machine.onClientRequest(op, token: token))
+            // The clock is read here, when the request is handled: a process paused since the
+            // request arrived sees the time it woke at, and its lease has ended.
+            self.run(self.state.value.machine.onClientRequest(op, token: token, now: self.clockNow))
             return promise.futureResult
         }
     }

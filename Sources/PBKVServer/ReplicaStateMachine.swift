@@ -50,8 +50,29 @@ public struct ReplicaConfiguration: Sendable, Hashable {
     /// evicted (`KVStore`). Every server of a cluster must use the same value: evictions are
     /// decided by each replica from the operation stream.
     public var maxSessions = KVStore.defaultMaxSessions
+    /// Read leases: a primary whose ping was answered with a view naming it primary answers
+    /// Gets from its own committed state until the lease ends (`leaseLength` after the ping was
+    /// sent), without a round trip to the backup. Off: every Get goes through the backup.
+    public var readLeases = true
+    /// The view service's dead interval (its ping interval × dead pings): it never names
+    /// another primary before this primary has been silent that long. Must not exceed the view
+    /// service's; a smaller value only shortens leases.
+    public var leaseDeadInterval: Duration = .milliseconds(500)
+    /// Largest relative rate difference assumed between this server's monotonic clock and the
+    /// view service's (1 %: real clocks drift by well under 0.1 %).
+    public var leaseDriftBound = 0.01
+    /// Subtracted from every lease on top of the drift bound (clock granularity, the time
+    /// between reading the clock and reading the state).
+    public var leaseMargin: Duration = .milliseconds(10)
 
     public init() {}
+
+    /// How long after sending a ping a lease granted by its answer lasts:
+    /// `leaseDeadInterval × (1 − leaseDriftBound) − leaseMargin`; zero when leases are off.
+    public var leaseLength: Duration {
+        guard readLeases else { return .zero }
+        return max(.zero, leaseDeadInterval * (1 - leaseDriftBound) - leaseMargin)
+    }
 
     /// Most bytes of items in one batch sent by `me`: `maxBatchBytes`, or less so that the batch
     /// with its envelope fits in `maxFrameBytes`.
@@ -67,6 +88,9 @@ public struct ReplicaConfiguration: Sendable, Hashable {
         guard maxValueBytes >= 0 else { throw .valueLimitNegative(maxValueBytes) }
         guard maxBatchBytes >= 1, maxBatchOperations >= 1, maxChunkEntries >= 1 else { throw .batchLimitsNotPositive }
         guard maxSessions >= 1 else { throw .sessionLimitTooSmall(maxSessions) }
+        guard leaseDriftBound >= 0, leaseDriftBound < 1, leaseDeadInterval >= .zero, leaseMargin >= .zero else {
+            throw .leaseSettingsInvalid
+        }
         let envelope = EncodedSize.batchEnvelope(primaryBytes: me.utf8.count)
         guard EncodedSize.item(keyBytes: maxKeyBytes, valueBytes: maxValueBytes) + envelope <= maxFrameBytes else {
             throw .limitsExceedFrame(
@@ -82,6 +106,8 @@ public enum ReplicaConfigurationError: Error, Sendable, Hashable, CustomStringCo
     case valueLimitNegative(Int)
     case batchLimitsNotPositive
     case sessionLimitTooSmall(Int)
+    /// A negative dead interval or margin, or a drift bound outside 0 ..< 1.
+    case leaseSettingsInvalid
     /// The largest key plus the largest value, with the message around them, exceed a frame.
     case limitsExceedFrame(maxKeyBytes: Int, maxValueBytes: Int, largestSum: Int, maxFrameBytes: Int)
 
@@ -91,6 +117,9 @@ public enum ReplicaConfigurationError: Error, Sendable, Hashable, CustomStringCo
         case .valueLimitNegative(let n): "--max-value-bytes is \(n); it must not be negative"
         case .batchLimitsNotPositive: "maxBatchBytes, maxBatchOperations and maxChunkEntries must be positive"
         case .sessionLimitTooSmall(let n): "--max-sessions is \(n); it must be at least 1 (default \(KVStore.defaultMaxSessions))"
+        case .leaseSettingsInvalid:
+            "the read lease settings are invalid: the dead interval and margin must not be negative, the drift "
+                + "bound must be at least 0 and below 1"
         case .limitsExceedFrame(let key, let value, let largestSum, let frame):
             "--max-key-bytes \(key) plus --max-value-bytes \(value) do not fit in a frame of \(frame) bytes with the "
                 + "message around them: such a Put could never be forwarded to a backup; "
@@ -132,6 +161,13 @@ public enum ReplicaCallOutcome<Reply: Sendable & Hashable>: Sendable, Hashable {
 /// Backup: accepts transfers and forwards only from the primary of its current view, applies
 /// them in stream order, deduplicating by stream index. Any server that is not an initialized
 /// primary answers clients WRONG_SERVER and never answers from its own state.
+///
+/// Read leases (`ReplicaConfiguration.readLeases`): a ping answered with a view naming this
+/// server primary (`onView(_:pingSentAt:)`) grants a lease until `pingSentAt + leaseLength`.
+/// While it lasts (`onClientRequest(_:token:now:)` compares `now`), a Get of a key with no
+/// write waiting for the backup is answered from the store at once; any other Get goes through
+/// the backup as before. Time is an input like everything else: a `Duration` on the shell's
+/// monotonic clock.
 public struct ReplicaStateMachine: Sendable {
     public let me: String
     public let configuration: ReplicaConfiguration
@@ -188,6 +224,11 @@ public struct ReplicaStateMachine: Sendable {
     }
     private var link = BackupLink.none
     private var pending: [PendingOperation] = []
+    /// Writes (Put, PutHash) in `pending`, by key: a Get of such a key must not be answered from
+    /// the store, which already holds a write the backup has not acknowledged.
+    private var pendingWrites: [String: Int] = [:]
+    /// End of the read lease (`onView(_:pingSentAt:)`); nil: none. Only a primary holds one.
+    public private(set) var leaseEnd: Duration?
     private var nextIndex: UInt64 = 0
     private var transferCounter: UInt64 = 0
     /// The view number the primary has made good and acknowledges in pings.
@@ -218,8 +259,11 @@ public struct ReplicaStateMachine: Sendable {
 
     // MARK: - view
 
-    /// The view service answered a ping (or a view fetch) with `newView`.
-    public mutating func onView(_ newView: View) -> [ReplicaDirective] {
+    /// The view service answered a ping with `newView`; the ping was sent at `pingSentAt` (read
+    /// before sending). nil: not the answer to a ping, or its send time is unknown — it grants no
+    /// read lease.
+    public mutating func onView(_ newView: View, pingSentAt: Duration? = nil) -> [ReplicaDirective] {
+        defer { updateLease(answering: newView, pingSentAt: pingSentAt) }
         // View numbers never go backwards: the view service stores every view before showing
         // it, so an older number is a stale answer (a deposed leader's), never news.
         if newView == view || newView.viewnum < view.viewnum { return [] }
@@ -251,7 +295,7 @@ public struct ReplicaStateMachine: Sendable {
         if oldRole == .primary && newRole != .primary {
             // Deposed: nothing pending may be acknowledged; our state is no longer trusted.
             for op in pending { for token in op.tokens { directives.append(.reply(token, KVReply(code: .wrongServer))) } }
-            pending.removeAll()
+            dropAllPending()
             link = .none
             hasState = false
         }
@@ -266,7 +310,7 @@ public struct ReplicaStateMachine: Sendable {
         }
         if newRole == .primary && oldRole != .primary {
             session = nil
-            pending.removeAll()
+            dropAllPending()
             link = .none
             nextIndex = 0
             // Until the new backup holds the state, ping with the last view we knew — never 0,
@@ -277,6 +321,25 @@ public struct ReplicaStateMachine: Sendable {
         if oldRole != newRole { directives.append(.roleChanged(from: oldRole, to: newRole, view: newView)) }
         if newRole == .primary { directives += syncBackup() }
         return directives
+    }
+
+    /// After a ping's answer: a lease from the ping's send time when the answer names this
+    /// server primary of the view it now holds; no lease at all when it is not primary. An
+    /// answer older than our view (a stale one) neither grants nor ends a lease.
+    private mutating func updateLease(answering answer: View, pingSentAt: Duration?) {
+        guard role == .primary, configuration.readLeases else {
+            leaseEnd = nil
+            return
+        }
+        guard let pingSentAt, answer == view, answer.primary == me else { return }
+        let end = pingSentAt + configuration.leaseLength
+        leaseEnd = max(leaseEnd ?? end, end)
+    }
+
+    /// True when this server is primary and its read lease has not ended at `now`.
+    public func holdsLease(at now: Duration) -> Bool {
+        guard role == .primary, let leaseEnd else { return false }
+        return now < leaseEnd
     }
 
     /// Aligns the link with the view's backup: start a transfer to a new backup, or drop it.
@@ -323,16 +386,40 @@ public struct ReplicaStateMachine: Sendable {
     }
 
     private mutating func commitAllPending() -> [ReplicaDirective] {
+        acknowledgePending(below: .max)
+    }
+
+    /// The backup holds every operation below stream index `end`: answer and forget them.
+    private mutating func acknowledgePending(below end: UInt64) -> [ReplicaDirective] {
         var directives: [ReplicaDirective] = []
-        for op in pending { for token in op.tokens { directives.append(.reply(token, op.reply)) } }
-        pending.removeAll()
+        var done = 0
+        for op in pending {
+            guard op.index < end else { break }
+            for token in op.tokens { directives.append(.reply(token, op.reply)) }
+            if op.op.kind != .get {
+                if pendingWrites[op.op.key, default: 0] <= 1 {
+                    pendingWrites[op.op.key] = nil
+                } else {
+                    pendingWrites[op.op.key, default: 0] -= 1
+                }
+            }
+            done += 1
+        }
+        pending.removeFirst(done)
         return directives
+    }
+
+    private mutating func dropAllPending() {
+        pending.removeAll()
+        pendingWrites.removeAll()
     }
 
     // MARK: - client operations (primary)
 
-    /// A client asked for `op`; the reply comes now or later as `.reply(token, …)`.
-    public mutating func onClientRequest(_ op: Operation, token: ReplyToken) -> [ReplicaDirective] {
+    /// A client asked for `op` at `now` (read when the request is handled, never earlier: a
+    /// process that was paused must see the time it woke at); the reply comes now or later as
+    /// `.reply(token, …)`. nil `now`: the time is unknown, and no Get is answered on a lease.
+    public mutating func onClientRequest(_ op: Operation, token: ReplyToken, now: Duration? = nil) -> [ReplicaDirective] {
         // Client id 0 or sequence number 0 (also what a missing RequestId decodes to) would
         // share one duplicate-table row with every other such request and get its reply:
         // refuse it rather than answer from someone else's row.
@@ -370,6 +457,11 @@ public struct ReplicaStateMachine: Sendable {
         }
         let reply = store.apply(op)
         if case .none = link { return [.reply(token, reply)] }
+        // On a lease, a Get of a key without a write waiting for the backup reads committed
+        // state: answered now, not forwarded. (It is applied here only: the primary's duplicate
+        // table and clock move ahead of the backup's, see the README's "Read leases".)
+        if op.kind == .get, pendingWrites[op.key] == nil, let now, holdsLease(at: now) { return [.reply(token, reply)] }
+        if op.kind != .get { pendingWrites[op.key, default: 0] += 1 }
         pending.append(PendingOperation(index: nextIndex, op: op, reply: reply, tokens: [token]))
         nextIndex += 1
         return sendNextBatch(delay: .zero)
@@ -424,29 +516,12 @@ public struct ReplicaStateMachine: Sendable {
         case .replied(let reply):
             switch reply.code {
             case .ok:
-                let acknowledgedUpTo = firstIndex + UInt64(inFlight.count)
-                var directives: [ReplicaDirective] = []
-                var done = 0
-                for op in pending {
-                    guard op.index < acknowledgedUpTo else { break }
-                    for token in op.tokens { directives.append(.reply(token, op.reply)) }
-                    done += 1
-                }
-                pending.removeFirst(done)
-                return directives + sendNextBatch(delay: .zero)
+                return acknowledgePending(below: firstIndex + UInt64(inFlight.count)) + sendNextBatch(delay: .zero)
             case .notReady:
                 return startTransfer(to: target)
             case .outOfOrder where pending.first.map({ reply.nextIndex >= $0.index }) == true:
                 // The backup already has operations below its nextIndex: they are acknowledged.
-                var directives: [ReplicaDirective] = []
-                var done = 0
-                for op in pending {
-                    guard op.index < reply.nextIndex else { break }
-                    for token in op.tokens { directives.append(.reply(token, op.reply)) }
-                    done += 1
-                }
-                pending.removeFirst(done)
-                return directives + sendNextBatch(delay: .zero)
+                return acknowledgePending(below: reply.nextIndex) + sendNextBatch(delay: .zero)
             case .outOfOrder:
                 return startTransfer(to: target)
             default:
@@ -485,17 +560,10 @@ public struct ReplicaStateMachine: Sendable {
             // The backup holds the snapshot: operations below snapshotIndex are safe; the view
             // may now be acknowledged (at once: the view service waits for it); later
             // operations stream.
-            var directives: [ReplicaDirective] = [
+            let directives: [ReplicaDirective] = [
                 .transferCompleted(to: target, entries: transfer.entriesSent, chunks: Int(transfer.nextChunk)),
                 .fetchView,
-            ]
-            var done = 0
-            for op in pending {
-                guard op.index < transfer.snapshotIndex else { break }
-                for token in op.tokens { directives.append(.reply(token, op.reply)) }
-                done += 1
-            }
-            pending.removeFirst(done)
+            ] + acknowledgePending(below: transfer.snapshotIndex)
             link = .streaming(target: target, inFlight: nil)
             acknowledgedViewnum = view.viewnum
             return directives + sendNextBatch(delay: .zero)

@@ -23,6 +23,10 @@ public final class InProcessCluster: Sendable {
     }
 
     public let pingInterval: Duration
+    /// The view service's dead interval: what servers base read leases on.
+    public let deadInterval: Duration
+    /// Whether servers started here use read leases (`ReplicaConfiguration.readLeases`).
+    public let readLeases: Bool
     public let viewServiceAddress: String
     private let viewService: ViewServiceServer
     private let rpcServer: RPCServer
@@ -31,10 +35,12 @@ public final class InProcessCluster: Sendable {
     private let onShutdown: @Sendable () async -> Void
 
     private init(
-        pingInterval: Duration, viewService: ViewServiceServer, rpcServer: RPCServer, vsGroup: MultiThreadedEventLoopGroup,
+        pingInterval: Duration, deadInterval: Duration, readLeases: Bool, viewService: ViewServiceServer, rpcServer: RPCServer, vsGroup: MultiThreadedEventLoopGroup,
         logger: Logger, onShutdown: @escaping @Sendable () async -> Void
     ) {
         self.pingInterval = pingInterval
+        self.deadInterval = deadInterval
+        self.readLeases = readLeases
         self.viewService = viewService
         self.rpcServer = rpcServer
         self.vsGroup = vsGroup
@@ -45,10 +51,11 @@ public final class InProcessCluster: Sendable {
 
     /// Starts the view service: by default the sole leader of a memory store; `election` (with
     /// the `port` it advertises) runs it in another mode, e.g. on etcd. `onShutdown` runs after
-    /// the view service stopped (to stop what the election needed).
+    /// the view service stopped (to stop what the election needed). `readLeases` is given to
+    /// every server started.
     public static func start(
         pingInterval: Duration = .milliseconds(100), deadPings: Int = 5, port: Int = 0, election: (any ViewServiceElection)? = nil,
-        logger: Logger? = nil, onShutdown: @escaping @Sendable () async -> Void = {}
+        readLeases: Bool = true, logger: Logger? = nil, onShutdown: @escaping @Sendable () async -> Void = {}
     ) async throws -> InProcessCluster {
         var logger = logger ?? Logger(label: "pbkv.test")
         if logger.logLevel > .warning || logger.logLevel == .info { logger.logLevel = .warning }
@@ -58,7 +65,7 @@ public final class InProcessCluster: Sendable {
             configuration: ViewServiceConfiguration(pingInterval: pingInterval, deadPings: deadPings), election: election,
             group: group, logger: logger)
         return InProcessCluster(
-            pingInterval: pingInterval, viewService: service, rpcServer: server, vsGroup: group, logger: logger,
+            pingInterval: pingInterval, deadInterval: pingInterval * deadPings, readLeases: readLeases, viewService: service, rpcServer: server, vsGroup: group, logger: logger,
             onShutdown: onShutdown)
     }
 
@@ -73,6 +80,8 @@ public final class InProcessCluster: Sendable {
         var configuration = KVServerConfiguration(
             listenHost: "127.0.0.1", listenPort: chosenPort, viewService: try PeerAddress.list(parsing: viewServiceAddress))
         configuration.pingInterval = pingInterval
+        configuration.replica.leaseDeadInterval = deadInterval
+        configuration.replica.readLeases = readLeases
         let inbound = FaultInjector(policy: faults, seed: seed)
         let toViewService = FaultInjector(policy: .none, seed: seed &+ 1)
         configuration.faults = inbound

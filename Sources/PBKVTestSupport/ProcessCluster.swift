@@ -51,6 +51,8 @@ public final class ProcessCluster: @unchecked Sendable {
     private var processes: [ClusterProcess] = []
     /// Every view service started (one, or the members of a replicated one), in order.
     private var viewServices: [String] = []
+    /// The fewest `--dead-pings` of any view service started: servers base read leases on it.
+    private var deadPings = Int.max
 
     /// What servers and clients are given: the view service address(es), comma-separated.
     public var viewServiceAddress: String { lock.withLock { viewServices.joined(separator: ",") } }
@@ -137,7 +139,10 @@ public final class ProcessCluster: @unchecked Sendable {
         ] + securityArguments(for: address) + [
             "--ping-interval-ms", "\(pingIntervalMs)", "--dead-pings", "\(deadPings)",
         ] + extraArguments)
-        lock.withLock { if !viewServices.contains(address) { viewServices.append(address) } }
+        lock.withLock {
+            if !viewServices.contains(address) { viewServices.append(address) }
+            self.deadPings = min(self.deadPings, deadPings)
+        }
         return proc
     }
 
@@ -147,11 +152,14 @@ public final class ProcessCluster: @unchecked Sendable {
     }
 
     /// Starts a KV server (fresh, empty). `address` reuses a port (a restart); nil picks a free one.
+    /// Its read leases are based on the view services' dead interval (`--dead-interval-ms`).
     @discardableResult
     public func startServer(name: String, address: String? = nil, extraArguments: [String] = []) throws -> ClusterProcess {
         let address = try address ?? "\(host):\(Self.freePort(host: host))"
+        let deadPings = lock.withLock { self.deadPings == .max ? 5 : self.deadPings }
         return try launch(name: name, address: address, arguments: [
             "server", "--listen", address, "--viewservice", viewServiceAddress, "--ping-interval-ms", "\(pingIntervalMs)",
+            "--dead-interval-ms", "\(pingIntervalMs * deadPings)",
         ] + securityArguments(for: address) + extraArguments)
     }
 

@@ -36,6 +36,8 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
         var stats = ViewServiceStats()
         var ticker: RepeatedTask?
         var electionTask: Task<Void, Never>?
+        /// Settles when the machine's proposal in flight is stored or dropped.
+        var settling: EventLoopFuture<Void>?
         /// `terminated` is complete.
         var terminated = false
     }
@@ -147,7 +149,8 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
                 guard self.state.value.term == term else { return }
                 switch loaded {
                 case .success(let record):
-                    let machine = ViewServiceStateMachine(configuration: self.configuration, resuming: record, now: self.now)
+                    let machine = ViewServiceStateMachine(
+                        configuration: self.configuration, resuming: record, now: self.now, waitBeforeFirstView: true)
                     self.state.value.role = .leader(store: store, machine: machine)
                     self.logger.info("view service is leader", metadata: [
                         "store": "\(store.location)", "view.num": "\(machine.view.viewnum)",
@@ -185,20 +188,39 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
         if let proposal { _ = persist(proposal, store: store, expected: machine.storedRecord) }
     }
 
-    /// Stores `proposal`, then shows it; the future completes when that is settled.
+    /// Stores `proposal`, then shows it; the future completes when that is settled. Pings that
+    /// arrive meanwhile wait for it (`settledView`). A store that failed without a verdict
+    /// (`.unavailable`: the write may have happened) is retried with the same record every ping
+    /// interval until it is stored or refused as a conflict, so no ping is answered with a view
+    /// the store may already have replaced.
     private func persist(_ proposal: ViewRecord, store: any ViewStore, expected: ViewRecord?) -> EventLoopFuture<Void> {
-        let term = state.value.term
+        let settled = eventLoop.makePromise(of: Void.self)
+        state.value.settling = settled.futureResult
+        attemptStore(proposal, store: store, expected: expected, term: state.value.term, retrying: false, settled: settled)
+        return settled.futureResult
+    }
+
+    private func attemptStore(
+        _ proposal: ViewRecord, store: any ViewStore, expected: ViewRecord?, term: UInt64, retrying: Bool,
+        settled: EventLoopPromise<Void>
+    ) {
         let stored = eventLoop.makePromise(of: Result<Void, ViewStoreError>.self)
         stored.completeWithTask {
             do throws(ViewStoreError) {
                 try await store.compareAndStore(proposal, expected: expected)
                 return .success(())
+            } catch .conflict(let location) where retrying {
+                // The attempt that failed without a verdict may have stored it after all.
+                if let current = try? await store.load(), current == proposal { return .success(()) }
+                return .failure(.conflict(location: location))
             } catch {
                 return .failure(error)
             }
         }
-        return stored.futureResult.map { outcome in
-            guard self.state.value.term == term, case .leader(let store, var machine) = self.state.value.role else { return }
+        stored.futureResult.whenSuccess { outcome in
+            guard self.state.value.term == term, case .leader(let store, var machine) = self.state.value.role else {
+                return self.settle(settled)
+            }
             switch outcome {
             case .success:
                 let change = machine.onStored(proposal)
@@ -207,12 +229,35 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
             case .failure(.conflict):
                 self.logger.error("\(ViewStoreError.conflict(location: store.location))")
                 self.resign()
+            case .failure(.unavailable(_, let reason)):
+                self.logger.error("view not stored; will retry", metadata: ["error": "\(reason)"])
+                self.eventLoop.scheduleTask(in: self.configuration.pingInterval.timeAmount) {
+                    guard self.state.value.term == term else { return self.settle(settled) }
+                    self.attemptStore(proposal, store: store, expected: expected, term: term, retrying: true, settled: settled)
+                }.futureResult.whenFailure { _ in settled.succeed(()) }  // the loop shut down
+                return
             case .failure(let error):
                 machine.onStoreFailed()
                 self.state.value.role = .leader(store: store, machine: machine)
                 self.logger.error("view not stored; will retry", metadata: ["error": "\(error)"])
             }
+            self.settle(settled)
         }
+    }
+
+    private func settle(_ settled: EventLoopPromise<Void>) {
+        if state.value.settling == settled.futureResult { state.value.settling = nil }
+        settled.succeed(())
+    }
+
+    /// The view to answer a ping with once no proposal is in flight (waiting for it if one
+    /// is); fails NOT_LEADER when this process stopped leading meanwhile.
+    private func settledView() -> EventLoopFuture<View> {
+        guard case .leader(_, let machine) = state.value.role else { return eventLoop.makeFailedFuture(notServing()) }
+        guard machine.proposal != nil, let settling = state.value.settling else {
+            return eventLoop.makeSucceededFuture(machine.currentView)
+        }
+        return settling.flatMap { self.settledView() }
     }
 
     private func record(_ change: ViewServiceStateMachine.ViewChange) {
@@ -242,12 +287,23 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
             guard case .leader(let store, var machine) = self.state.value.role else {
                 return self.eventLoop.makeFailedFuture(self.notServing())
             }
+            // Past the time it surely leads, a paused or partitioned leader may have been replaced
+            // by one that never heard this ping: answering it would grant a read lease the new
+            // leader does not honour.
+            if let until = self.election.leadershipValidUntil, ContinuousClock.now >= until {
+                return self.eventLoop.makeFailedFuture(RPCServiceError.notLeader(nil))
+            }
             self.state.value.stats.pings += 1
             let (view, proposal) = machine.onPing(server: args.server, viewnum: args.viewnum, now: self.now)
             self.state.value.role = .leader(store: store, machine: machine)
-            guard let proposal else { return self.eventLoop.makeSucceededFuture(view) }
-            // Answer once the change is stored, so the pinger sees it without waiting a ping.
-            return self.persist(proposal, store: store, expected: machine.storedRecord).map { self.currentView() ?? view }
+            if let proposal {
+                // Answer once the change is stored, so the pinger sees it without waiting a ping.
+                return self.persist(proposal, store: store, expected: machine.storedRecord).flatMap { self.settledView() }
+            }
+            // A change in flight (a tick's) may name another primary: the answer waits for it, so
+            // that no ping is answered with a view that is about to be replaced.
+            if machine.proposal != nil { return self.settledView() }
+            return self.eventLoop.makeSucceededFuture(view)
         }
     }
 

@@ -35,6 +35,11 @@ public struct ViewServiceConfiguration: Sendable, Hashable {
 /// `onStored` makes it visible. One proposal is in flight at a time. A machine resumed from a
 /// stored record (`init(configuration:resuming:now:)`) shows that view unchanged, gives its
 /// primary and backup a full dead interval from `now`, and numbers every later view above it.
+///
+/// Read leases rest on one promise: a server whose ping was answered with a view naming it
+/// primary stays primary until it has been silent for a dead interval (or pinged 0). A machine
+/// that starts from nothing stored cannot know what an earlier incarnation promised, so with
+/// `waitBeforeFirstView` it names no primary before a dead interval has passed since its start.
 public struct ViewServiceStateMachine: Sendable {
     /// What the machine knows of one server.
     struct ServerRecord: Sendable, Hashable {
@@ -54,6 +59,8 @@ public struct ViewServiceStateMachine: Sendable {
     public private(set) var proposal: ViewRecord?
     private var servers: [String: ServerRecord] = [:]
     private var arrivals: UInt64 = 0
+    /// No first view (from view 0) before this time: see `init(configuration:resuming:now:waitBeforeFirstView:)`.
+    public private(set) var firstViewNotBefore: Duration?
 
     /// A machine with nothing stored: view 0.
     public init(configuration: ViewServiceConfiguration = .init()) {
@@ -62,10 +69,19 @@ public struct ViewServiceStateMachine: Sendable {
 
     /// A machine that continues from `stored` (nil: nothing was stored, view 0). The servers
     /// of the stored view count as alive at `now`, so none is declared dead before a full dead
-    /// interval has passed.
-    public init(configuration: ViewServiceConfiguration = .init(), resuming stored: ViewRecord?, now: Duration) {
+    /// interval has passed. From nothing stored with `waitBeforeFirstView` (what the shell
+    /// does), the first primary is named only once a dead interval has passed since `now`: an
+    /// earlier incarnation (an `--in-memory` one, or one whose record was moved away) may have
+    /// granted a read lease that lasts until then.
+    public init(
+        configuration: ViewServiceConfiguration = .init(), resuming stored: ViewRecord?, now: Duration,
+        waitBeforeFirstView: Bool = false
+    ) {
         self.configuration = configuration
-        guard let stored else { return }
+        guard let stored else {
+            if waitBeforeFirstView { firstViewNotBefore = now + configuration.deadAfter }
+            return
+        }
         record = stored
         for name in [stored.view.primary, stored.view.backup] where !name.isEmpty {
             arrivals += 1
@@ -181,8 +197,9 @@ public struct ViewServiceStateMachine: Sendable {
     private func advance(now: Duration, pinger: String?) -> ViewRecord? {
         let view = record.view
         if view.viewnum == 0 {
-            // No view yet: the first server to ping becomes primary (only a pinger, never on a tick).
-            guard let pinger else { return nil }
+            // No view yet: the first server to ping becomes primary (only a pinger, never on a
+            // tick), not before `firstViewNotBefore`.
+            guard let pinger, now >= firstViewNotBefore ?? now else { return nil }
             return next(primary: pinger, backup: "")
         }
         guard view.acknowledged else {

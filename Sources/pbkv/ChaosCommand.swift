@@ -22,6 +22,8 @@ struct ChaosCommand: AsyncParsableCommand {
     var drop: Double = 0.02
     @Option(help: "Ping interval of the cluster, in milliseconds.")
     var pingIntervalMs: Int = 100
+    @Option(help: "Servers answer Gets on read leases (true or false, e.g. --read-leases=false).")
+    var readLeases = true
     @OptionGroup var security: OwnClusterSecurityOptions
     @Flag(help: "Replicated view service: three view services on a three-member etcd (needs /usr/bin/etcd); the nemesis also kills etcd members.")
     var etcd = false
@@ -48,8 +50,9 @@ struct ChaosCommand: AsyncParsableCommand {
             configuration.dropProbability = drop
             configuration.pingIntervalMs = pingIntervalMs
             configuration.tls = security.tls
+            configuration.readLeases = readLeases
             if etcd { configuration.etcdProbe = { await EtcdClient.isServing(endpoint: $0) } }
-            print("== chaos run, seed \(seed): \(clients) clients, \(keys) keys, \(seconds) s, drops \(drop)\(etcd ? ", view service on etcd" : "")")
+            print("== chaos run, seed \(seed): \(clients) clients, \(keys) keys, \(seconds) s, drops \(drop), read leases \(readLeases ? "on" : "off")\(etcd ? ", view service on etcd" : "")")
             let runner = ChaosRunner(configuration: configuration) { line in
                 print("  " + line)
                 fflush(nil)
@@ -61,7 +64,7 @@ struct ChaosCommand: AsyncParsableCommand {
                 print("  PASS")
             } else {
                 failed += 1
-                print("  FAIL (replay with: pbkv chaos --seeds \(seed) --seconds \(seconds) --clients \(clients) --keys \(keys) --drop \(drop)\(etcd ? " --etcd" : ""))")
+                print("  FAIL (replay with: pbkv chaos --seeds \(seed) --seconds \(seconds) --clients \(clients) --keys \(keys) --drop \(drop) --read-leases=\(readLeases)\(etcd ? " --etcd" : ""))")
             }
         }
         print("chaos: \(passed) passed, \(failed) failed")

@@ -31,6 +31,8 @@ struct LocalCommand: AsyncParsableCommand {
     var killLeaderAfter: Int = 50
     @Option(help: "Pause between Puts, in milliseconds (default 0; 20 with --etcd, so Puts go on during the view service failover).")
     var putIntervalMs: Int?
+    @Option(help: "Servers answer Gets on read leases (true or false, e.g. --read-leases=false).")
+    var readLeases = true
     @OptionGroup var security: OwnClusterSecurityOptions
     @Flag(help: "Keep the cluster running after the demo and print its addresses (Ctrl-C stops it).")
     var keepRunning = false
@@ -119,7 +121,7 @@ struct LocalCommand: AsyncParsableCommand {
         // Servers one after another, so s1 is primary and s2 its backup; s3 waits idle.
         var servers: [ClusterProcess] = []
         for i in 1...3 {
-            let server = try cluster.startServer(name: "s\(i)")
+            let server = try cluster.startServer(name: "s\(i)", extraArguments: ["--read-leases=\(readLeases)"])
             servers.append(server)
             say("server s\(i) started at \(server.address) (pid \(server.pid))")
             if i < 3 {

@@ -147,6 +147,17 @@ struct ServerCommand: AsyncParsableCommand {
     var handshakeTimeoutMs: Int = 5_000
     @Option(help: "Seconds a connection may stay idle (no call in flight, nothing received) before it gets a Goodbye and is closed; 0: never.")
     var idleTimeoutSeconds: Int = 300
+    @Option(help: """
+        Read leases (true or false, e.g. --read-leases=false): the primary answers a Get from its own \
+        committed state while the view service cannot have named another primary, instead of a round \
+        trip to the backup. Off: every Get goes through the backup.
+        """)
+    var readLeases = true
+    @Option(help: """
+        The view service's dead interval in milliseconds (its --ping-interval-ms times --dead-pings), \
+        on which read leases are based. Never set it above the view service's.
+        """)
+    var deadIntervalMs: Int = 500
     @Option(help: "TESTING AID: drop each inbound call before it runs with this probability (0...1).")
     var faultDropRequests: Double = 0
     @Option(help: "TESTING AID: run each inbound call but lose its reply with this probability (0...1).")
@@ -170,6 +181,7 @@ struct ServerCommand: AsyncParsableCommand {
         }
         guard handshakeTimeoutMs > 0 else { throw ValidationError("--handshake-timeout-ms must be positive") }
         guard idleTimeoutSeconds >= 0 else { throw ValidationError("--idle-timeout-seconds must not be negative (0: never)") }
+        guard deadIntervalMs >= 0 else { throw ValidationError("--dead-interval-ms must not be negative") }
         do {
             try makeConfiguration().validate()
         } catch {
@@ -188,6 +200,8 @@ struct ServerCommand: AsyncParsableCommand {
         configuration.replica.maxKeyBytes = maxKeyBytes
         configuration.replica.maxValueBytes = maxValueBytes
         configuration.replica.maxSessions = maxSessions
+        configuration.replica.readLeases = readLeases
+        configuration.replica.leaseDeadInterval = .milliseconds(deadIntervalMs)
         if let maxConnections { configuration.maxConnections = maxConnections }
         configuration.memberReserve = memberReserve
         configuration.handshakeTimeout = .milliseconds(handshakeTimeoutMs)

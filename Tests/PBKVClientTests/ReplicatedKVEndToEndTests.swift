@@ -339,6 +339,9 @@ struct ReplicatedKVEndToEndTests {
         try await client.put("k", "v")
         s1.viewServiceFaults.policy = FaultPolicy(partitioned: true)
         await cluster.kill(s2)
+        // Within its read lease s1 may still answer (nobody else can be primary before it ends);
+        // once the lease is over, a Get needs the dead backup and never completes.
+        try await cluster.waitUntil("s1's read lease ended") { try await !s1.server.holdsReadLease() }
         let result = await directGet(s1, key: "k", timeout: .seconds(2))
         switch result {
         case .success(let reply):

@@ -7,6 +7,8 @@ import Testing
 enum ViewServiceKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     /// One view service, the sole leader of its store.
     case single
+    /// The same, with servers that do not use read leases (`--read-leases=false`).
+    case singleWithoutLeases = "single, read leases off"
     /// A view service elected on etcd (its own one-member etcd), storing views there.
     case etcd
 
@@ -19,6 +21,8 @@ extension InProcessCluster {
         switch kind {
         case .single:
             return try await start(logger: logger)
+        case .singleWithoutLeases:
+            return try await start(readLeases: false, logger: logger)
         case .etcd:
             let quiet = Logger(label: "pbkv.test", factory: { _ in SwiftLogNoOpLogHandler() })
             let etcd = try await EtcdCluster.start(members: 1) { await EtcdClient.isServing(endpoint: $0) }

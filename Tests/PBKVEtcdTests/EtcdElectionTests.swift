@@ -91,6 +91,7 @@ extension EtcdTests {
             try await withEtcd(logs: logs) { _, client in
                 let a = RunningElection(client: client, advertise: "127.0.0.1:7101", logger: logs.logger)
                 #expect(await eventually(within: .seconds(5)) { await a.log.isLeader })
+                #expect(try #require(a.election.leadershipValidUntil) > ContinuousClock.now)
                 let staleStore = try #require(await a.log.lastStore)
                 _ = try await staleStore.load()
                 try await staleStore.compareAndStore(record(1), expected: nil)
@@ -102,6 +103,9 @@ extension EtcdTests {
                 let paused = ContinuousClock.now
                 #expect(await eventually(within: ttl + margin) { await b.log.isLeader })
                 #expect(ContinuousClock.now - paused >= .seconds(1), "B must have waited for A's lease to expire")
+                // A's sure leadership (what lets it answer pings, and so grant read leases) ended
+                // before B could lead: B gives every server a full dead interval from its start.
+                #expect(try #require(a.election.leadershipValidUntil) <= ContinuousClock.now)
                 #expect(await a.log.isLeader, "a frozen election reports nothing")
 
                 // A's store still thinks it leads; its compare-and-store fails and changes nothing.

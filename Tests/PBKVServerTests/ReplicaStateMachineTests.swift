@@ -59,16 +59,16 @@ struct ReplicaNetwork {
 
     subscript(name: String) -> ReplicaStateMachine { nodes[name]! }
 
-    /// `name` learns `view`.
+    /// `name` learns `view` (the answer to a ping sent at `pingSentAt`, if given).
     @discardableResult
-    mutating func onView(_ name: String, _ view: View) -> [ReplicaDirective] {
-        absorb(name, nodes[name]!.onView(view))
+    mutating func onView(_ name: String, _ view: View, pingSentAt: Duration? = nil) -> [ReplicaDirective] {
+        absorb(name, nodes[name]!.onView(view, pingSentAt: pingSentAt))
     }
 
-    /// A client sends `op` to `name`.
+    /// A client sends `op` to `name`, handled at `now` (nil: time unknown, no read lease).
     @discardableResult
-    mutating func request(_ name: String, _ op: Operation, token: ReplyToken) -> [ReplicaDirective] {
-        absorb(name, nodes[name]!.onClientRequest(op, token: token))
+    mutating func request(_ name: String, _ op: Operation, token: ReplyToken, now: Duration? = nil) -> [ReplicaDirective] {
+        absorb(name, nodes[name]!.onClientRequest(op, token: token, now: now))
     }
 
     /// Delivers the oldest call and feeds the answer back to its sender.

@@ -24,6 +24,8 @@ public struct ChaosConfiguration: Sendable {
     public var pingIntervalMs = 100
     /// Mutual TLS with a CA made for the run (false: plaintext).
     public var tls = true
+    /// Servers answer Gets on read leases (false: `--read-leases=false`, every Get through the backup).
+    public var readLeases = true
     /// The pbkv binary to run the cluster with.
     public var executable = ProcessCluster.currentExecutable
     /// Per-operation deadline of the clients; an operation still unanswered then is recorded as
@@ -158,8 +160,9 @@ public struct ChaosRunner: Sendable {
         let observer = try cluster.client(observerConfig, logger: quiet)
 
         func faultArguments(_ n: UInt64) -> [String] {
-            guard config.dropProbability > 0 else { return [] }
-            return [
+            let leases = ["--read-leases=\(config.readLeases)"]
+            guard config.dropProbability > 0 else { return leases }
+            return leases + [
                 "--fault-drop-requests", "\(config.dropProbability)", "--fault-drop-replies", "\(config.dropProbability)",
                 "--fault-seed", "\(config.seed &* 1000 &+ n)",
             ]

@@ -58,6 +58,16 @@ public protocol ViewServiceElection: Sendable {
     /// The leader lost a compare-and-store: give up leadership at once (report `.follower`);
     /// campaigning starts again afterwards.
     func resign() async
+    /// Until when (on the monotonic clock) this process is surely still leader, if that is
+    /// bounded: no other leader can have started before it. nil: unbounded (a sole leader).
+    /// The view service answers no ping past it, so that a deposed leader that has not yet
+    /// heard of its deposition (paused, partitioned) grants no read lease a new leader does
+    /// not know of.
+    var leadershipValidUntil: ContinuousClock.Instant? { get }
+}
+
+extension ViewServiceElection {
+    public var leadershipValidUntil: ContinuousClock.Instant? { nil }
 }
 
 /// The election of a single view service process: always leader of its one store.
