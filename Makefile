@@ -37,13 +37,15 @@ build: deps
 release: deps
 	$(SWIFT) build -c release
 
-## test: every test of every module (unit, end to end over loopback), a short chaos run, and the
-## Python client's tests against the built `pbkv` (first: the committed generated Python is current).
+## test: every test of every module (unit, end to end over loopback), a short chaos run, the
+## Python client's tests against the built `pbkv` (first: the committed generated Python is current),
+## and 30 s of fuzzing.
 test: deps proto-check python-proto-check
 	$(SWIFT) build --build-tests
 	$(MAKE) --no-print-directory chaos-short
 	$(SWIFT) test --skip-build $(SWIFT_TEST_FLAGS)
 	$(MAKE) --no-print-directory python-test
+	$(MAKE) --no-print-directory fuzz FUZZ_CONFIG=debug SECONDS=30
 
 ## python-venv: the test venv (created once, again when pyproject.toml changes; network needed
 ## only then), with this checkout's client installed into it (offline, every time).
@@ -86,6 +88,19 @@ chaos-short:
 chaos: deps
 	$(SWIFT) build -c release --product pbkv
 	$$($(SWIFT) build -c release --show-bin-path)/pbkv chaos --seconds $(SECONDS) --seeds $(SEEDS) $(if $(filter 1 yes true,$(ETCD)),--etcd)
+
+## fuzz: libFuzzer with ASan over frame decoding, inflation, Envelope decoding and a server
+## connection (Sources/PBKVFuzz) for SECONDS (default 60), from the seeds in Fuzz/corpus; new
+## inputs go to .fuzz/corpus, a crash, leak or timeout to .fuzz/crashes (and the run fails).
+## FUZZ_CONFIG=debug builds faster and runs slower (`make test` uses it for its 30 s run).
+.PHONY: fuzz
+FUZZ_CONFIG ?= release
+FUZZ_BUILD = PBKV_FUZZ=1 $(SWIFT) build -c $(FUZZ_CONFIG) --product pbkv-fuzz
+fuzz: deps
+	$(FUZZ_BUILD)
+	@mkdir -p .fuzz/corpus .fuzz/crashes
+	$$($(FUZZ_BUILD) --show-bin-path)/pbkv-fuzz -max_total_time=$(SECONDS) -max_len=16384 -rss_limit_mb=2048 \
+	  -timeout=10 -print_final_stats=1 -artifact_prefix=.fuzz/crashes/ .fuzz/corpus Fuzz/corpus
 
 ## run: start a local cluster, show it surviving a primary kill.
 run: deps

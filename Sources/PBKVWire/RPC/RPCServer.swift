@@ -141,15 +141,24 @@ public final class RPCServer: Sendable {
                     if let tls = configuration.tls {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.serverContext))
                     }
-                    try channel.pipeline.syncOperations.addHandler(
-                        ByteToMessageHandler(FrameDecoder(maxPayload: configuration.maxPayload)))
-                    try channel.pipeline.syncOperations.addHandler(
-                        RPCServerHandler(configuration: configuration, tables: tables, logger: logger))
+                    try addConnectionHandlers(
+                        to: channel.pipeline.syncOperations, configuration: configuration, tables: tables, logger: logger)
                 }
             }
             .bind(host: configuration.host, port: configuration.port)
             .get()
         return RPCServer(channel: channel, connections: connections)
+    }
+
+    /// Adds what serves one admitted connection (after TLS): the frame decoder, then the
+    /// handshake and dispatch handler. `package` for one more caller: the fuzzer
+    /// (`Sources/PBKVFuzz`) drives these very handlers over an `EmbeddedChannel`, without sockets.
+    package static func addConnectionHandlers(
+        to pipeline: ChannelPipeline.SynchronousOperations, configuration: RPCServerConfiguration,
+        tables: [RPCMethodTable], logger: Logger
+    ) throws {
+        try pipeline.addHandler(ByteToMessageHandler(FrameDecoder(maxPayload: configuration.maxPayload)))
+        try pipeline.addHandler(RPCServerHandler(configuration: configuration, tables: tables, logger: logger))
     }
 
     /// Stops accepting connections, closes the listening socket and every connection it accepted
