@@ -6,6 +6,23 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     FuzzTarget.run(UnsafeRawBufferPointer(start: start, count: count))
     return 0
 }
+
+/// libFuzzer's driver (compiler-rt), declared by hand: a C function of C types only.
+@_silgen_name("LLVMFuzzerRunDriver")
+func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ testOneInput: @convention(c) (UnsafeRawPointer, Int) -> CInt
+) -> CInt
+
+/// A debug build of SwiftPM links an executable's `main` to `PBKVFuzz_main` (for testable
+/// executables), so libFuzzer's own `main` is not used: this hands control to its driver instead.
+/// Unused in release builds, where libFuzzer's `main` is.
+@_cdecl("PBKVFuzz_main")
+public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    var argc = argc
+    var argv = argv
+    return LLVMFuzzerRunDriver(&argc, &argv) { start, count in fuzz(start, count) }
+}
 #else
 import Foundation
 

@@ -104,15 +104,19 @@ enum FuzzTarget {
         channel.embeddedEventLoop.run()
         var answers: [ByteBuffer] = []
         while let out = try? channel.readOutbound(as: ByteBuffer.self) { answers.append(out) }
-        let stillOpen = channel.isActive
+        if channel.isActive, case .goodbye = checkServerAnswers(answers).last {
+            check(false, "the server said Goodbye and left the connection open")
+        }
+        // The end of the input: the server may still answer (e.g. a Goodbye for a cut frame).
         _ = try? channel.finish(acceptAlreadyClosed: true)
         while let out = try? channel.readOutbound(as: ByteBuffer.self) { answers.append(out) }
-        checkServerAnswers(answers, stillOpen: stillOpen)
+        checkServerAnswers(answers)
     }
 
     /// The server's output is well-formed frames of envelopes: a HelloReply or Goodbye first,
-    /// then responses, and a Goodbye only last; a connection the server left open has no Goodbye.
-    static func checkServerAnswers(_ answers: [ByteBuffer], stillOpen: Bool) {
+    /// then responses, and a Goodbye only last. Returns them.
+    @discardableResult
+    static func checkServerAnswers(_ answers: [ByteBuffer]) -> [Envelope] {
         var stream = ByteBuffer()
         for var answer in answers { stream.writeBuffer(&answer) }
         var codec = FrameCodec(maxPayload: Frame.defaultMaxPayload)
@@ -121,11 +125,13 @@ enum FuzzTarget {
         while stream.readableBytes > 0 {
             do {
                 guard let frame = try FrameDecoder.readFrame(from: &stream, maxPayload: Frame.defaultMaxPayload) else {
-                    return check(false, "the server wrote a partial frame of \(stream.readableBytes) bytes")
+                    check(false, "the server wrote a partial frame of \(stream.readableBytes) bytes")
+                    return envelopes
                 }
                 envelopes.append(try EnvelopeCodec.decode(codec.payload(of: frame, allocator: ByteBufferAllocator())))
             } catch {
-                return check(false, "the server wrote a frame its own decoder refuses: \(error)")
+                check(false, "the server wrote a frame its own decoder refuses: \(error)")
+                return envelopes
             }
         }
         for (index, envelope) in envelopes.enumerated() {
@@ -136,7 +142,7 @@ enum FuzzTarget {
             case .hello, .request: check(false, "the server sent \(envelope)")
             }
         }
-        if stillOpen, case .goodbye = envelopes.last { check(false, "the server said Goodbye and left the connection open") }
+        return envelopes
     }
 
     /// A broken invariant is a finding: crash, so that libFuzzer keeps the input.
