@@ -72,8 +72,9 @@ enum FuzzTarget {
 
     /// The server's own connection handlers (`RPCServer.addConnectionHandlers`) on an
     /// `EmbeddedChannel`, serving the real method tables over `FuzzServices`. Options byte:
-    /// bits 0–5 cut the client's bytes into writes of that many bytes (0: one write), bit 6
-    /// moves the clock past the handshake deadline at the end, bit 7 turns the server's zlib offer off.
+    /// bits 0–5 cut the client's first 1 KiB into writes of that many bytes (0: one write; the
+    /// rest always goes in one write, so that an input stays fast), bit 6 moves the clock past
+    /// the handshake deadline at the end, bit 7 turns the server's zlib offer off.
     static func serverConversation(_ data: ByteBuffer) {
         var data = data
         guard let options = data.readInteger(as: UInt8.self) else { return }
@@ -92,7 +93,8 @@ enum FuzzTarget {
         }
         let chunk = Int(options & 0x3f)
         while data.readableBytes > 0 && channel.isActive {
-            let piece = data.readSlice(length: chunk == 0 ? data.readableBytes : min(chunk, data.readableBytes))!
+            let whole = chunk == 0 || data.readerIndex > 1024
+            let piece = data.readSlice(length: whole ? data.readableBytes : min(chunk, data.readableBytes))!
             // Errors reach the server's handler, which answers them with a Goodbye; none may escape it.
             do {
                 try channel.writeInbound(piece)
