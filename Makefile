@@ -37,14 +37,15 @@ build: deps
 release: deps
 	$(SWIFT) build -c release
 
-## test: every test of every module (unit, end to end over loopback), a short chaos run, and the
+## test: every test of every module (unit, end to end over loopback), a short chaos run, the
 ## Python client's tests against the built `pbkv` (first: the committed generated Python is current,
-## and the bench report generator's tests, under a second).
+## and the bench report generator's tests, under a second), and 30 s of fuzzing.
 test: deps proto-check python-proto-check bench-report-test
 	$(SWIFT) build --build-tests
 	$(MAKE) --no-print-directory chaos-short
 	$(SWIFT) test --skip-build $(SWIFT_TEST_FLAGS)
 	$(MAKE) --no-print-directory python-test
+	$(MAKE) --no-print-directory fuzz FUZZ_CONFIG=debug FUZZ_BUILD_PATH=.build SECONDS=30
 
 ## python-venv: the test venv (created once, again when pyproject.toml changes; network needed
 ## only then), with this checkout's client installed into it (offline, every time).
@@ -87,6 +88,20 @@ chaos-short:
 chaos: deps
 	$(SWIFT) build -c release --product pbkv
 	$$($(SWIFT) build -c release --show-bin-path)/pbkv chaos --seconds $(SECONDS) --seeds $(SEEDS) $(if $(filter 1 yes true,$(ETCD)),--etcd)
+
+## fuzz: libFuzzer with ASan over frame decoding, inflation, Envelope decoding and a server
+## connection (Sources/PBKVFuzz) for SECONDS (default 60), from the seeds in Fuzz/corpus; new
+## inputs go to .fuzz/corpus, a crash, leak or timeout to .fuzz/crashes (and the run fails).
+## Built in release in .build/fuzz; `make test` builds it in debug in .build, reusing the tests' build.
+.PHONY: fuzz
+FUZZ_CONFIG ?= release
+FUZZ_BUILD_PATH ?= .build/fuzz
+FUZZ_BUILD = PBKV_FUZZ=1 $(SWIFT) build -c $(FUZZ_CONFIG) --build-path $(FUZZ_BUILD_PATH) --product pbkv-fuzz
+fuzz: deps
+	$(FUZZ_BUILD)
+	@mkdir -p .fuzz/corpus .fuzz/crashes
+	SWIFT_BACKTRACE=enable=no $$($(FUZZ_BUILD) --show-bin-path)/pbkv-fuzz -max_total_time=$(SECONDS) -max_len=16384 -rss_limit_mb=2048 \
+	  -timeout=10 -print_final_stats=1 -artifact_prefix=.fuzz/crashes/ .fuzz/corpus Fuzz/corpus
 
 ## run: start a local cluster, show it surviving a primary kill.
 run: deps

@@ -1,6 +1,12 @@
 // swift-tools-version:6.1
 import PackageDescription
 
+// `make fuzz` builds with PBKV_FUZZ=1: the wire code and the fuzz target are then compiled for
+// libFuzzer (coverage feedback, AddressSanitizer), everything else as usual. Without it, PBKVFuzz
+// is a plain program that replays fuzz inputs.
+let fuzzing = Context.environment["PBKV_FUZZ"] == "1"
+let fuzzSettings: [SwiftSetting] = fuzzing ? [.unsafeFlags(["-sanitize=fuzzer,address"])] : []
+
 let package = Package(
     name: "pbkv",
     platforms: [.macOS(.v14)],
@@ -11,6 +17,7 @@ let package = Package(
         .library(name: "PBKVServer", targets: ["PBKVServer"]),
         .library(name: "PBKVClient", targets: ["PBKVClient"]),
         .library(name: "PBKVEtcd", targets: ["PBKVEtcd"]),
+        .executable(name: "pbkv-fuzz", targets: ["PBKVFuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -53,7 +60,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            swiftSettings: fuzzSettings
         ),
         .target(
             name: "PBKVViewService",
@@ -118,6 +126,19 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
+        ),
+        // libFuzzer target over the wire code (`make fuzz`); a plain build replays inputs.
+        .executableTarget(
+            name: "PBKVFuzz",
+            dependencies: [
+                "PBKVWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            // With libFuzzer, libFuzzer brings `main` and LLVMFuzzerTestOneInput is the entry point.
+            swiftSettings: fuzzSettings + (fuzzing ? [.define("PBKV_FUZZ"), .unsafeFlags(["-parse-as-library"])] : []),
+            linkerSettings: fuzzing ? [.unsafeFlags(["-sanitize=fuzzer,address"])] : []
         ),
         .testTarget(
             name: "PBKVWireTests",

@@ -174,15 +174,25 @@ public final class RPCServer: Sendable {
                     if let tls = configuration.tls {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.serverContext))
                     }
-                    try channel.pipeline.syncOperations.addHandler(
-                        ByteToMessageHandler(FrameDecoder(maxPayload: configuration.maxPayload)))
-                    try channel.pipeline.syncOperations.addHandler(
-                        RPCServerHandler(configuration: configuration, tables: tables, identify: identify, logger: logger))
+                    try addConnectionHandlers(
+                        to: channel.pipeline.syncOperations, configuration: configuration, tables: tables,
+                        identify: identify, logger: logger)
                 }
             }
             .bind(host: configuration.host, port: configuration.port)
             .get()
         return RPCServer(channel: channel, connections: connections)
+    }
+
+    /// Adds what serves one admitted connection (after TLS): the frame decoder, then the
+    /// handshake and dispatch handler. `package` for one more caller: the fuzzer
+    /// (`Sources/PBKVFuzz`) drives these very handlers over an `EmbeddedChannel`, without sockets.
+    package static func addConnectionHandlers(
+        to pipeline: ChannelPipeline.SynchronousOperations, configuration: RPCServerConfiguration,
+        tables: [RPCMethodTable], identify: @escaping ConnectionIdentification = { _ in true }, logger: Logger
+    ) throws {
+        try pipeline.addHandler(ByteToMessageHandler(FrameDecoder(maxPayload: configuration.maxPayload)))
+        try pipeline.addHandler(RPCServerHandler(configuration: configuration, tables: tables, identify: identify, logger: logger))
     }
 
     /// Stops accepting connections, closes the listening socket and every connection it accepted
@@ -195,7 +205,7 @@ public final class RPCServer: Sendable {
 
 /// Told, at a connection's Hello, whether its peer is a cluster member; false: no room for
 /// another client connection (the handler then says Goodbye).
-typealias ConnectionIdentification = @Sendable (_ member: Bool) -> Bool
+package typealias ConnectionIdentification = @Sendable (_ member: Bool) -> Bool
 
 /// The connections a server accepted and that are still open, up to a limit; once the server
 /// closed, new ones are closed at once.
