@@ -49,6 +49,8 @@ public struct RPCServerConfiguration: Sendable {
     /// Most connections open at once. One more is accepted, sent a Goodbye (UNAVAILABLE) that
     /// names the limit, and closed. Default: `defaultMaxConnections`.
     public var maxConnections = RPCServerConfiguration.defaultMaxConnections
+    /// Counts calls, their latency, bytes and connections (`--metrics`); nil: nothing is measured.
+    public var metrics: RPCMetrics?
 
     public init(host: String, port: Int) {
         self.host = host
@@ -112,6 +114,7 @@ public final class RPCServer: Sendable {
         configuration: RPCServerConfiguration, group: any EventLoopGroup, tables: [RPCMethodTable], logger: Logger
     ) async throws -> RPCServer {
         let connections = AcceptedConnections()
+        configuration.metrics?.addConnectionSource { connections.count }
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -290,11 +293,14 @@ final class RPCServerHandler: ChannelInboundHandler {
     private var callsInFlight = 0
     /// Who the peer is, read from its certificate at the first call (TLS only).
     private var peer: PeerAuthentication?
+    /// This connection's handles on the server's metrics; nil when nothing is measured.
+    private var metrics: CallMetrics?
 
     init(configuration: RPCServerConfiguration, tables: [RPCMethodTable], logger: Logger) {
         self.configuration = configuration
         self.tables = tables
         self.logger = logger
+        self.metrics = configuration.metrics.map(CallMetrics.init)
         self.codec = FrameCodec(maxPayload: configuration.maxPayload, compressionThreshold: configuration.compressionThreshold)
     }
 
@@ -334,6 +340,14 @@ final class RPCServerHandler: ChannelInboundHandler {
         do {
             let payload = try codec.payload(of: frame, allocator: context.channel.allocator)
             envelope = try EnvelopeCodec.decode(payload)
+            if let metrics {
+                var kind = TrafficKind.other
+                if case .request(let request) = envelope, case .success(let call) = request.call {
+                    kind = TrafficKind.of(method: call.methodIndex)
+                }
+                metrics.metrics.count(
+                    kind, .inbound, wire: frame.payload.readableBytes, payload: payload.readableBytes)
+            }
         } catch let error as FrameError {
             return fail(context: context, code: error.code, message: error.description)
         } catch {
@@ -454,23 +468,29 @@ final class RPCServerHandler: ChannelInboundHandler {
                 callID: callID, code: .unknownMethod, message: "this server does not implement \(call.method)"))
         }
         callsInFlight += 1
+        let method = call.methodIndex
+        let started = metrics == nil ? NIODeadline.uptimeNanoseconds(0) : .now()
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         future.hop(to: context.eventLoop).whenComplete { result in
             let (handler, context) = loopBound.value
             handler.callsInFlight -= 1
             if handler.callsInFlight == 0 && handler.configuration.idleTimeout != nil { handler.lastActivity = .now() }
+            let response: Response
             switch result {
             case .success(let result):
-                handler.reply(context: context, Response(callID: callID, result: result))
+                response = Response(callID: callID, result: result)
             case .failure(let error as RPCServiceError):
-                handler.reply(context: context, Response(callID: callID, code: error.code, message: error.message, leader: error.leader))
+                response = Response(callID: callID, code: error.code, message: error.message, leader: error.leader)
             case .failure(let error):
-                handler.reply(context: context, Response(callID: callID, code: .internal, message: "\(error)"))
+                response = Response(callID: callID, code: .internal, message: "\(error)")
             }
+            handler.reply(context: context, response, method: method)
+            handler.metrics?.answered(method: method, code: response.code, started: started)
         }
     }
 
-    private func reply(context: ChannelHandlerContext, _ response: Response) {
+    /// Sends `response`; `method` is the call's `Call.methodIndex` when it was decoded.
+    private func reply(context: ChannelHandlerContext, _ response: Response, method: Int? = nil) {
         guard state == .ready else { return }
         if configuration.faults?.shouldDropReply() == true {
             logger.trace("fault injection: dropped reply", metadata: ["call": "\(response.callID)"])
@@ -480,16 +500,17 @@ final class RPCServerHandler: ChannelInboundHandler {
         if response.message.utf8.count > RPCProtocol.maxMessageBytes {
             response.message = response.message.cut(toUTF8Bytes: RPCProtocol.maxMessageBytes)
         }
-        send(context: context, .response(response))
+        send(context: context, .response(response), kind: method.map(TrafficKind.of(method:)) ?? .other)
     }
 
     /// Writes one envelope; flushed at the end of the read batch, or now if outside one.
     /// Nothing is dropped in silence: a reply too large for the peer becomes a FRAME_TOO_LARGE
     /// reply to that call, and anything that still cannot be sent ends the connection with a Goodbye.
-    private func send(context: ChannelHandlerContext, _ envelope: Envelope) {
+    private func send(context: ChannelHandlerContext, _ envelope: Envelope, kind: TrafficKind = .other) {
         var buffer = context.channel.allocator.buffer(capacity: 64)
         do {
-            try codec.encode(envelope, into: &buffer)
+            let payload = try codec.encode(envelope, into: &buffer)
+            metrics?.metrics.count(kind, .outbound, wire: buffer.readableBytes - Frame.headerSize, payload: payload)
         } catch {
             guard case .response(let response) = envelope else {
                 return fail(context: context, code: .internal, message: "the server could not send its answer: \(error)")
