@@ -29,7 +29,16 @@ struct StatusCommand: AsyncParsableCommand {
 
     func run() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
+        do {
+            try await show(group: group)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        try? await group.shutdownGracefully()
+    }
+
+    private func show(group: MultiThreadedEventLoopGroup) async throws {
         var rpc = RPCClientConfiguration()
         rpc.name = "pbkv-status"
         do {

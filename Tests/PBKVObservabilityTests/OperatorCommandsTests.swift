@@ -78,7 +78,7 @@ struct OperatorCommandsTests {
         let cluster = try ProcessCluster(executable: try ProcessCluster.builtExecutable(), pingIntervalMs: 100, tls: true)
         defer { cluster.stopAll() }
         let tls = try #require(cluster.tlsDirectory)
-        cluster.startViewService()
+        try cluster.startViewService()
         let client = try cluster.client(logger: logger)
         let metricsPort = try ProcessCluster.freePort()
         let s1 = try cluster.startServer(
@@ -147,7 +147,7 @@ struct OperatorCommandsTests {
     func viewWatchFollowsAFailover() async throws {
         let cluster = try ProcessCluster(executable: try ProcessCluster.builtExecutable(), pingIntervalMs: 100, tls: false)
         defer { cluster.stopAll() }
-        cluster.startViewService()
+        try cluster.startViewService()
         let client = try cluster.client(logger: logger)
         let servers = try await cluster.startServersInOrder(["s1", "s2"], watching: client)
         await client.close()

@@ -225,7 +225,7 @@ final class RPCClientHandler: ChannelDuplexHandler {
             protocolVersion: RPCProtocol.version, features: configuration.compression ? [.zlib] : [],
             maxFrameSize: UInt32(configuration.maxPayload), clientName: configuration.name)
         var buffer = context.channel.allocator.buffer(capacity: 32)
-        try? codec.encode(.hello(hello), into: &buffer)
+        _ = try? codec.encode(.hello(hello), into: &buffer)
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         handshakeTimer = context.eventLoop.scheduleTask(in: handshakeTimeout) {

@@ -239,7 +239,7 @@ final class ConnectionRefuser: ChannelInboundHandler {
         var plain = FrameCodec(maxPayload: max(maxPayload, Frame.defaultMaxPayload))
         let goodbye = Goodbye(
             code: .unavailable, message: "too many connections (limit \(limit)); try again later")
-        try? plain.encode(.goodbye(goodbye), into: &buffer)
+        _ = try? plain.encode(.goodbye(goodbye), into: &buffer)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
         context.fireChannelActive()
@@ -500,17 +500,20 @@ final class RPCServerHandler: ChannelInboundHandler {
         if response.message.utf8.count > RPCProtocol.maxMessageBytes {
             response.message = response.message.cut(toUTF8Bytes: RPCProtocol.maxMessageBytes)
         }
-        send(context: context, .response(response), kind: method.map(TrafficKind.of(method:)) ?? .other)
+        send(context: context, .response(response), method: method)
     }
 
     /// Writes one envelope; flushed at the end of the read batch, or now if outside one.
     /// Nothing is dropped in silence: a reply too large for the peer becomes a FRAME_TOO_LARGE
     /// reply to that call, and anything that still cannot be sent ends the connection with a Goodbye.
-    private func send(context: ChannelHandlerContext, _ envelope: Envelope, kind: TrafficKind = .other) {
+    /// `method`: the `Call.methodIndex` of the call a response answers (its traffic kind).
+    private func send(context: ChannelHandlerContext, _ envelope: Envelope, method: Int? = nil) {
         var buffer = context.channel.allocator.buffer(capacity: 64)
         do {
             let payload = try codec.encode(envelope, into: &buffer)
-            metrics?.metrics.count(kind, .outbound, wire: buffer.readableBytes - Frame.headerSize, payload: payload)
+            metrics?.metrics.count(
+                method.map(TrafficKind.of(method:)) ?? .other, .outbound, wire: buffer.readableBytes - Frame.headerSize,
+                payload: payload)
         } catch {
             guard case .response(let response) = envelope else {
                 return fail(context: context, code: .internal, message: "the server could not send its answer: \(error)")
@@ -596,7 +599,7 @@ final class RPCServerHandler: ChannelInboundHandler {
         // Not limited by our own (possibly tiny) receive maximum: the Goodbye must get out. It
         // fits in any frame a peer may announce (`RPCProtocol.minimumMaxFrameSize`).
         var plain = FrameCodec(maxPayload: max(configuration.maxPayload, Frame.defaultMaxPayload))
-        try? plain.encode(.goodbye(goodbye), into: &buffer)
+        _ = try? plain.encode(.goodbye(goodbye), into: &buffer)
         state = .closing
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
