@@ -9,7 +9,7 @@ import Testing
 /// A `pbkv` command run by a test: its standard output collected as it comes.
 final class CommandRun: Sendable {
     let process: Process
-    private let output = Mutex("")
+    private let output = CapturedLines()
 
     init(_ executable: URL, _ arguments: [String]) throws {
         process = Process()
@@ -26,12 +26,12 @@ final class CommandRun: Sendable {
                 handle.readabilityHandler = nil
                 return
             }
-            output.withLock { $0 += String(decoding: data, as: UTF8.self) }
+            output.append(String(decoding: data, as: UTF8.self))
         }
         try process.run()
     }
 
-    var stdout: String { output.withLock { $0 } }
+    var stdout: String { output.all.joined() }
     var lines: [String] { stdout.split(separator: "\n").map(String.init) }
 
     /// Polls until `condition` holds on the output so far; fails after `limit`.
