@@ -862,6 +862,276 @@ void   pbkv__transfer_reply__free_unpacked
   assert(message->base.descriptor == &pbkv__transfer_reply__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   pbkv__server_status_args__init
+                     (Pbkv__ServerStatusArgs         *message)
+{
+  static const Pbkv__ServerStatusArgs init_value = PBKV__SERVER_STATUS_ARGS__INIT;
+  *message = init_value;
+}
+size_t pbkv__server_status_args__get_packed_size
+                     (const Pbkv__ServerStatusArgs *message)
+{
+  assert(message->base.descriptor == &pbkv__server_status_args__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t pbkv__server_status_args__pack
+                     (const Pbkv__ServerStatusArgs *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &pbkv__server_status_args__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t pbkv__server_status_args__pack_to_buffer
+                     (const Pbkv__ServerStatusArgs *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &pbkv__server_status_args__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Pbkv__ServerStatusArgs *
+       pbkv__server_status_args__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Pbkv__ServerStatusArgs *)
+     protobuf_c_message_unpack (&pbkv__server_status_args__descriptor,
+                                allocator, len, data);
+}
+void   pbkv__server_status_args__free_unpacked
+                     (Pbkv__ServerStatusArgs *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &pbkv__server_status_args__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   pbkv__transfer_progress__init
+                     (Pbkv__TransferProgress         *message)
+{
+  static const Pbkv__TransferProgress init_value = PBKV__TRANSFER_PROGRESS__INIT;
+  *message = init_value;
+}
+size_t pbkv__transfer_progress__get_packed_size
+                     (const Pbkv__TransferProgress *message)
+{
+  assert(message->base.descriptor == &pbkv__transfer_progress__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t pbkv__transfer_progress__pack
+                     (const Pbkv__TransferProgress *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &pbkv__transfer_progress__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t pbkv__transfer_progress__pack_to_buffer
+                     (const Pbkv__TransferProgress *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &pbkv__transfer_progress__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Pbkv__TransferProgress *
+       pbkv__transfer_progress__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Pbkv__TransferProgress *)
+     protobuf_c_message_unpack (&pbkv__transfer_progress__descriptor,
+                                allocator, len, data);
+}
+void   pbkv__transfer_progress__free_unpacked
+                     (Pbkv__TransferProgress *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &pbkv__transfer_progress__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   pbkv__server_status__init
+                     (Pbkv__ServerStatus         *message)
+{
+  static const Pbkv__ServerStatus init_value = PBKV__SERVER_STATUS__INIT;
+  *message = init_value;
+}
+size_t pbkv__server_status__get_packed_size
+                     (const Pbkv__ServerStatus *message)
+{
+  assert(message->base.descriptor == &pbkv__server_status__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t pbkv__server_status__pack
+                     (const Pbkv__ServerStatus *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &pbkv__server_status__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t pbkv__server_status__pack_to_buffer
+                     (const Pbkv__ServerStatus *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &pbkv__server_status__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Pbkv__ServerStatus *
+       pbkv__server_status__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Pbkv__ServerStatus *)
+     protobuf_c_message_unpack (&pbkv__server_status__descriptor,
+                                allocator, len, data);
+}
+void   pbkv__server_status__free_unpacked
+                     (Pbkv__ServerStatus *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &pbkv__server_status__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   pbkv__view_service_status_args__init
+                     (Pbkv__ViewServiceStatusArgs         *message)
+{
+  static const Pbkv__ViewServiceStatusArgs init_value = PBKV__VIEW_SERVICE_STATUS_ARGS__INIT;
+  *message = init_value;
+}
+size_t pbkv__view_service_status_args__get_packed_size
+                     (const Pbkv__ViewServiceStatusArgs *message)
+{
+  assert(message->base.descriptor == &pbkv__view_service_status_args__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t pbkv__view_service_status_args__pack
+                     (const Pbkv__ViewServiceStatusArgs *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &pbkv__view_service_status_args__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t pbkv__view_service_status_args__pack_to_buffer
+                     (const Pbkv__ViewServiceStatusArgs *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &pbkv__view_service_status_args__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Pbkv__ViewServiceStatusArgs *
+       pbkv__view_service_status_args__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Pbkv__ViewServiceStatusArgs *)
+     protobuf_c_message_unpack (&pbkv__view_service_status_args__descriptor,
+                                allocator, len, data);
+}
+void   pbkv__view_service_status_args__free_unpacked
+                     (Pbkv__ViewServiceStatusArgs *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &pbkv__view_service_status_args__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   pbkv__server_seen__init
+                     (Pbkv__ServerSeen         *message)
+{
+  static const Pbkv__ServerSeen init_value = PBKV__SERVER_SEEN__INIT;
+  *message = init_value;
+}
+size_t pbkv__server_seen__get_packed_size
+                     (const Pbkv__ServerSeen *message)
+{
+  assert(message->base.descriptor == &pbkv__server_seen__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t pbkv__server_seen__pack
+                     (const Pbkv__ServerSeen *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &pbkv__server_seen__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t pbkv__server_seen__pack_to_buffer
+                     (const Pbkv__ServerSeen *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &pbkv__server_seen__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Pbkv__ServerSeen *
+       pbkv__server_seen__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Pbkv__ServerSeen *)
+     protobuf_c_message_unpack (&pbkv__server_seen__descriptor,
+                                allocator, len, data);
+}
+void   pbkv__server_seen__free_unpacked
+                     (Pbkv__ServerSeen *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &pbkv__server_seen__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   pbkv__view_service_status__init
+                     (Pbkv__ViewServiceStatus         *message)
+{
+  static const Pbkv__ViewServiceStatus init_value = PBKV__VIEW_SERVICE_STATUS__INIT;
+  *message = init_value;
+}
+size_t pbkv__view_service_status__get_packed_size
+                     (const Pbkv__ViewServiceStatus *message)
+{
+  assert(message->base.descriptor == &pbkv__view_service_status__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t pbkv__view_service_status__pack
+                     (const Pbkv__ViewServiceStatus *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &pbkv__view_service_status__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t pbkv__view_service_status__pack_to_buffer
+                     (const Pbkv__ViewServiceStatus *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &pbkv__view_service_status__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Pbkv__ViewServiceStatus *
+       pbkv__view_service_status__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Pbkv__ViewServiceStatus *)
+     protobuf_c_message_unpack (&pbkv__view_service_status__descriptor,
+                                allocator, len, data);
+}
+void   pbkv__view_service_status__free_unpacked
+                     (Pbkv__ViewServiceStatus *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &pbkv__view_service_status__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   pbkv__request__init
                      (Pbkv__Request         *message)
 {
@@ -2232,7 +2502,377 @@ const ProtobufCMessageDescriptor pbkv__transfer_reply__descriptor =
   (ProtobufCMessageInit) pbkv__transfer_reply__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor pbkv__request__field_descriptors[9] =
+#define pbkv__server_status_args__field_descriptors NULL
+#define pbkv__server_status_args__field_indices_by_name NULL
+#define pbkv__server_status_args__number_ranges NULL
+const ProtobufCMessageDescriptor pbkv__server_status_args__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "pbkv.ServerStatusArgs",
+  "ServerStatusArgs",
+  "Pbkv__ServerStatusArgs",
+  "pbkv",
+  sizeof(Pbkv__ServerStatusArgs),
+  0,
+  pbkv__server_status_args__field_descriptors,
+  pbkv__server_status_args__field_indices_by_name,
+  0,  pbkv__server_status_args__number_ranges,
+  (ProtobufCMessageInit) pbkv__server_status_args__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor pbkv__transfer_progress__field_descriptors[4] =
+{
+  {
+    "peer",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__TransferProgress, peer),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "entries_done",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__TransferProgress, entries_done),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "entries_total",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__TransferProgress, entries_total),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "chunks",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__TransferProgress, chunks),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned pbkv__transfer_progress__field_indices_by_name[] = {
+  3,   /* field[3] = chunks */
+  1,   /* field[1] = entries_done */
+  2,   /* field[2] = entries_total */
+  0,   /* field[0] = peer */
+};
+static const ProtobufCIntRange pbkv__transfer_progress__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor pbkv__transfer_progress__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "pbkv.TransferProgress",
+  "TransferProgress",
+  "Pbkv__TransferProgress",
+  "pbkv",
+  sizeof(Pbkv__TransferProgress),
+  4,
+  pbkv__transfer_progress__field_descriptors,
+  pbkv__transfer_progress__field_indices_by_name,
+  1,  pbkv__transfer_progress__number_ranges,
+  (ProtobufCMessageInit) pbkv__transfer_progress__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor pbkv__server_status__field_descriptors[10] =
+{
+  {
+    "server",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ServerStatus, server),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "role",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ServerStatus, role),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "view",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ServerStatus, view),
+    &pbkv__view__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "keys",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ServerStatus, keys),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "bytes",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ServerStatus, bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "duplicate_rows",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ServerStatus, duplicate_rows),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "operations",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ServerStatus, operations),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "connections",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ServerStatus, connections),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "transfer",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ServerStatus, transfer),
+    &pbkv__transfer_progress__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "uptime_ms",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ServerStatus, uptime_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned pbkv__server_status__field_indices_by_name[] = {
+  4,   /* field[4] = bytes */
+  7,   /* field[7] = connections */
+  5,   /* field[5] = duplicate_rows */
+  3,   /* field[3] = keys */
+  6,   /* field[6] = operations */
+  1,   /* field[1] = role */
+  0,   /* field[0] = server */
+  8,   /* field[8] = transfer */
+  9,   /* field[9] = uptime_ms */
+  2,   /* field[2] = view */
+};
+static const ProtobufCIntRange pbkv__server_status__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 10 }
+};
+const ProtobufCMessageDescriptor pbkv__server_status__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "pbkv.ServerStatus",
+  "ServerStatus",
+  "Pbkv__ServerStatus",
+  "pbkv",
+  sizeof(Pbkv__ServerStatus),
+  10,
+  pbkv__server_status__field_descriptors,
+  pbkv__server_status__field_indices_by_name,
+  1,  pbkv__server_status__number_ranges,
+  (ProtobufCMessageInit) pbkv__server_status__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+#define pbkv__view_service_status_args__field_descriptors NULL
+#define pbkv__view_service_status_args__field_indices_by_name NULL
+#define pbkv__view_service_status_args__number_ranges NULL
+const ProtobufCMessageDescriptor pbkv__view_service_status_args__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "pbkv.ViewServiceStatusArgs",
+  "ViewServiceStatusArgs",
+  "Pbkv__ViewServiceStatusArgs",
+  "pbkv",
+  sizeof(Pbkv__ViewServiceStatusArgs),
+  0,
+  pbkv__view_service_status_args__field_descriptors,
+  pbkv__view_service_status_args__field_indices_by_name,
+  0,  pbkv__view_service_status_args__number_ranges,
+  (ProtobufCMessageInit) pbkv__view_service_status_args__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor pbkv__server_seen__field_descriptors[2] =
+{
+  {
+    "server",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ServerSeen, server),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "last_ping_ms_ago",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ServerSeen, last_ping_ms_ago),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned pbkv__server_seen__field_indices_by_name[] = {
+  1,   /* field[1] = last_ping_ms_ago */
+  0,   /* field[0] = server */
+};
+static const ProtobufCIntRange pbkv__server_seen__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor pbkv__server_seen__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "pbkv.ServerSeen",
+  "ServerSeen",
+  "Pbkv__ServerSeen",
+  "pbkv",
+  sizeof(Pbkv__ServerSeen),
+  2,
+  pbkv__server_seen__field_descriptors,
+  pbkv__server_seen__field_indices_by_name,
+  1,  pbkv__server_seen__number_ranges,
+  (ProtobufCMessageInit) pbkv__server_seen__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor pbkv__view_service_status__field_descriptors[2] =
+{
+  {
+    "view",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ViewServiceStatus, view),
+    &pbkv__view__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "servers",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Pbkv__ViewServiceStatus, n_servers),
+    offsetof(Pbkv__ViewServiceStatus, servers),
+    &pbkv__server_seen__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned pbkv__view_service_status__field_indices_by_name[] = {
+  1,   /* field[1] = servers */
+  0,   /* field[0] = view */
+};
+static const ProtobufCIntRange pbkv__view_service_status__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor pbkv__view_service_status__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "pbkv.ViewServiceStatus",
+  "ViewServiceStatus",
+  "Pbkv__ViewServiceStatus",
+  "pbkv",
+  sizeof(Pbkv__ViewServiceStatus),
+  2,
+  pbkv__view_service_status__field_descriptors,
+  pbkv__view_service_status__field_indices_by_name,
+  1,  pbkv__view_service_status__number_ranges,
+  (ProtobufCMessageInit) pbkv__view_service_status__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor pbkv__request__field_descriptors[11] =
 {
   {
     "call_id",
@@ -2342,6 +2982,30 @@ static const ProtobufCFieldDescriptor pbkv__request__field_descriptors[9] =
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "view_service_status",
+    40,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Pbkv__Request, call_case),
+    offsetof(Pbkv__Request, view_service_status),
+    &pbkv__view_service_status_args__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "server_status",
+    41,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Pbkv__Request, call_case),
+    offsetof(Pbkv__Request, server_status),
+    &pbkv__server_status_args__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned pbkv__request__field_indices_by_name[] = {
   0,   /* field[0] = call_id */
@@ -2351,16 +3015,19 @@ static const unsigned pbkv__request__field_indices_by_name[] = {
   2,   /* field[2] = ping */
   5,   /* field[5] = put */
   6,   /* field[6] = put_hash */
+  10,   /* field[10] = server_status */
   1,   /* field[1] = timeout_ms */
   8,   /* field[8] = transfer */
+  9,   /* field[9] = view_service_status */
 };
-static const ProtobufCIntRange pbkv__request__number_ranges[4 + 1] =
+static const ProtobufCIntRange pbkv__request__number_ranges[5 + 1] =
 {
   { 1, 0 },
   { 10, 2 },
   { 20, 4 },
   { 30, 7 },
-  { 0, 9 }
+  { 40, 9 },
+  { 0, 11 }
 };
 const ProtobufCMessageDescriptor pbkv__request__descriptor =
 {
@@ -2370,14 +3037,14 @@ const ProtobufCMessageDescriptor pbkv__request__descriptor =
   "Pbkv__Request",
   "pbkv",
   sizeof(Pbkv__Request),
-  9,
+  11,
   pbkv__request__field_descriptors,
   pbkv__request__field_indices_by_name,
-  4,  pbkv__request__number_ranges,
+  5,  pbkv__request__number_ranges,
   (ProtobufCMessageInit) pbkv__request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor pbkv__response__field_descriptors[8] =
+static const ProtobufCFieldDescriptor pbkv__response__field_descriptors[10] =
 {
   {
     "call_id",
@@ -2475,6 +3142,30 @@ static const ProtobufCFieldDescriptor pbkv__response__field_descriptors[8] =
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "view_service_status",
+    40,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Pbkv__Response, result_case),
+    offsetof(Pbkv__Response, view_service_status),
+    &pbkv__view_service_status__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "server_status",
+    41,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Pbkv__Response, result_case),
+    offsetof(Pbkv__Response, server_status),
+    &pbkv__server_status__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned pbkv__response__field_indices_by_name[] = {
   0,   /* field[0] = call_id */
@@ -2483,16 +3174,19 @@ static const unsigned pbkv__response__field_indices_by_name[] = {
   5,   /* field[5] = kv */
   3,   /* field[3] = leader */
   2,   /* field[2] = message */
+  9,   /* field[9] = server_status */
   7,   /* field[7] = transfer */
   4,   /* field[4] = view */
+  8,   /* field[8] = view_service_status */
 };
-static const ProtobufCIntRange pbkv__response__number_ranges[4 + 1] =
+static const ProtobufCIntRange pbkv__response__number_ranges[5 + 1] =
 {
   { 1, 0 },
   { 10, 4 },
   { 20, 5 },
   { 30, 6 },
-  { 0, 8 }
+  { 40, 8 },
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor pbkv__response__descriptor =
 {
@@ -2502,10 +3196,10 @@ const ProtobufCMessageDescriptor pbkv__response__descriptor =
   "Pbkv__Response",
   "pbkv",
   sizeof(Pbkv__Response),
-  8,
+  10,
   pbkv__response__field_descriptors,
   pbkv__response__field_indices_by_name,
-  4,  pbkv__response__number_ranges,
+  5,  pbkv__response__number_ranges,
   (ProtobufCMessageInit) pbkv__response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import NIOCore
 import NIOPosix
@@ -59,6 +60,9 @@ public struct KVServerConfiguration: Sendable {
     /// deflate costs more time than the bytes it saves (50 clients putting 1 KiB values: 15 k ops/s
     /// with a 1 KiB threshold, 29 k with 64 KiB).
     public var latencyCompressionThreshold = FrameCodec.latencyCompressionThreshold
+    /// Where this server's metrics go (`--metrics`): calls, latency, bytes, connections, and its
+    /// state sampled by `KVServer.refreshMetrics()`. nil: nothing is measured.
+    public var metrics: (any MetricsFactory)?
 
     public init(listenHost: String, listenPort: Int, viewService: [PeerAddress]) {
         self.listenHost = listenHost
@@ -125,6 +129,8 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         var stopped = false
         /// Backups already reported as refusing our frames (logged once each).
         var tooLargeReported: Set<String> = []
+        /// Get, Put and PutHash calls received.
+        var operations: UInt64 = 0
     }
 
     public let eventLoop: any EventLoop
@@ -135,9 +141,13 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
     private let state: NIOLoopBoundBox<State>
     private let viewService: ViewServiceClient
     private let rpcServer: NIOLoopBoundBox<RPCServer?>
+    private let metrics: ServerMetrics?
 
-    private init(me: String, eventLoop: any EventLoop, configuration: KVServerConfiguration, logger: Logger) {
+    private init(
+        me: String, eventLoop: any EventLoop, configuration: KVServerConfiguration, metrics: ServerMetrics?, logger: Logger
+    ) {
         self.me = me
+        self.metrics = metrics
         self.eventLoop = eventLoop
         self.configuration = configuration
         var logger = logger
@@ -149,6 +159,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         vsConfig.faults = configuration.viewServiceFaults
         vsConfig.name = me
         vsConfig.tls = configuration.tls
+        vsConfig.metrics = metrics?.rpc
         self.viewService = ViewServiceClient(
             addresses: configuration.viewService, eventLoop: eventLoop, configuration: vsConfig, logger: logger)
         self.rpcServer = NIOLoopBoundBox.makeBoxSendingValue(nil, eventLoop: eventLoop)
@@ -167,7 +178,9 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         let loop = group.next()
         // Bind first so the advertised address can default to the real port.
         let holder = ServiceHolder()
+        let metrics = configuration.metrics.map(ServerMetrics.init)
         var rpc = RPCServerConfiguration(host: configuration.listenHost, port: configuration.listenPort)
+        rpc.metrics = metrics?.rpc
         rpc.tls = configuration.tls
         rpc.faults = configuration.faults
         rpc.maxPayload = configuration.maxPayload
@@ -182,7 +195,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
             configuration: rpc, group: loop,
             tables: [.kv(LateBoundKV(holder: holder)), .replica(LateBoundReplica(holder: holder))], logger: logger)
         let me = configuration.advertise ?? "\(configuration.listenHost):\(server.port)"
-        let kv = KVServer(me: me, eventLoop: loop, configuration: configuration, logger: logger)
+        let kv = KVServer(me: me, eventLoop: loop, configuration: configuration, metrics: metrics, logger: logger)
         holder.set(kv)
         try await loop.submit {
             kv.rpcServer.value = server
@@ -224,6 +237,27 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
     /// Whether this server holds a read lease now (tests: wait for it to end).
     public func holdsReadLease() async throws -> Bool {
         try await eventLoop.submit { self.state.value.machine.holdsLease(at: self.clockNow) }.get()
+    }
+
+    /// What `pbkv status` shows: role, view, keys, bytes, rows, operations, connections, transfer.
+    public func serverStatus() async throws -> ServerStatus {
+        try await eventLoop.submit { self.currentStatus() }.get()
+    }
+
+    /// Samples the state into the metrics (before a scrape); does nothing without `--metrics`.
+    public func refreshMetrics() async {
+        guard let metrics else { return }
+        if let status = try? await serverStatus() { metrics.update(from: status) }
+    }
+
+    /// The status, read on the loop.
+    private func currentStatus() -> ServerStatus {
+        let m = state.value.machine
+        return ServerStatus(
+            server: me, role: m.role.rawValue, view: m.view, keys: UInt64(m.store.map.count), bytes: UInt64(m.store.bytes),
+            duplicateRows: UInt64(m.store.duplicates.count), operations: state.value.operations,
+            connections: UInt32(clamping: rpcServer.value?.connectionCount ?? 0), transfer: m.transferProgress,
+            uptimeMs: UInt64(clamping: clockNow.milliseconds))
     }
 
     /// Connections open at this server now (clients, and a primary's link if this is its backup).
@@ -285,6 +319,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
                     "view.primary": "\(view.primary)", "view.backup": "\(view.backup)",
                 ])
             case .transferCompleted(let target, let entries, let chunks):
+                metrics?.transfersCompleted.increment()
                 // The whole transfer: since its first chunk 0 left, resends and restarts included.
                 let summary = withBackupTimer { $0.transferCompleted(to: target, at: clockNow) }
                 logger.info("state transfer completed", metadata: [
@@ -314,6 +349,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         config.name = me
         config.maxPayload = configuration.maxPayload
         config.compression = configuration.compression
+        config.metrics = metrics?.rpc
         let client = RPCClient(peer: peer, eventLoop: eventLoop, configuration: config, logger: logger)
         state.value.backupLink = (address, client)
         withBackupTimer { $0.backupChanged() }
@@ -336,6 +372,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
     private func sendForward(to target: String, _ args: ForwardArgs) {
         guard !state.value.stopped, let client = backupClient(target) else { return }
         let timed = withBackupTimer { $0.willSendForward(args, at: clockNow) }
+        metrics?.forwardBatch.record(args.ops.count)
         client.call(.forward(args), timeout: timed.timeout, compressionThreshold: configuration.latencyCompressionThreshold)
             .whenComplete { result in
             let outcome: ReplicaCallOutcome<ForwardReply>
@@ -387,6 +424,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
             }
             let token = self.state.value.nextToken
             self.state.value.nextToken += 1
+            self.state.value.operations += 1
             self.state.value.waiting[token] = promise
             // The clock is read here, when the request is handled: a process paused since the
             // request arrived sees the time it woke at, and its lease has ended.
@@ -405,6 +443,10 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
 
     public func putHash(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
         submit(Operation(kind: .putHash, key: key, value: value, id: id))
+    }
+
+    public func serverStatus(context: RPCCallContext) -> EventLoopFuture<ServerStatus> {
+        onLoop { self.eventLoop.makeSucceededFuture(self.currentStatus()) }
     }
 
     // MARK: - ReplicaServiceProtocol
@@ -445,6 +487,10 @@ private struct LateBoundKV: KVServiceProtocol {
     func putHash(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
         holder.server?.putHash(key: key, value: value, id: id, context: context)
             ?? context.eventLoop.makeSucceededFuture(KVReply(code: .wrongServer))
+    }
+    func serverStatus(context: RPCCallContext) -> EventLoopFuture<ServerStatus> {
+        holder.server?.serverStatus(context: context)
+            ?? context.eventLoop.makeFailedFuture(RPCServiceError(code: .notReady, message: "the server is starting; retry shortly"))
     }
 }
 

@@ -32,6 +32,8 @@ public struct KVStore: Sendable, Hashable {
 
     public private(set) var map: [String: String] = [:]
     public private(set) var duplicates: [UInt64: DuplicateRecord] = [:]
+    /// UTF-8 bytes of every key and value in `map` (kept up to date, for status and metrics).
+    public private(set) var bytes = 0
     /// Operations applied since the state began (including those before a transfer): the
     /// replicated logical clock that orders rows for eviction.
     public private(set) var clock: UInt64 = 0
@@ -78,12 +80,12 @@ public struct KVStore: Sendable, Hashable {
             }
             kept = nil
         case .put:
-            map[op.key] = op.value
+            store(op.value, at: op.key)
             reply = KVReply(code: .ok)
             kept = reply
         case .putHash:
             let previous = map[op.key] ?? ""
-            map[op.key] = PutHash.newValue(previous: previous, value: op.value)
+            store(PutHash.newValue(previous: previous, value: op.value), at: op.key)
             reply = KVReply(code: .ok, value: previous)
             kept = reply
         }
@@ -91,6 +93,15 @@ public struct KVStore: Sendable, Hashable {
         duplicates[op.id.clientID] = DuplicateRecord(seq: op.id.seq, lastUsed: clock, reply: kept)
         evictIfOverBound()
         return reply
+    }
+
+    /// Sets `key` to `value`, keeping `bytes` exact.
+    private mutating func store(_ value: String, at key: String) {
+        if let old = map.updateValue(value, forKey: key) {
+            bytes += value.utf8.count - old.utf8.count
+        } else {
+            bytes += key.utf8.count + value.utf8.count
+        }
     }
 
     /// Rows above which an eviction runs: 1/8 of slack so that each sort is paid for by
@@ -113,13 +124,14 @@ public struct KVStore: Sendable, Hashable {
     public mutating func reset() {
         map = [:]
         duplicates = [:]
+        bytes = 0
         clock = 0
     }
 
     /// Adds transferred entries and duplicate rows; `clock` is the sender's (the largest wins).
     public mutating func load(entries: [Entry], duplicates rows: [DuplicateEntry], clock: UInt64 = 0) {
         map.reserveCapacity(map.count + entries.count)
-        for entry in entries { map[entry.key] = entry.value }
+        for entry in entries { store(entry.value, at: entry.key) }
         for row in rows {
             duplicates[row.clientID] = DuplicateRecord(
                 seq: row.seq, lastUsed: row.lastUsed, reply: row.reread ? nil : row.reply)

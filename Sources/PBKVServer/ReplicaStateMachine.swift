@@ -257,6 +257,24 @@ public struct ReplicaStateMachine: Sendable {
     /// Operations applied but not yet acknowledged by the backup.
     public var pendingCount: Int { pending.count }
 
+    /// The state transfer in progress: on a primary, the one to its backup; on a backup, the
+    /// one it is receiving (entries received so far; the total is not known there). Nil otherwise.
+    public var transferProgress: TransferProgress? {
+        switch role {
+        case .primary:
+            guard case .transferring(let transfer) = link else { return nil }
+            return TransferProgress(
+                peer: transfer.target, entriesDone: UInt64(transfer.entriesSent), entriesTotal: UInt64(transfer.cursor.entryCount),
+                chunks: transfer.nextChunk)
+        case .backup:
+            guard let session, !session.complete else { return nil }
+            return TransferProgress(
+                peer: session.primary, entriesDone: UInt64(store.map.count), entriesTotal: 0, chunks: session.nextChunk)
+        case .idle, .primaryWithoutState:
+            return nil
+        }
+    }
+
     // MARK: - view
 
     /// The view service answered a ping with `newView`; the ping was sent at `pingSentAt` (read
@@ -655,6 +673,8 @@ struct TransferCursor: Sendable {
     private var duplicateIndex = 0
     /// The store's operation clock at the snapshot.
     let clock: UInt64
+    /// Entries in the snapshot.
+    var entryCount: Int { map.count }
 
     init(store: KVStore) {
         map = store.map

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import NIOCore
 import NIOPosix
@@ -52,10 +53,11 @@ public final class InProcessCluster: Sendable {
     /// Starts the view service: by default the sole leader of a memory store; `election` (with
     /// the `port` it advertises) runs it in another mode, e.g. on etcd. `onShutdown` runs after
     /// the view service stopped (to stop what the election needed). `readLeases` is given to
-    /// every server started.
+    /// every server started. `metrics` measures the view
+    /// service (`ViewServiceServer.start(metrics:)`; sample it with `refreshViewServiceMetrics()`).
     public static func start(
         pingInterval: Duration = .milliseconds(100), deadPings: Int = 5, port: Int = 0, election: (any ViewServiceElection)? = nil,
-        readLeases: Bool = true, logger: Logger? = nil, onShutdown: @escaping @Sendable () async -> Void = {}
+        readLeases: Bool = true, metrics: (any MetricsFactory)? = nil, logger: Logger? = nil, onShutdown: @escaping @Sendable () async -> Void = {}
     ) async throws -> InProcessCluster {
         var logger = logger ?? Logger(label: "pbkv.test")
         if logger.logLevel > .warning || logger.logLevel == .info { logger.logLevel = .warning }
@@ -63,7 +65,7 @@ public final class InProcessCluster: Sendable {
         let (service, server) = try await ViewServiceServer.start(
             rpc: RPCServerConfiguration(host: "127.0.0.1", port: port),
             configuration: ViewServiceConfiguration(pingInterval: pingInterval, deadPings: deadPings), election: election,
-            group: group, logger: logger)
+            metrics: metrics, group: group, logger: logger)
         return InProcessCluster(
             pingInterval: pingInterval, deadInterval: pingInterval * deadPings, readLeases: readLeases, viewService: service, rpcServer: server, vsGroup: group, logger: logger,
             onShutdown: onShutdown)
@@ -124,6 +126,11 @@ public final class InProcessCluster: Sendable {
     /// The view service's current view (with its acknowledged flag) and counters.
     public func view() async throws -> View {
         try await viewService.snapshot().view ?? .initial
+    }
+
+    /// Samples the view service's state into its metrics (when started with `metrics`).
+    public func refreshViewServiceMetrics() async {
+        await viewService.refreshMetrics()
     }
 
     public func viewServiceStats() async throws -> ViewServiceStats {

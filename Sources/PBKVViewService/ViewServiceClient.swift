@@ -74,6 +74,16 @@ public final class ViewServiceClient: Sendable {
         try await getView(timeout: timeout).get()
     }
 
+    /// The leader's view and every server it tracks, idle ones included (`pbkv status`).
+    public func status(timeout: Duration) async throws -> ViewServiceStatus {
+        try await attempt(.viewServiceStatus, timeout: timeout, remaining: state.withLock { $0.addresses.count } + 1) { result, _ in
+            guard case .viewServiceStatus(let status) = result else {
+                throw RPCError.protocolViolation("expected a ViewServiceStatus reply")
+            }
+            return status
+        }.get()
+    }
+
     /// Closes every connection.
     public func shutdown() -> EventLoopFuture<Void> {
         let clients = state.withLock { state in
@@ -86,16 +96,19 @@ public final class ViewServiceClient: Sendable {
     /// Tries the believed leader, following hints and moving on after failures, at most once
     /// around the known addresses (plus the hops hints cause).
     private func call(_ call: Call, timeout: Duration) -> EventLoopFuture<View> {
-        attempt(call, timeout: timeout, remaining: state.withLock { $0.addresses.count } + 1)
+        attempt(call, timeout: timeout, remaining: state.withLock { $0.addresses.count } + 1) { result, address in
+            guard case .view(let view) = result else { throw RPCError.protocolViolation("expected a View reply") }
+            return try self.accept(view, from: address)
+        }
     }
 
-    private func attempt(_ call: Call, timeout: Duration, remaining: Int) -> EventLoopFuture<View> {
+    /// `extract` turns the reply into the caller's result (or throws: the call failed).
+    private func attempt<T: Sendable>(
+        _ call: Call, timeout: Duration, remaining: Int, extract: @escaping @Sendable (CallResult, PeerAddress) throws -> T
+    ) -> EventLoopFuture<T> {
         let (address, client) = currentClient()
         return client.call(call, timeout: timeout)
-            .flatMapThrowing { result in
-                guard case .view(let view) = result else { throw RPCError.protocolViolation("expected a View reply") }
-                return try self.accept(view, from: address)
-            }
+            .flatMapThrowing { result in try extract(result, address) }
             .flatMapError { error in
                 let retry: Bool
                 switch error {
@@ -111,7 +124,7 @@ public final class ViewServiceClient: Sendable {
                     retry = false
                 }
                 guard retry, remaining > 1 else { return self.eventLoop.makeFailedFuture(error) }
-                return self.attempt(call, timeout: timeout, remaining: remaining - 1)
+                return self.attempt(call, timeout: timeout, remaining: remaining - 1, extract: extract)
             }
     }
 

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import NIOCore
 import NIOPosix
@@ -49,11 +50,14 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
     private let configuration: ViewServiceConfiguration
     private let election: any ViewServiceElection
     private let terminatedPromise: EventLoopPromise<Void>
+    private let metrics: ViewServiceMetrics?
 
     private init(
-        eventLoop: any EventLoop, configuration: ViewServiceConfiguration, election: any ViewServiceElection, logger: Logger
+        eventLoop: any EventLoop, configuration: ViewServiceConfiguration, election: any ViewServiceElection,
+        metrics: ViewServiceMetrics?, logger: Logger
     ) {
         self.eventLoop = eventLoop
+        self.metrics = metrics
         self.logger = logger
         self.configuration = configuration
         self.election = election
@@ -62,14 +66,20 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
     }
 
     /// A view service bound to `rpc.host:rpc.port` on a loop of `group`, taking part in
-    /// `election` (default: sole leader of an in-memory store, as in tests).
+    /// `election` (default: sole leader of an in-memory store, as in tests). With `metrics`,
+    /// it counts calls, bytes and connections, and `refreshMetrics()` samples its view.
     public static func start(
         rpc: RPCServerConfiguration, configuration: ViewServiceConfiguration = .init(),
-        election: (any ViewServiceElection)? = nil, group: any EventLoopGroup, logger: Logger
+        election: (any ViewServiceElection)? = nil, metrics factory: (any MetricsFactory)? = nil, group: any EventLoopGroup,
+        logger: Logger
     ) async throws -> (service: ViewServiceServer, server: RPCServer) {
         let loop = group.next()
         let election = election ?? SoleLeadership(store: InMemoryViewStore())
-        let service = ViewServiceServer(eventLoop: loop, configuration: configuration, election: election, logger: logger)
+        let metrics = factory.map(ViewServiceMetrics.init)
+        var rpc = rpc
+        if let metrics { rpc.metrics = metrics.rpc }
+        let service = ViewServiceServer(
+            eventLoop: loop, configuration: configuration, election: election, metrics: metrics, logger: logger)
         let server = try await RPCServer.start(
             configuration: rpc, group: loop, tables: [.viewService(service)], logger: logger)
         try await loop.submit {
@@ -262,6 +272,7 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
 
     private func record(_ change: ViewServiceStateMachine.ViewChange) {
         state.value.stats.viewChanges += 1
+        metrics?.viewChanges.increment()
         logger.info("view changed", metadata: [
             "view.num": "\(change.to.viewnum)", "view.primary": "\(change.to.primary)",
             "view.backup": "\(change.to.backup)", "previous.primary": "\(change.from.primary)",
@@ -320,6 +331,27 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
         return machine.currentView
     }
 
+    /// The view and every server the leader tracks (`pbkv status`); NOT_LEADER elsewhere.
+    public func status(context: RPCCallContext) -> EventLoopFuture<ViewServiceStatus> {
+        onLoop {
+            guard let status = self.currentStatus() else { return self.eventLoop.makeFailedFuture(self.notServing()) }
+            return self.eventLoop.makeSucceededFuture(status)
+        }
+    }
+
+    private func currentStatus() -> ViewServiceStatus? {
+        guard case .leader(_, let machine) = state.value.role else { return nil }
+        return ViewServiceStatus(view: machine.currentView, servers: machine.serversSeen(now: now))
+    }
+
+    /// Samples the view and the servers into the metrics (before a scrape); does nothing
+    /// without metrics.
+    public func refreshMetrics() async {
+        guard let metrics else { return }
+        let status = try? await eventLoop.submit { self.currentStatus() }.get()
+        metrics.update(from: status ?? nil, deadAfter: configuration.deadAfter)
+    }
+
     /// The current view and counters; nil view when this process is not the leader.
     public func snapshot() async throws -> (view: View?, isLeader: Bool, stats: ViewServiceStats) {
         try await eventLoop.submit { (self.currentView(), self.currentView() != nil, self.state.value.stats) }.get()
@@ -331,5 +363,37 @@ extension Duration {
     public var milliseconds: Int64 {
         let (seconds, attoseconds) = components
         return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+}
+
+/// The view service's own series (`--metrics`), sampled at scrape time, besides the RPC layer's.
+final class ViewServiceMetrics: Sendable {
+    let rpc: RPCMetrics
+    /// `pbkv_view_changes_total`: views this process stored and showed as leader.
+    let viewChanges: Counter
+    private let leader: Gauge
+    private let viewNumber: Gauge
+    private let acknowledged: Gauge
+    private let liveServers: Gauge
+
+    init(factory: any MetricsFactory) {
+        rpc = RPCMetrics(factory: factory)
+        viewChanges = Counter(label: "pbkv_view_changes_total", factory: factory)
+        leader = Gauge(label: "pbkv_viewservice_leader", factory: factory)
+        viewNumber = Gauge(label: "pbkv_view_number", factory: factory)
+        acknowledged = Gauge(label: "pbkv_view_acknowledged", factory: factory)
+        liveServers = Gauge(label: "pbkv_viewservice_live_servers", factory: factory)
+    }
+
+    /// `status` is nil when this process is not the leader (then only `leader` and the RPC
+    /// series move).
+    func update(from status: ViewServiceStatus?, deadAfter: Duration) {
+        leader.record(status == nil ? 0 : 1)
+        if let status {
+            viewNumber.record(status.view.viewnum)
+            acknowledged.record(status.view.acknowledged ? 1 : 0)
+            liveServers.record(status.servers.filter { $0.lastPingMsAgo < UInt64(deadAfter.milliseconds) }.count)
+        }
+        rpc.flush()
     }
 }

@@ -167,6 +167,14 @@ public struct ViewServiceStateMachine: Sendable {
     /// Servers the machine currently tracks (alive or not yet forgotten), for status output.
     public var knownServers: [String] { servers.keys.sorted() }
 
+    /// Every server the machine tracks (the view's, and idle ones not yet forgotten) with the
+    /// time since its last ping at `now`, by address (`pbkv status`).
+    public func serversSeen(now: Duration) -> [ServerSeen] {
+        servers.sorted { $0.key < $1.key }.map { name, known in
+            ServerSeen(server: name, lastPingMsAgo: UInt64(max(0, (now - known.lastPing).milliseconds)))
+        }
+    }
+
     private mutating func propose(_ next: ViewRecord) -> ViewRecord {
         proposal = next
         return next

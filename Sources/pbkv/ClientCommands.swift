@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import PBKVClient
+import PBKVObservability
 import PBKVWire
 
 /// Options every client command takes.
@@ -95,15 +96,24 @@ struct PutHashCommand: AsyncParsableCommand {
     }
 }
 
-/// `pbkv view`: prints the current view.
+/// `pbkv view`: prints the current view; with `--watch`, every change of it as it happens.
 struct ViewCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "view", abstract: "Print the current view.")
-    @Flag(help: "Print JSON: {\"viewnum\":N,\"primary\":\"HOST:PORT\",\"backup\":\"HOST:PORT\"}.")
+    static let configuration = CommandConfiguration(commandName: "view", abstract: "Print the current view (--watch: every change).")
+    @Flag(help: "Print JSON: {\"viewnum\":N,\"primary\":\"HOST:PORT\",\"backup\":\"HOST:PORT\"} (with --watch also \"acknowledged\" and \"time\").")
     var json = false
+    @Flag(help: "Keep running and print one line per change of the view (number, servers or acknowledgement) until interrupted.")
+    var watch = false
+    @Option(help: "With --watch: milliseconds between two reads of the view.")
+    var intervalMs: Int = 100
     @OptionGroup var options: ClientOptions
+
+    func validate() throws {
+        guard intervalMs > 0 else { throw ValidationError("--interval-ms must be positive") }
+    }
 
     func run() async throws {
         let client = try options.makeClient()
+        if watch { return try await watchViews(client) }
         let view: View
         do {
             view = try await client.currentView()
@@ -121,16 +131,50 @@ struct ViewCommand: AsyncParsableCommand {
         }
     }
 
-    private func jsonString(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
-            default: out.unicodeScalars.append(scalar)
+    /// Reads the view every `intervalMs` and prints it whenever it differs from the last one
+    /// printed (the first at once); says on stderr when the view service cannot be reached,
+    /// once per outage. Runs until interrupted.
+    private func watchViews(_ client: KVClient) async throws {
+        var last: View?
+        var unreachable = false
+        while !Task.isCancelled {
+            do {
+                let view = try await client.currentView()
+                if unreachable {
+                    printError("pbkv: the view service answers again")
+                    unreachable = false
+                }
+                if view != last {
+                    last = view
+                    writeLine(watchLine(view, at: JSONLogHandler.timestamp()))
+                }
+            } catch {
+                if !unreachable {
+                    printError("pbkv: cannot read the view from \(options.viewservice): \(error); still trying")
+                    unreachable = true
+                }
             }
+            try await Task.sleep(for: .milliseconds(intervalMs))
         }
-        return out + "\""
     }
+
+    private func watchLine(_ view: View, at time: String) -> String {
+        if json {
+            return "{\"time\":\(jsonString(time)),\"viewnum\":\(view.viewnum),\"primary\":\(jsonString(view.primary)),"
+                + "\"backup\":\(jsonString(view.backup)),\"acknowledged\":\(view.acknowledged)}"
+        }
+        return "\(time) view \(view.viewnum) primary \(view.primary.isEmpty ? "(none)" : view.primary) "
+            + "backup \(view.backup.isEmpty ? "(none)" : view.backup)\(view.acknowledged ? " acknowledged" : " not yet acknowledged")"
+    }
+
+    private func jsonString(_ s: String) -> String {
+        var out = ""
+        JSONLogHandler.appendString(s, to: &out)
+        return out
+    }
+}
+
+/// Writes `line` and a newline to standard output at once (not held in a buffer: a pipe reads it now).
+func writeLine(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

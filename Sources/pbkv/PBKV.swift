@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import PBKVObservability
 
 /// The `pbkv` command: servers, client commands and tools.
 @main
@@ -11,22 +12,38 @@ struct PBKV: AsyncParsableCommand {
         subcommands: [
             ViewServiceCommand.self, ServerCommand.self, ViewCommand.self,
             GetCommand.self, PutCommand.self, PutHashCommand.self, LocalCommand.self, ChaosCommand.self, BenchCommand.self,
-            ClusterBenchCommand.self, CertsCommand.self,
+            ClusterBenchCommand.self, CertsCommand.self, StatusCommand.self,
         ]
     )
+}
+
+/// How log lines look: swift-log's text lines, or one JSON object per line.
+enum LogFormat: String, ExpressibleByArgument, CaseIterable {
+    case text
+    case json
 }
 
 /// Logging options shared by the long-running commands.
 struct LoggingOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
+    @Option(help: "Log lines on standard error: text, or json (one object per line: time, level, label, source, message, metadata).")
+    var logFormat: LogFormat = .text
 
     func bootstrap(label: String) -> Logger {
         let level = Logger.Level(rawValue: logLevel) ?? .info
+        let format = logFormat
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+            switch format {
+            case .text:
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            case .json:
+                var handler = JSONLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
         }
         return Logger(label: label)
     }

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import PBKVEtcd
+import PBKVObservability
 import PBKVServer
 import PBKVViewService
 import PBKVWire
@@ -30,6 +31,7 @@ struct ViewServiceCommand: AsyncParsableCommand {
     @Option(help: "Replicated mode: the address other view services give clients for this one, HOST:PORT. Default: --listen.")
     var advertise: String?
     @OptionGroup var security: SecurityOptions
+    @OptionGroup var metrics: MetricsOptions
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -53,11 +55,14 @@ struct ViewServiceCommand: AsyncParsableCommand {
         rpc.tls = try security.resolve(logger: logger)
         let (election, etcdClient) = try await makeElection(logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let exported = try await metrics.start(group: group, logger: logger)
         let (service, server) = try await ViewServiceServer.start(
             rpc: rpc,
             configuration: ViewServiceConfiguration(pingInterval: .milliseconds(pingIntervalMs), deadPings: deadPings),
-            election: election, group: group, logger: logger)
+            election: election, metrics: exported?.metrics.factory, group: group, logger: logger)
+        exported?.metrics.addSampler { await service.refreshMetrics() }
         let lifecycle = ShutdownOnSignal {
+            await exported?.server.close()
             await service.stop()
             await server.close()
             await etcdClient?.shutdown()
@@ -165,6 +170,7 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "TESTING AID: seed of the fault injector (same seed, same faults).")
     var faultSeed: UInt64 = 1
     @OptionGroup var security: SecurityOptions
+    @OptionGroup var metrics: MetricsOptions
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -226,12 +232,47 @@ struct ServerCommand: AsyncParsableCommand {
             ])
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let exported = try await metrics.start(group: group, logger: logger)
+        configuration.metrics = exported?.metrics.factory
         let server = try await KVServer.start(configuration: configuration, group: group, logger: logger)
-        let lifecycle = ShutdownOnSignal { await server.shutdown() }
+        exported?.metrics.addSampler { await server.refreshMetrics() }
+        let lifecycle = ShutdownOnSignal {
+            await exported?.server.close()
+            await server.shutdown()
+        }
         let serviceGroup = ServiceGroup(
             configuration: .init(services: [lifecycle], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await serviceGroup.run()
         try await group.shutdownGracefully()
+    }
+}
+
+/// `--metrics HOST:PORT` of the long-running commands: Prometheus text over plain HTTP.
+struct MetricsOptions: ParsableArguments {
+    @Option(help: """
+        Serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP; counts and sizes only, never \
+        keys or values: bind it to loopback or a monitoring network). Off by default.
+        """)
+    var metrics: String?
+
+    func validate() throws {
+        if let metrics, (try? PeerAddress(parsing: metrics)) == nil {
+            throw ValidationError("--metrics must be HOST:PORT, e.g. 127.0.0.1:9100")
+        }
+    }
+
+    /// Starts the metrics endpoint when `--metrics` was given.
+    func start(group: any EventLoopGroup, logger: Logger) async throws -> (metrics: ProcessMetrics, server: MetricsHTTPServer)? {
+        guard let metrics else { return nil }
+        let address = try PeerAddress(parsing: metrics)
+        let registry = ProcessMetrics()
+        do {
+            let server = try await MetricsHTTPServer.start(
+                host: address.host, port: address.port, metrics: registry, group: group, logger: logger)
+            return (registry, server)
+        } catch {
+            throw ValidationError("--metrics \(metrics): cannot listen there: \(error)")
+        }
     }
 }
 

@@ -308,7 +308,9 @@ struct ReplicaForwardingTests {
         }
         #expect(chunk0.viewnum == 2 && chunk0.primary == "p" && chunk0.chunkIndex == 0 && chunk0.nextIndex == 0)
         #expect(net["p"].pingViewnum == 1)
+        #expect(net["p"].transferProgress == TransferProgress(peer: "b", entriesDone: 3, entriesTotal: 10, chunks: 1))
         net.onView("b", v2)
+        #expect(net["b"].transferProgress == nil)  // nothing received yet
 
         // An operation arriving during the transfer waits; nothing is forwarded yet.
         let late = put("late", "1", client: 9, seq: 1)
@@ -330,6 +332,12 @@ struct ReplicaForwardingTests {
             }
             #expect(sent.count == expectedNew, "\(next)")
             chunks += sent
+            // Progress as each side sees it: entries produced by the primary, received by the backup.
+            let produced = chunks.reduce(0) { $0 + $1.entries.count }
+            #expect(net["p"].transferProgress == TransferProgress(
+                peer: "b", entriesDone: UInt64(produced), entriesTotal: 10, chunks: UInt32(chunks.count)))
+            #expect(net["b"].transferProgress?.peer == "p")
+            #expect(net["b"].transferProgress?.entriesDone == UInt64(net["b"].store.map.count))
         }
         #expect(chunks.map(\.chunkIndex) == [0, 1, 2, 3, 4])
         #expect(chunks.allSatisfy { $0.transferID == chunk0.transferID })
@@ -345,6 +353,7 @@ struct ReplicaForwardingTests {
                     .forward(to: "b", ForwardArgs(viewnum: 2, primary: "p", firstIndex: 0, ops: [late]), delay: .zero),
                 ])
         #expect(net["p"].pingViewnum == 2)
+        #expect(net["p"].transferProgress == nil && net["b"].transferProgress == nil)
         #expect(net["b"].store == snapshot, "the transfer carried exactly the snapshot")
         #expect(net.deliver() == [.reply(100, ok)])
         #expect(net["b"].store == net["p"].store)

@@ -39,6 +39,20 @@ let roundTripSamples: [Sample] = {
         Sample(name: "Ping, restart (viewnum 0, empty server)", envelope: request(.ping(PingArgs(server: "", viewnum: 0)), id: 0, timeoutMs: 0)),
         Sample(name: "Ping, max values", envelope: request(.ping(PingArgs(server: "[::1]:7001", viewnum: .max)), id: .max, timeoutMs: .max)),
         Sample(name: "GetView", envelope: request(.getView)),
+        Sample(name: "ViewServiceStatus", envelope: request(.viewServiceStatus)),
+        Sample(name: "ServerStatus", envelope: request(.serverStatus)),
+        Sample(name: "ViewServiceStatus result", envelope: response(.viewServiceStatus(ViewServiceStatus(
+            view: View(viewnum: 3, primary: "127.0.0.1:7001", backup: "127.0.0.1:7002", acknowledged: true),
+            servers: [ServerSeen(server: "127.0.0.1:7001", lastPingMsAgo: 12), ServerSeen(server: "127.0.0.1:7003", lastPingMsAgo: .max)])))),
+        Sample(name: "ViewServiceStatus result, no servers", envelope: response(.viewServiceStatus(ViewServiceStatus(
+            view: .initial, servers: [])))),
+        Sample(name: "ServerStatus result, transferring", envelope: response(.serverStatus(ServerStatus(
+            server: "127.0.0.1:7001", role: "primary", view: View(viewnum: 4, primary: "127.0.0.1:7001", backup: "127.0.0.1:7003"),
+            keys: 1_000_000, bytes: 110_000_000, duplicateRows: 65_536, operations: .max, connections: 51,
+            transfer: TransferProgress(peer: "127.0.0.1:7003", entriesDone: 16_384, entriesTotal: 1_000_000, chunks: 1),
+            uptimeMs: 123_456)))),
+        Sample(name: "ServerStatus result, idle", envelope: response(.serverStatus(ServerStatus(
+            server: "[::1]:7002", role: "idle", view: .initial)))),
         Sample(name: "Get", envelope: request(.get(key: "k", id: id1))),
         Sample(name: "Get, empty key", envelope: request(.get(key: "", id: RequestID(clientID: 0, seq: 0)))),
         Sample(name: "Put", envelope: request(.put(key: "a", value: "b", id: id1))),

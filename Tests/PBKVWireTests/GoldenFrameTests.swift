@@ -196,6 +196,8 @@ struct GoldenFrameTests {
                 case .kv: kinds.insert("result kv")
                 case .forward: kinds.insert("result forward")
                 case .transfer: kinds.insert("result transfer")
+                case .viewServiceStatus: kinds.insert("result view_service_status")
+                case .serverStatus: kinds.insert("result server_status")
                 case nil: kinds.insert("error \(r.code)")
                 }
             }

@@ -34,6 +34,12 @@ typedef struct Pbkv__Entry Pbkv__Entry;
 typedef struct Pbkv__DuplicateEntry Pbkv__DuplicateEntry;
 typedef struct Pbkv__TransferChunk Pbkv__TransferChunk;
 typedef struct Pbkv__TransferReply Pbkv__TransferReply;
+typedef struct Pbkv__ServerStatusArgs Pbkv__ServerStatusArgs;
+typedef struct Pbkv__TransferProgress Pbkv__TransferProgress;
+typedef struct Pbkv__ServerStatus Pbkv__ServerStatus;
+typedef struct Pbkv__ViewServiceStatusArgs Pbkv__ViewServiceStatusArgs;
+typedef struct Pbkv__ServerSeen Pbkv__ServerSeen;
+typedef struct Pbkv__ViewServiceStatus Pbkv__ViewServiceStatus;
 typedef struct Pbkv__Request Pbkv__Request;
 typedef struct Pbkv__Response Pbkv__Response;
 typedef struct Pbkv__Envelope Pbkv__Envelope;
@@ -460,6 +466,133 @@ struct  Pbkv__TransferReply
     , PBKV__CODE__OK }
 
 
+/*
+ * Ask a KV server how it is doing (`pbkv status`). Any certificate of the cluster CA may call it.
+ */
+struct  Pbkv__ServerStatusArgs
+{
+  ProtobufCMessage base;
+};
+#define PBKV__SERVER_STATUS_ARGS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&pbkv__server_status_args__descriptor) \
+     }
+
+
+/*
+ * A state transfer in progress, as this server sees it.
+ */
+struct  Pbkv__TransferProgress
+{
+  ProtobufCMessage base;
+  /*
+   * the backup receiving (on a primary) or the primary sending (on a backup)
+   */
+  char *peer;
+  /*
+   * entries sent (primary) or received (backup) so far
+   */
+  uint64_t entries_done;
+  /*
+   * entries in the snapshot being sent; 0 when unknown (on a backup)
+   */
+  uint64_t entries_total;
+  /*
+   * chunks sent or received so far
+   */
+  uint32_t chunks;
+};
+#define PBKV__TRANSFER_PROGRESS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&pbkv__transfer_progress__descriptor) \
+    , (char *)protobuf_c_empty_string, 0, 0, 0 }
+
+
+/*
+ * What a KV server says about itself. Counters count since the process started.
+ */
+struct  Pbkv__ServerStatus
+{
+  ProtobufCMessage base;
+  /*
+   * its advertised address
+   */
+  char *server;
+  /*
+   * idle, backup, primary or primary-without-state
+   */
+  char *role;
+  /*
+   * the latest view it knows
+   */
+  Pbkv__View *view;
+  uint64_t keys;
+  /*
+   * UTF-8 bytes of the keys and values it holds
+   */
+  uint64_t bytes;
+  /*
+   * at-most-once table rows (client sessions)
+   */
+  uint64_t duplicate_rows;
+  /*
+   * Get, Put and PutHash calls received
+   */
+  uint64_t operations;
+  /*
+   * connections open to it now
+   */
+  uint32_t connections;
+  /*
+   * set while a state transfer is in progress
+   */
+  Pbkv__TransferProgress *transfer;
+  uint64_t uptime_ms;
+};
+#define PBKV__SERVER_STATUS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&pbkv__server_status__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, NULL, 0, 0, 0, 0, 0, NULL, 0 }
+
+
+/*
+ * Ask a view service what it knows (`pbkv status`). Any certificate of the cluster CA may call it.
+ */
+struct  Pbkv__ViewServiceStatusArgs
+{
+  ProtobufCMessage base;
+};
+#define PBKV__VIEW_SERVICE_STATUS_ARGS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&pbkv__view_service_status_args__descriptor) \
+     }
+
+
+/*
+ * A server the view service heard from and still counts alive (in the view or idle).
+ */
+struct  Pbkv__ServerSeen
+{
+  ProtobufCMessage base;
+  char *server;
+  uint64_t last_ping_ms_ago;
+};
+#define PBKV__SERVER_SEEN__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&pbkv__server_seen__descriptor) \
+    , (char *)protobuf_c_empty_string, 0 }
+
+
+/*
+ * What the leader view service knows: the view and every live server, idle ones included.
+ */
+struct  Pbkv__ViewServiceStatus
+{
+  ProtobufCMessage base;
+  Pbkv__View *view;
+  size_t n_servers;
+  Pbkv__ServerSeen **servers;
+};
+#define PBKV__VIEW_SERVICE_STATUS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&pbkv__view_service_status__descriptor) \
+    , NULL, 0,NULL }
+
+
 typedef enum {
   PBKV__REQUEST__CALL__NOT_SET = 0,
   PBKV__REQUEST__CALL_PING = 10,
@@ -468,7 +601,9 @@ typedef enum {
   PBKV__REQUEST__CALL_PUT = 21,
   PBKV__REQUEST__CALL_PUT_HASH = 22,
   PBKV__REQUEST__CALL_FORWARD = 30,
-  PBKV__REQUEST__CALL_TRANSFER = 31
+  PBKV__REQUEST__CALL_TRANSFER = 31,
+  PBKV__REQUEST__CALL_VIEW_SERVICE_STATUS = 40,
+  PBKV__REQUEST__CALL_SERVER_STATUS = 41
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(PBKV__REQUEST__CALL__CASE)
 } Pbkv__Request__CallCase;
 
@@ -493,6 +628,11 @@ struct  Pbkv__Request
     Pbkv__PutHashArgs *put_hash;
     Pbkv__ForwardArgs *forward;
     Pbkv__TransferChunk *transfer;
+    /*
+     * Status, for operators (`pbkv status`): numbers from 40 on, a range of their own.
+     */
+    Pbkv__ViewServiceStatusArgs *view_service_status;
+    Pbkv__ServerStatusArgs *server_status;
   };
 };
 #define PBKV__REQUEST__INIT \
@@ -505,7 +645,9 @@ typedef enum {
   PBKV__RESPONSE__RESULT_VIEW = 10,
   PBKV__RESPONSE__RESULT_KV = 20,
   PBKV__RESPONSE__RESULT_FORWARD = 30,
-  PBKV__RESPONSE__RESULT_TRANSFER = 31
+  PBKV__RESPONSE__RESULT_TRANSFER = 31,
+  PBKV__RESPONSE__RESULT_VIEW_SERVICE_STATUS = 40,
+  PBKV__RESPONSE__RESULT_SERVER_STATUS = 41
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(PBKV__RESPONSE__RESULT__CASE)
 } Pbkv__Response__ResultCase;
 
@@ -529,6 +671,8 @@ struct  Pbkv__Response
     Pbkv__KVReply *kv;
     Pbkv__ForwardReply *forward;
     Pbkv__TransferReply *transfer;
+    Pbkv__ViewServiceStatus *view_service_status;
+    Pbkv__ServerStatus *server_status;
   };
 };
 #define PBKV__RESPONSE__INIT \
@@ -927,6 +1071,120 @@ Pbkv__TransferReply *
 void   pbkv__transfer_reply__free_unpacked
                      (Pbkv__TransferReply *message,
                       ProtobufCAllocator *allocator);
+/* Pbkv__ServerStatusArgs methods */
+void   pbkv__server_status_args__init
+                     (Pbkv__ServerStatusArgs         *message);
+size_t pbkv__server_status_args__get_packed_size
+                     (const Pbkv__ServerStatusArgs   *message);
+size_t pbkv__server_status_args__pack
+                     (const Pbkv__ServerStatusArgs   *message,
+                      uint8_t             *out);
+size_t pbkv__server_status_args__pack_to_buffer
+                     (const Pbkv__ServerStatusArgs   *message,
+                      ProtobufCBuffer     *buffer);
+Pbkv__ServerStatusArgs *
+       pbkv__server_status_args__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   pbkv__server_status_args__free_unpacked
+                     (Pbkv__ServerStatusArgs *message,
+                      ProtobufCAllocator *allocator);
+/* Pbkv__TransferProgress methods */
+void   pbkv__transfer_progress__init
+                     (Pbkv__TransferProgress         *message);
+size_t pbkv__transfer_progress__get_packed_size
+                     (const Pbkv__TransferProgress   *message);
+size_t pbkv__transfer_progress__pack
+                     (const Pbkv__TransferProgress   *message,
+                      uint8_t             *out);
+size_t pbkv__transfer_progress__pack_to_buffer
+                     (const Pbkv__TransferProgress   *message,
+                      ProtobufCBuffer     *buffer);
+Pbkv__TransferProgress *
+       pbkv__transfer_progress__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   pbkv__transfer_progress__free_unpacked
+                     (Pbkv__TransferProgress *message,
+                      ProtobufCAllocator *allocator);
+/* Pbkv__ServerStatus methods */
+void   pbkv__server_status__init
+                     (Pbkv__ServerStatus         *message);
+size_t pbkv__server_status__get_packed_size
+                     (const Pbkv__ServerStatus   *message);
+size_t pbkv__server_status__pack
+                     (const Pbkv__ServerStatus   *message,
+                      uint8_t             *out);
+size_t pbkv__server_status__pack_to_buffer
+                     (const Pbkv__ServerStatus   *message,
+                      ProtobufCBuffer     *buffer);
+Pbkv__ServerStatus *
+       pbkv__server_status__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   pbkv__server_status__free_unpacked
+                     (Pbkv__ServerStatus *message,
+                      ProtobufCAllocator *allocator);
+/* Pbkv__ViewServiceStatusArgs methods */
+void   pbkv__view_service_status_args__init
+                     (Pbkv__ViewServiceStatusArgs         *message);
+size_t pbkv__view_service_status_args__get_packed_size
+                     (const Pbkv__ViewServiceStatusArgs   *message);
+size_t pbkv__view_service_status_args__pack
+                     (const Pbkv__ViewServiceStatusArgs   *message,
+                      uint8_t             *out);
+size_t pbkv__view_service_status_args__pack_to_buffer
+                     (const Pbkv__ViewServiceStatusArgs   *message,
+                      ProtobufCBuffer     *buffer);
+Pbkv__ViewServiceStatusArgs *
+       pbkv__view_service_status_args__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   pbkv__view_service_status_args__free_unpacked
+                     (Pbkv__ViewServiceStatusArgs *message,
+                      ProtobufCAllocator *allocator);
+/* Pbkv__ServerSeen methods */
+void   pbkv__server_seen__init
+                     (Pbkv__ServerSeen         *message);
+size_t pbkv__server_seen__get_packed_size
+                     (const Pbkv__ServerSeen   *message);
+size_t pbkv__server_seen__pack
+                     (const Pbkv__ServerSeen   *message,
+                      uint8_t             *out);
+size_t pbkv__server_seen__pack_to_buffer
+                     (const Pbkv__ServerSeen   *message,
+                      ProtobufCBuffer     *buffer);
+Pbkv__ServerSeen *
+       pbkv__server_seen__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   pbkv__server_seen__free_unpacked
+                     (Pbkv__ServerSeen *message,
+                      ProtobufCAllocator *allocator);
+/* Pbkv__ViewServiceStatus methods */
+void   pbkv__view_service_status__init
+                     (Pbkv__ViewServiceStatus         *message);
+size_t pbkv__view_service_status__get_packed_size
+                     (const Pbkv__ViewServiceStatus   *message);
+size_t pbkv__view_service_status__pack
+                     (const Pbkv__ViewServiceStatus   *message,
+                      uint8_t             *out);
+size_t pbkv__view_service_status__pack_to_buffer
+                     (const Pbkv__ViewServiceStatus   *message,
+                      ProtobufCBuffer     *buffer);
+Pbkv__ViewServiceStatus *
+       pbkv__view_service_status__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   pbkv__view_service_status__free_unpacked
+                     (Pbkv__ViewServiceStatus *message,
+                      ProtobufCAllocator *allocator);
 /* Pbkv__Request methods */
 void   pbkv__request__init
                      (Pbkv__Request         *message);
@@ -1043,6 +1301,24 @@ typedef void (*Pbkv__TransferChunk_Closure)
 typedef void (*Pbkv__TransferReply_Closure)
                  (const Pbkv__TransferReply *message,
                   void *closure_data);
+typedef void (*Pbkv__ServerStatusArgs_Closure)
+                 (const Pbkv__ServerStatusArgs *message,
+                  void *closure_data);
+typedef void (*Pbkv__TransferProgress_Closure)
+                 (const Pbkv__TransferProgress *message,
+                  void *closure_data);
+typedef void (*Pbkv__ServerStatus_Closure)
+                 (const Pbkv__ServerStatus *message,
+                  void *closure_data);
+typedef void (*Pbkv__ViewServiceStatusArgs_Closure)
+                 (const Pbkv__ViewServiceStatusArgs *message,
+                  void *closure_data);
+typedef void (*Pbkv__ServerSeen_Closure)
+                 (const Pbkv__ServerSeen *message,
+                  void *closure_data);
+typedef void (*Pbkv__ViewServiceStatus_Closure)
+                 (const Pbkv__ViewServiceStatus *message,
+                  void *closure_data);
 typedef void (*Pbkv__Request_Closure)
                  (const Pbkv__Request *message,
                   void *closure_data);
@@ -1080,6 +1356,12 @@ extern const ProtobufCMessageDescriptor pbkv__entry__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__duplicate_entry__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__transfer_chunk__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__transfer_reply__descriptor;
+extern const ProtobufCMessageDescriptor pbkv__server_status_args__descriptor;
+extern const ProtobufCMessageDescriptor pbkv__transfer_progress__descriptor;
+extern const ProtobufCMessageDescriptor pbkv__server_status__descriptor;
+extern const ProtobufCMessageDescriptor pbkv__view_service_status_args__descriptor;
+extern const ProtobufCMessageDescriptor pbkv__server_seen__descriptor;
+extern const ProtobufCMessageDescriptor pbkv__view_service_status__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__request__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__response__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__envelope__descriptor;

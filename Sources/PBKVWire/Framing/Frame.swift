@@ -144,9 +144,11 @@ public struct FrameCodec {
 
     /// Appends the frame carrying `envelope` to `out`; `compressionThreshold` overrides the
     /// codec's threshold for this frame (e.g. a higher one on a latency-sensitive call).
+    /// Returns the size of the protobuf payload before any compression.
+    @discardableResult
     public mutating func encode(
         _ envelope: Envelope, into out: inout ByteBuffer, compressionThreshold threshold: Int? = nil
-    ) throws(FrameError) {
+    ) throws(FrameError) -> Int {
         let headerIndex = out.writerIndex
         out.writeInteger(UInt32(0))
         out.writeInteger(UInt8(0))
@@ -178,6 +180,7 @@ public struct FrameCodec {
             throw .frameTooLarge(size: payloadLength, max: sendLimit)
         }
         out.setInteger(UInt32(payloadLength), at: headerIndex)
+        return size
     }
 
     /// The plain protobuf payload of `frame`, inflated if it is compressed.

@@ -153,6 +153,16 @@ public enum EnvelopeCodec {
             pbkv__get_view_args__init(g)
             r.pointee.call_case = PBKV__REQUEST__CALL_GET_VIEW
             r.pointee.get_view = g
+        case .viewServiceStatus:
+            let v = arena.allocate(Pbkv__ViewServiceStatusArgs.self)
+            pbkv__view_service_status_args__init(v)
+            r.pointee.call_case = PBKV__REQUEST__CALL_VIEW_SERVICE_STATUS
+            r.pointee.view_service_status = v
+        case .serverStatus:
+            let a = arena.allocate(Pbkv__ServerStatusArgs.self)
+            pbkv__server_status_args__init(a)
+            r.pointee.call_case = PBKV__REQUEST__CALL_SERVER_STATUS
+            r.pointee.server_status = a
         case .get(let key, let id):
             let g = arena.allocate(Pbkv__GetArgs.self)
             pbkv__get_args__init(g)
@@ -263,8 +273,59 @@ public enum EnvelopeCodec {
             t.pointee.code = cCode(reply.code)
             r.pointee.result_case = PBKV__RESPONSE__RESULT_TRANSFER
             r.pointee.transfer = t
+        case .viewServiceStatus(let status):
+            r.pointee.result_case = PBKV__RESPONSE__RESULT_VIEW_SERVICE_STATUS
+            r.pointee.view_service_status = cViewServiceStatus(status, arena)
+        case .serverStatus(let status):
+            r.pointee.result_case = PBKV__RESPONSE__RESULT_SERVER_STATUS
+            r.pointee.server_status = cServerStatus(status, arena)
         }
         return r
+    }
+
+    private static func cViewServiceStatus(
+        _ status: ViewServiceStatus, _ arena: CArena
+    ) -> UnsafeMutablePointer<Pbkv__ViewServiceStatus> {
+        let v = arena.allocate(Pbkv__ViewServiceStatus.self)
+        pbkv__view_service_status__init(v)
+        v.pointee.view = cView(status.view, arena)
+        if !status.servers.isEmpty {
+            let servers = arena.allocate(UnsafeMutablePointer<Pbkv__ServerSeen>?.self, count: status.servers.count)
+            for (i, seen) in status.servers.enumerated() {
+                let s = arena.allocate(Pbkv__ServerSeen.self)
+                pbkv__server_seen__init(s)
+                s.pointee.server = arena.cString(seen.server)
+                s.pointee.last_ping_ms_ago = seen.lastPingMsAgo
+                servers[i] = s
+            }
+            v.pointee.n_servers = status.servers.count
+            v.pointee.servers = servers
+        }
+        return v
+    }
+
+    private static func cServerStatus(_ status: ServerStatus, _ arena: CArena) -> UnsafeMutablePointer<Pbkv__ServerStatus> {
+        let s = arena.allocate(Pbkv__ServerStatus.self)
+        pbkv__server_status__init(s)
+        s.pointee.server = arena.cString(status.server)
+        s.pointee.role = arena.cString(status.role)
+        s.pointee.view = cView(status.view, arena)
+        s.pointee.keys = status.keys
+        s.pointee.bytes = status.bytes
+        s.pointee.duplicate_rows = status.duplicateRows
+        s.pointee.operations = status.operations
+        s.pointee.connections = status.connections
+        s.pointee.uptime_ms = status.uptimeMs
+        if let transfer = status.transfer {
+            let t = arena.allocate(Pbkv__TransferProgress.self)
+            pbkv__transfer_progress__init(t)
+            t.pointee.peer = arena.cString(transfer.peer)
+            t.pointee.entries_done = transfer.entriesDone
+            t.pointee.entries_total = transfer.entriesTotal
+            t.pointee.chunks = transfer.chunks
+            s.pointee.transfer = t
+        }
+        return s
     }
 
     // MARK: decode
@@ -480,6 +541,10 @@ public enum EnvelopeCodec {
             return .ping(PingArgs(server: try text(p.server, "PingArgs.server"), viewnum: p.viewnum))
         case PBKV__REQUEST__CALL_GET_VIEW:
             return .getView
+        case PBKV__REQUEST__CALL_VIEW_SERVICE_STATUS:
+            return .viewServiceStatus
+        case PBKV__REQUEST__CALL_SERVER_STATUS:
+            return .serverStatus
         case PBKV__REQUEST__CALL_GET:
             guard let g = r.get?.pointee else { return nil }
             return .get(key: try utf8(g.key, "GetArgs.key"), id: requestID(g.id))
@@ -583,6 +648,19 @@ public enum EnvelopeCodec {
         return try result.get()
     }
 
+    private static func swiftServerStatus(_ s: Pbkv__ServerStatus) throws(MessageCodecError) -> ServerStatus {
+        let transfer = try s.transfer.map { (p) throws(MessageCodecError) in
+            TransferProgress(
+                peer: try text(p.pointee.peer, "TransferProgress.peer"), entriesDone: p.pointee.entries_done,
+                entriesTotal: p.pointee.entries_total, chunks: p.pointee.chunks)
+        }
+        return ServerStatus(
+            server: try text(s.server, "ServerStatus.server"), role: try text(s.role, "ServerStatus.role"),
+            view: try s.view.map { (p) throws(MessageCodecError) in try swiftView(p.pointee) } ?? .initial,
+            keys: s.keys, bytes: s.bytes, duplicateRows: s.duplicate_rows, operations: s.operations,
+            connections: s.connections, transfer: transfer, uptimeMs: s.uptime_ms)
+    }
+
     private static func swiftResponse(_ r: Pbkv__Response, nulField: String?) throws(MessageCodecError) -> Response {
         let responseCode: Code
         do throws(MessageCodecError) {
@@ -617,6 +695,18 @@ public enum EnvelopeCodec {
             case PBKV__RESPONSE__RESULT_TRANSFER:
                 guard let t = r.transfer?.pointee else { break }
                 return Response(callID: r.call_id, result: .transfer(TransferReply(code: try code(t.code, "TransferReply.code"))))
+            case PBKV__RESPONSE__RESULT_VIEW_SERVICE_STATUS:
+                guard let v = r.view_service_status?.pointee else { break }
+                var servers: [ServerSeen] = []
+                for i in 0..<v.n_servers {
+                    guard let seen = v.servers[i]?.pointee else { continue }
+                    servers.append(ServerSeen(server: try text(seen.server, "ServerSeen.server"), lastPingMsAgo: seen.last_ping_ms_ago))
+                }
+                let view = try v.view.map { (p) throws(MessageCodecError) in try swiftView(p.pointee) } ?? .initial
+                return Response(callID: r.call_id, result: .viewServiceStatus(ViewServiceStatus(view: view, servers: servers)))
+            case PBKV__RESPONSE__RESULT_SERVER_STATUS:
+                guard let s = r.server_status?.pointee else { break }
+                return Response(callID: r.call_id, result: .serverStatus(try swiftServerStatus(s)))
             default:
                 break
             }

@@ -292,26 +292,114 @@ public struct TransferReply: Sendable, Hashable {
     public init(code: Code) { self.code = code }
 }
 
+/// A state transfer in progress, as one server sees it (`pbkv.TransferProgress`).
+public struct TransferProgress: Sendable, Hashable {
+    /// The backup receiving (on a primary) or the primary sending (on a backup).
+    public var peer: String
+    /// Entries sent (primary) or received (backup) so far.
+    public var entriesDone: UInt64
+    /// Entries in the snapshot being sent; 0 when unknown (on a backup).
+    public var entriesTotal: UInt64
+    /// Chunks sent or received so far.
+    public var chunks: UInt32
+
+    public init(peer: String, entriesDone: UInt64, entriesTotal: UInt64, chunks: UInt32) {
+        self.peer = peer
+        self.entriesDone = entriesDone
+        self.entriesTotal = entriesTotal
+        self.chunks = chunks
+    }
+}
+
+/// What a KV server says about itself (`pbkv.ServerStatus`); counters count since it started.
+public struct ServerStatus: Sendable, Hashable {
+    public var server: String
+    /// `ReplicaRole`'s name: idle, backup, primary or primary-without-state.
+    public var role: String
+    public var view: View
+    public var keys: UInt64
+    /// UTF-8 bytes of the keys and values held.
+    public var bytes: UInt64
+    public var duplicateRows: UInt64
+    /// Get, Put and PutHash calls received.
+    public var operations: UInt64
+    public var connections: UInt32
+    /// Set while a state transfer is in progress.
+    public var transfer: TransferProgress?
+    public var uptimeMs: UInt64
+
+    public init(
+        server: String, role: String, view: View, keys: UInt64 = 0, bytes: UInt64 = 0, duplicateRows: UInt64 = 0,
+        operations: UInt64 = 0, connections: UInt32 = 0, transfer: TransferProgress? = nil, uptimeMs: UInt64 = 0
+    ) {
+        self.server = server
+        self.role = role
+        self.view = view
+        self.keys = keys
+        self.bytes = bytes
+        self.duplicateRows = duplicateRows
+        self.operations = operations
+        self.connections = connections
+        self.transfer = transfer
+        self.uptimeMs = uptimeMs
+    }
+}
+
+/// A server the view service heard from and counts alive (`pbkv.ServerSeen`).
+public struct ServerSeen: Sendable, Hashable {
+    public var server: String
+    public var lastPingMsAgo: UInt64
+
+    public init(server: String, lastPingMsAgo: UInt64) {
+        self.server = server
+        self.lastPingMsAgo = lastPingMsAgo
+    }
+}
+
+/// What the leader view service knows (`pbkv.ViewServiceStatus`): the view and every live
+/// server, idle ones included.
+public struct ViewServiceStatus: Sendable, Hashable {
+    public var view: View
+    public var servers: [ServerSeen]
+
+    public init(view: View, servers: [ServerSeen]) {
+        self.view = view
+        self.servers = servers
+    }
+}
+
 /// An RPC method with its arguments: the field set in `Request.call`.
 public enum Call: Sendable, Hashable {
     case ping(PingArgs)
     case getView
+    case viewServiceStatus
     case get(key: String, id: RequestID)
     case put(key: String, value: String, id: RequestID)
     case putHash(key: String, value: String, id: RequestID)
     case forward(ForwardArgs)
     case transfer(TransferChunk)
+    case serverStatus
 
     /// The method's name, for logs and errors.
-    public var method: String {
+    public var method: String { Call.methodNames[methodIndex] }
+
+    /// Every method's name, indexed by `methodIndex`.
+    public static let methodNames = [
+        "Ping", "GetView", "ViewServiceStatus", "Get", "Put", "PutHash", "Forward", "Transfer", "ServerStatus",
+    ]
+
+    /// This method's position in `methodNames` (metrics keep per-method series in arrays).
+    public var methodIndex: Int {
         switch self {
-        case .ping: "Ping"
-        case .getView: "GetView"
-        case .get: "Get"
-        case .put: "Put"
-        case .putHash: "PutHash"
-        case .forward: "Forward"
-        case .transfer: "Transfer"
+        case .ping: 0
+        case .getView: 1
+        case .viewServiceStatus: 2
+        case .get: 3
+        case .put: 4
+        case .putHash: 5
+        case .forward: 6
+        case .transfer: 7
+        case .serverStatus: 8
         }
     }
 }
@@ -349,6 +437,8 @@ public enum CallResult: Sendable, Hashable {
     case kv(KVReply)
     case forward(ForwardReply)
     case transfer(TransferReply)
+    case viewServiceStatus(ViewServiceStatus)
+    case serverStatus(ServerStatus)
 }
 
 /// The outcome of a call: `code == .ok` with a `result`, or an error code with a message.

@@ -18,6 +18,9 @@ public struct RPCClientConfiguration: Sendable {
     /// Mutual TLS: present this member's certificate and accept only a server certificate of
     /// the cluster CA that covers the address dialed. nil: plaintext (`--insecure`).
     public var tls: MutualTLS?
+    /// Counts this client's bytes per traffic kind (a server's links to its backup and to the
+    /// view service, with `--metrics`); nil: nothing is measured.
+    public var metrics: RPCMetrics?
 
     public init() {}
 }
@@ -183,6 +186,7 @@ final class RPCClientHandler: ChannelDuplexHandler {
 
     private struct InFlight {
         var method: String
+        var kind: TrafficKind
         var promise: EventLoopPromise<CallResult>
         var deadline: NIODeadline
     }
@@ -221,7 +225,7 @@ final class RPCClientHandler: ChannelDuplexHandler {
             protocolVersion: RPCProtocol.version, features: configuration.compression ? [.zlib] : [],
             maxFrameSize: UInt32(configuration.maxPayload), clientName: configuration.name)
         var buffer = context.channel.allocator.buffer(capacity: 32)
-        try? codec.encode(.hello(hello), into: &buffer)
+        _ = try? codec.encode(.hello(hello), into: &buffer)
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         handshakeTimer = context.eventLoop.scheduleTask(in: handshakeTimeout) {
@@ -262,15 +266,17 @@ final class RPCClientHandler: ChannelDuplexHandler {
             pending.promise.fail(RPCError.timeout(method: pending.call.method, peer: "\(peer)"))
             return
         }
-        inFlight[callID] = InFlight(method: pending.call.method, promise: pending.promise, deadline: pending.deadline)
+        let kind = TrafficKind.of(method: pending.call.methodIndex)
+        inFlight[callID] = InFlight(method: pending.call.method, kind: kind, promise: pending.promise, deadline: pending.deadline)
         armDeadlineTimer(context: context, for: pending.deadline)
         if configuration.faults?.shouldDropRequest() == true { return }  // never sent: it times out
         var buffer = context.channel.allocator.buffer(capacity: 64)
         let timeoutMs = UInt32(clamping: remaining.nanoseconds / 1_000_000)
         do {
-            try codec.encode(
+            let payload = try codec.encode(
                 .request(Request(callID: callID, timeoutMs: timeoutMs, call: pending.call)), into: &buffer,
                 compressionThreshold: pending.compressionThreshold)
+            configuration.metrics?.count(kind, .outbound, wire: buffer.readableBytes - Frame.headerSize, payload: payload)
         } catch {
             inFlight.removeValue(forKey: callID)
             if case .frameTooLarge(let size, let limit) = error {
@@ -286,10 +292,18 @@ final class RPCClientHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         let envelope: Envelope
+        let payloadBytes: Int
         do {
-            envelope = try EnvelopeCodec.decode(try codec.payload(of: frame, allocator: context.channel.allocator))
+            let payload = try codec.payload(of: frame, allocator: context.channel.allocator)
+            payloadBytes = payload.readableBytes
+            envelope = try EnvelopeCodec.decode(payload)
         } catch {
             return protocolError(context: context, "\(error)")
+        }
+        if let metrics = configuration.metrics {
+            var kind = TrafficKind.other
+            if case .response(let response) = envelope, let call = inFlight[response.callID] { kind = call.kind }
+            metrics.count(kind, .inbound, wire: frame.payload.readableBytes, payload: payloadBytes)
         }
         switch envelope {
         case .helloReply(let reply) where !handshakeComplete:

@@ -56,6 +56,8 @@ public struct RPCServerConfiguration: Sendable {
     /// cuts a primary from its backup or a server from the view service. nil: automatic,
     /// `defaultMemberReserve(maxConnections:)`. Plaintext has no members to tell apart: no reserve.
     public var memberReserve: Int?
+    /// Counts calls, their latency, bytes and connections (`--metrics`); nil: nothing is measured.
+    public var metrics: RPCMetrics?
 
     public init(host: String, port: Int) {
         self.host = host
@@ -132,6 +134,7 @@ public final class RPCServer: Sendable {
         configuration: RPCServerConfiguration, group: any EventLoopGroup, tables: [RPCMethodTable], logger: Logger
     ) async throws -> RPCServer {
         let connections = AcceptedConnections()
+        configuration.metrics?.addConnectionSource { connections.count }
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -331,7 +334,7 @@ final class ConnectionRefuser: ChannelInboundHandler {
         var plain = FrameCodec(maxPayload: max(maxPayload, Frame.defaultMaxPayload))
         let goodbye = Goodbye(
             code: .unavailable, message: "too many connections (limit \(limit)); try again later")
-        try? plain.encode(.goodbye(goodbye), into: &buffer)
+        _ = try? plain.encode(.goodbye(goodbye), into: &buffer)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
         context.fireChannelActive()
@@ -385,6 +388,8 @@ final class RPCServerHandler: ChannelInboundHandler {
     private var callsInFlight = 0
     /// Who the peer is, read from its certificate at the Hello (TLS only).
     private var peer: PeerAuthentication?
+    /// This connection's handles on the server's metrics; nil when nothing is measured.
+    private var metrics: CallMetrics?
 
     /// Says, at the Hello, whether this connection may stay (see `AcceptedConnections`).
     private let identify: ConnectionIdentification
@@ -397,6 +402,7 @@ final class RPCServerHandler: ChannelInboundHandler {
         self.tables = tables
         self.identify = identify
         self.logger = logger
+        self.metrics = configuration.metrics.map(CallMetrics.init)
         self.codec = FrameCodec(maxPayload: configuration.maxPayload, compressionThreshold: configuration.compressionThreshold)
     }
 
@@ -436,6 +442,14 @@ final class RPCServerHandler: ChannelInboundHandler {
         do {
             let payload = try codec.payload(of: frame, allocator: context.channel.allocator)
             envelope = try EnvelopeCodec.decode(payload)
+            if let metrics {
+                var kind = TrafficKind.other
+                if case .request(let request) = envelope, case .success(let call) = request.call {
+                    kind = TrafficKind.of(method: call.methodIndex)
+                }
+                metrics.metrics.count(
+                    kind, .inbound, wire: frame.payload.readableBytes, payload: payload.readableBytes)
+            }
         } catch let error as FrameError {
             return fail(context: context, code: error.code, message: error.description)
         } catch {
@@ -565,23 +579,29 @@ final class RPCServerHandler: ChannelInboundHandler {
                 callID: callID, code: .unknownMethod, message: "this server does not implement \(call.method)"))
         }
         callsInFlight += 1
+        let method = call.methodIndex
+        let started = metrics == nil ? NIODeadline.uptimeNanoseconds(0) : .now()
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         future.hop(to: context.eventLoop).whenComplete { result in
             let (handler, context) = loopBound.value
             handler.callsInFlight -= 1
             if handler.callsInFlight == 0 && handler.configuration.idleTimeout != nil { handler.lastActivity = .now() }
+            let response: Response
             switch result {
             case .success(let result):
-                handler.reply(context: context, Response(callID: callID, result: result))
+                response = Response(callID: callID, result: result)
             case .failure(let error as RPCServiceError):
-                handler.reply(context: context, Response(callID: callID, code: error.code, message: error.message, leader: error.leader))
+                response = Response(callID: callID, code: error.code, message: error.message, leader: error.leader)
             case .failure(let error):
-                handler.reply(context: context, Response(callID: callID, code: .internal, message: "\(error)"))
+                response = Response(callID: callID, code: .internal, message: "\(error)")
             }
+            handler.reply(context: context, response, method: method)
+            handler.metrics?.answered(method: method, code: response.code, started: started)
         }
     }
 
-    private func reply(context: ChannelHandlerContext, _ response: Response) {
+    /// Sends `response`; `method` is the call's `Call.methodIndex` when it was decoded.
+    private func reply(context: ChannelHandlerContext, _ response: Response, method: Int? = nil) {
         guard state == .ready else { return }
         if configuration.faults?.shouldDropReply() == true {
             logger.trace("fault injection: dropped reply", metadata: ["call": "\(response.callID)"])
@@ -591,16 +611,20 @@ final class RPCServerHandler: ChannelInboundHandler {
         if response.message.utf8.count > RPCProtocol.maxMessageBytes {
             response.message = response.message.cut(toUTF8Bytes: RPCProtocol.maxMessageBytes)
         }
-        send(context: context, .response(response))
+        send(context: context, .response(response), method: method)
     }
 
     /// Writes one envelope; flushed at the end of the read batch, or now if outside one.
     /// Nothing is dropped in silence: a reply too large for the peer becomes a FRAME_TOO_LARGE
     /// reply to that call, and anything that still cannot be sent ends the connection with a Goodbye.
-    private func send(context: ChannelHandlerContext, _ envelope: Envelope) {
+    /// `method`: the `Call.methodIndex` of the call a response answers (its traffic kind).
+    private func send(context: ChannelHandlerContext, _ envelope: Envelope, method: Int? = nil) {
         var buffer = context.channel.allocator.buffer(capacity: 64)
         do {
-            try codec.encode(envelope, into: &buffer)
+            let payload = try codec.encode(envelope, into: &buffer)
+            metrics?.metrics.count(
+                method.map(TrafficKind.of(method:)) ?? .other, .outbound, wire: buffer.readableBytes - Frame.headerSize,
+                payload: payload)
         } catch {
             guard case .response(let response) = envelope else {
                 return fail(context: context, code: .internal, message: "the server could not send its answer: \(error)")
@@ -686,7 +710,7 @@ final class RPCServerHandler: ChannelInboundHandler {
         // Not limited by our own (possibly tiny) receive maximum: the Goodbye must get out. It
         // fits in any frame a peer may announce (`RPCProtocol.minimumMaxFrameSize`).
         var plain = FrameCodec(maxPayload: max(configuration.maxPayload, Frame.defaultMaxPayload))
-        try? plain.encode(.goodbye(goodbye), into: &buffer)
+        _ = try? plain.encode(.goodbye(goodbye), into: &buffer)
         state = .closing
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }

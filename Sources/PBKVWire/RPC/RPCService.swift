@@ -10,7 +10,8 @@ public enum PeerAuthentication: Sendable, Hashable {
     /// identity (nil: a certificate of the CA without a pbkv role, allowed nothing).
     case certificate(MemberIdentity?)
 
-    /// Nil when the peer may call a client method (Get, Put, PutHash, GetView); the refusal otherwise.
+    /// Nil when the peer may call a client method (Get, Put, PutHash, GetView, and the status
+    /// methods); the refusal otherwise.
     public func refusalOfClientCall(_ method: String) -> RPCServiceError? {
         guard case .certificate(let identity) = self, identity == nil else { return nil }
         return RPCServiceError(code: .permissionDenied, message: "\(method) refused: the certificate names no pbkv role")
@@ -82,6 +83,15 @@ public protocol ViewServiceProtocol: Sendable {
     func ping(_ args: PingArgs, context: RPCCallContext) -> EventLoopFuture<View>
     /// The current view, without counting as a ping.
     func getView(context: RPCCallContext) -> EventLoopFuture<View>
+    /// The view and every live server, idle ones included (`pbkv status`).
+    func status(context: RPCCallContext) -> EventLoopFuture<ViewServiceStatus>
+}
+
+extension ViewServiceProtocol {
+    /// Default: the method is not implemented (answered UNKNOWN_METHOD).
+    public func status(context: RPCCallContext) -> EventLoopFuture<ViewServiceStatus> {
+        context.eventLoop.makeFailedFuture(RPCServiceError(code: .unknownMethod, message: "this view service does not report its status"))
+    }
 }
 
 /// The key/value methods clients call on the primary.
@@ -89,6 +99,8 @@ public protocol KVServiceProtocol: Sendable {
     func get(key: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply>
     func put(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply>
     func putHash(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply>
+    /// Role, view, keys, counters and transfer progress (`pbkv status`).
+    func serverStatus(context: RPCCallContext) -> EventLoopFuture<ServerStatus>
 }
 
 /// The methods a primary calls on its backup.
@@ -121,6 +133,9 @@ public struct RPCMethodTable: Sendable {
                     ?? service.ping(args, context: context).map { .view($0) }
             case .getView:
                 refused(context.peer.refusalOfClientCall("GetView"), context) ?? service.getView(context: context).map { .view($0) }
+            case .viewServiceStatus:
+                refused(context.peer.refusalOfClientCall("ViewServiceStatus"), context)
+                    ?? service.status(context: context).map { .viewServiceStatus($0) }
             default: nil
             }
         }
@@ -130,7 +145,7 @@ public struct RPCMethodTable: Sendable {
         RPCMethodTable { call, context in
             if let refusal = context.peer.refusalOfClientCall(call.method) {
                 switch call {
-                case .get, .put, .putHash: return context.eventLoop.makeFailedFuture(refusal)
+                case .get, .put, .putHash, .serverStatus: return context.eventLoop.makeFailedFuture(refusal)
                 default: break
                 }
             }
@@ -139,6 +154,7 @@ public struct RPCMethodTable: Sendable {
             case .put(let key, let value, let id): service.put(key: key, value: value, id: id, context: context).map { .kv($0) }
             case .putHash(let key, let value, let id):
                 service.putHash(key: key, value: value, id: id, context: context).map { .kv($0) }
+            case .serverStatus: service.serverStatus(context: context).map { .serverStatus($0) }
             default: nil
             }
         }

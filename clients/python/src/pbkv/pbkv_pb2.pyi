@@ -250,8 +250,68 @@ class TransferReply(_message.Message):
     code: Code
     def __init__(self, code: _Optional[_Union[Code, str]] = ...) -> None: ...
 
+class ServerStatusArgs(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TransferProgress(_message.Message):
+    __slots__ = ("peer", "entries_done", "entries_total", "chunks")
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_DONE_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    peer: str
+    entries_done: int
+    entries_total: int
+    chunks: int
+    def __init__(self, peer: _Optional[str] = ..., entries_done: _Optional[int] = ..., entries_total: _Optional[int] = ..., chunks: _Optional[int] = ...) -> None: ...
+
+class ServerStatus(_message.Message):
+    __slots__ = ("server", "role", "view", "keys", "bytes", "duplicate_rows", "operations", "connections", "transfer", "uptime_ms")
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    server: str
+    role: str
+    view: View
+    keys: int
+    bytes: int
+    duplicate_rows: int
+    operations: int
+    connections: int
+    transfer: TransferProgress
+    uptime_ms: int
+    def __init__(self, server: _Optional[str] = ..., role: _Optional[str] = ..., view: _Optional[_Union[View, _Mapping]] = ..., keys: _Optional[int] = ..., bytes: _Optional[int] = ..., duplicate_rows: _Optional[int] = ..., operations: _Optional[int] = ..., connections: _Optional[int] = ..., transfer: _Optional[_Union[TransferProgress, _Mapping]] = ..., uptime_ms: _Optional[int] = ...) -> None: ...
+
+class ViewServiceStatusArgs(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServerSeen(_message.Message):
+    __slots__ = ("server", "last_ping_ms_ago")
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    LAST_PING_MS_AGO_FIELD_NUMBER: _ClassVar[int]
+    server: str
+    last_ping_ms_ago: int
+    def __init__(self, server: _Optional[str] = ..., last_ping_ms_ago: _Optional[int] = ...) -> None: ...
+
+class ViewServiceStatus(_message.Message):
+    __slots__ = ("view", "servers")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    SERVERS_FIELD_NUMBER: _ClassVar[int]
+    view: View
+    servers: _containers.RepeatedCompositeFieldContainer[ServerSeen]
+    def __init__(self, view: _Optional[_Union[View, _Mapping]] = ..., servers: _Optional[_Iterable[_Union[ServerSeen, _Mapping]]] = ...) -> None: ...
+
 class Request(_message.Message):
-    __slots__ = ("call_id", "timeout_ms", "ping", "get_view", "get", "put", "put_hash", "forward", "transfer")
+    __slots__ = ("call_id", "timeout_ms", "ping", "get_view", "get", "put", "put_hash", "forward", "transfer", "view_service_status", "server_status")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +321,8 @@ class Request(_message.Message):
     PUT_HASH_FIELD_NUMBER: _ClassVar[int]
     FORWARD_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    VIEW_SERVICE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_STATUS_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     timeout_ms: int
     ping: PingArgs
@@ -270,10 +332,12 @@ class Request(_message.Message):
     put_hash: PutHashArgs
     forward: ForwardArgs
     transfer: TransferChunk
-    def __init__(self, call_id: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., ping: _Optional[_Union[PingArgs, _Mapping]] = ..., get_view: _Optional[_Union[GetViewArgs, _Mapping]] = ..., get: _Optional[_Union[GetArgs, _Mapping]] = ..., put: _Optional[_Union[PutArgs, _Mapping]] = ..., put_hash: _Optional[_Union[PutHashArgs, _Mapping]] = ..., forward: _Optional[_Union[ForwardArgs, _Mapping]] = ..., transfer: _Optional[_Union[TransferChunk, _Mapping]] = ...) -> None: ...
+    view_service_status: ViewServiceStatusArgs
+    server_status: ServerStatusArgs
+    def __init__(self, call_id: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., ping: _Optional[_Union[PingArgs, _Mapping]] = ..., get_view: _Optional[_Union[GetViewArgs, _Mapping]] = ..., get: _Optional[_Union[GetArgs, _Mapping]] = ..., put: _Optional[_Union[PutArgs, _Mapping]] = ..., put_hash: _Optional[_Union[PutHashArgs, _Mapping]] = ..., forward: _Optional[_Union[ForwardArgs, _Mapping]] = ..., transfer: _Optional[_Union[TransferChunk, _Mapping]] = ..., view_service_status: _Optional[_Union[ViewServiceStatusArgs, _Mapping]] = ..., server_status: _Optional[_Union[ServerStatusArgs, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("call_id", "code", "message", "leader", "view", "kv", "forward", "transfer")
+    __slots__ = ("call_id", "code", "message", "leader", "view", "kv", "forward", "transfer", "view_service_status", "server_status")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +346,8 @@ class Response(_message.Message):
     KV_FIELD_NUMBER: _ClassVar[int]
     FORWARD_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    VIEW_SERVICE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_STATUS_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     code: Code
     message: str
@@ -290,7 +356,9 @@ class Response(_message.Message):
     kv: KVReply
     forward: ForwardReply
     transfer: TransferReply
-    def __init__(self, call_id: _Optional[int] = ..., code: _Optional[_Union[Code, str]] = ..., message: _Optional[str] = ..., leader: _Optional[str] = ..., view: _Optional[_Union[View, _Mapping]] = ..., kv: _Optional[_Union[KVReply, _Mapping]] = ..., forward: _Optional[_Union[ForwardReply, _Mapping]] = ..., transfer: _Optional[_Union[TransferReply, _Mapping]] = ...) -> None: ...
+    view_service_status: ViewServiceStatus
+    server_status: ServerStatus
+    def __init__(self, call_id: _Optional[int] = ..., code: _Optional[_Union[Code, str]] = ..., message: _Optional[str] = ..., leader: _Optional[str] = ..., view: _Optional[_Union[View, _Mapping]] = ..., kv: _Optional[_Union[KVReply, _Mapping]] = ..., forward: _Optional[_Union[ForwardReply, _Mapping]] = ..., transfer: _Optional[_Union[TransferReply, _Mapping]] = ..., view_service_status: _Optional[_Union[ViewServiceStatus, _Mapping]] = ..., server_status: _Optional[_Union[ServerStatus, _Mapping]] = ...) -> None: ...
 
 class Envelope(_message.Message):
     __slots__ = ("hello", "hello_reply", "request", "response", "goodbye")
