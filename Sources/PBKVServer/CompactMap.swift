@@ -123,13 +123,10 @@ public struct CompactMap: Sendable {
                         count: run.entries, textBytes: run.text)
                 }
                 while position.offset < info.used {
-                    var at = position.offset
-                    let keyLength = Self.readVarint(base, &at)
-                    let key = UnsafeRawBufferPointer(start: base + at, count: keyLength)
-                    at += keyLength
-                    let valueLength = Self.readVarint(base, &at)
-                    at += valueLength
-                    if checkLiveness && !isLive(key, at: (position.slab, position.offset)) {
+                    let record = Self.record(in: base, at: position.offset)
+                    let at = position.offset + record.whole.count
+                    let (keyLength, valueLength) = (record.key.count, record.value.count)
+                    if checkLiveness && !isLive(record.key, at: (position.slab, position.offset)) {
                         flush()
                         position.offset = at
                         run = (at, 0, 0)
@@ -247,12 +244,16 @@ public struct CompactMap: Sendable {
 
     private func record(at slot: UInt64) -> Record {
         let (slab, offset) = Self.location(slot)
-        let base = UnsafeRawPointer(slabs[slab].slab!.base)
+        return Self.record(in: UnsafeRawPointer(slabs[slab].slab!.base), at: offset)
+    }
+
+    /// The record at `offset` of the slab at `base`.
+    private static func record(in base: UnsafeRawPointer, at offset: Int) -> Record {
         var at = offset
-        let keyLength = Self.readVarint(base, &at)
+        let keyLength = readVarint(base, &at)
         let key = UnsafeRawBufferPointer(start: base + at, count: keyLength)
         at += keyLength
-        let valueLength = Self.readVarint(base, &at)
+        let valueLength = readVarint(base, &at)
         let value = UnsafeRawBufferPointer(start: base + at, count: valueLength)
         at += valueLength
         return Record(whole: UnsafeRawBufferPointer(start: base + offset, count: at - offset), key: key, value: value)
@@ -382,19 +383,15 @@ public struct CompactMap: Sendable {
         let info = slabs[slab]
         guard let bytes = info.slab else { return }
         let base = UnsafeRawPointer(bytes.base)
-        var at = 0
-        while at < info.used {
-            let offset = at
-            let keyLength = Self.readVarint(base, &at)
-            let key = UnsafeRawBufferPointer(start: base + at, count: keyLength)
-            at += keyLength
-            let valueLength = Self.readVarint(base, &at)
-            let value = UnsafeRawBufferPointer(start: base + at, count: valueLength)
-            at += valueLength
-            let hash = Self.hash(key)
-            guard let found = find(key, hash: hash), Self.location(segments[found.segment].slots[found.index]) == (slab, offset)
+        var offset = 0
+        while offset < info.used {
+            let record = Self.record(in: base, at: offset)
+            defer { offset += record.whole.count }
+            let hash = Self.hash(record.key)
+            guard let found = find(record.key, hash: hash),
+                Self.location(segments[found.segment].slots[found.index]) == (slab, offset)
             else { continue }  // garbage
-            let moved = append(key: key, value: value)
+            let moved = append(key: record.key, value: record.value)
             segments[found.segment].slots[found.index] = Self.slot(moved, hash: hash)
         }
         withExtendedLifetime(bytes) {}

@@ -607,7 +607,7 @@ struct TransferCursor: Sendable {
     /// (`EncodedSize.item`) unless a single item is larger — then it goes alone.
     mutating func next(maxEntries: Int, maxBytes: Int) -> (entries: PackedEntries, duplicates: [DuplicateEntry], last: Bool) {
         var entries = PackedEntries()
-        entries.reserveCapacity(min(maxBytes, 1 << 20))
+        entries.reserveCapacity(min(maxBytes, 64 << 10))
         var bytes = 0
         if !mapDone {
             mapDone = map.appendRecords(from: &position, to: &entries, maxEntries: maxEntries, maxBytes: maxBytes, bytes: &bytes)
