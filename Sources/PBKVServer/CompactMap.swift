@@ -13,11 +13,12 @@ import PBKVWire
 /// a slab gets a slab of its own size. A Put of an existing key appends a new record and leaves
 /// the old one as garbage; a slab whose garbage passes a quarter of its bytes is compacted (its
 /// live records move to the open slab and it is freed), so slabs hold at most 4/3 of the live
-/// bytes plus the open slab.
+/// bytes plus the open slab (and the unused tails of full slabs, under 1/16 of a slab each).
 ///
 /// **Index.** 256 segments (by the hash's top byte), each an open-addressing table with linear
 /// probing of 64-bit slots: offset in the slab (20 bits), slab number + 1 (24 bits), 20 bits
-/// of the key's hash (to skip most key comparisons and to grow without rehashing keys). A
+/// of the key's hash (to skip most key comparisons, and to grow tables of up to 2^20 slots
+/// without hashing keys again). A
 /// segment grows by doubling when more than 3/4 full. Keys are never removed (pbkv has no
 /// Delete), so probing needs no tombstones.
 ///
