@@ -18,9 +18,8 @@ import PBKVWire
 /// **Index.** 256 segments (by the hash's top byte), each an open-addressing table with linear
 /// probing of 64-bit slots: offset in the slab (20 bits), slab number + 1 (24 bits), 20 bits
 /// of the key's hash (to skip most key comparisons, and to grow tables of up to 2^20 slots
-/// without hashing keys again). A
-/// segment grows by doubling when more than 3/4 full. Keys are never removed (pbkv has no
-/// Delete), so probing needs no tombstones.
+/// without hashing keys again). A segment grows by doubling when more than 3/4 full. Keys are
+/// never removed (pbkv has no Delete), so probing needs no tombstones.
 ///
 /// **Copies.** Copying the map copies three arrays of references and sizes. Slab bytes are
 /// never written below a slab's fill level, and new records are appended only to an open slab
