@@ -84,8 +84,7 @@ struct BackupCallTimer: Sendable {
 
     /// A transfer chunk is about to be sent to `target`: its timeout and what to report back.
     mutating func willSendTransfer(_ chunk: TransferChunk, to target: String, at now: Duration) -> Call {
-        var bytes = 64
-        for entry in chunk.entries { bytes += entry.key.utf8.count + entry.value.utf8.count + 8 }
+        var bytes = 64 + chunk.packedEntries.textBytes + 8 * chunk.packedEntries.count
         for row in chunk.duplicates { bytes += row.reply.value.utf8.count + 24 }
         if var record = transfer, record.target == target, record.viewnum == chunk.viewnum {
             record.chunksSent += 1

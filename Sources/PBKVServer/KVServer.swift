@@ -267,7 +267,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
 
     /// A copy of the map (tests: compare replicas).
     public func snapshot() async throws -> [String: String] {
-        try await eventLoop.submit { self.state.value.machine.store.map }.get()
+        try await eventLoop.submit { self.state.value.machine.store.map.dictionary }.get()
     }
 
     /// A copy of the whole replicated state, duplicate table included (tests: compare replicas).

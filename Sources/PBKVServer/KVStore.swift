@@ -1,7 +1,8 @@
 import PBKVWire
 
-/// The replicated state: the key/value map and the at-most-once table (one row per client
-/// session, at most `maxSessions` of them). Applying the same operations in the same order
+/// The replicated state: the key/value map (a `CompactMap`: records in slabs, a hash index,
+/// cheap copy-on-write snapshots for state transfer) and the at-most-once table (one row per
+/// client session, at most `maxSessions` of them). Applying the same operations in the same order
 /// gives the same state, replies and evictions on every replica, which is what lets the backup
 /// compute its own copy of the duplicate table.
 ///
@@ -30,18 +31,21 @@ public struct KVStore: Sendable, Hashable {
         }
     }
 
-    public private(set) var map: [String: String] = [:]
+    /// The keys and values, stored compactly (`CompactMap`); a copy is a cheap snapshot.
+    public private(set) var map: CompactMap
     public private(set) var duplicates: [UInt64: DuplicateRecord] = [:]
     /// UTF-8 bytes of every key and value in `map` (kept up to date, for status and metrics).
-    public private(set) var bytes = 0
+    public var bytes: Int { map.keyValueBytes }
     /// Operations applied since the state began (including those before a transfer): the
     /// replicated logical clock that orders rows for eviction.
     public private(set) var clock: UInt64 = 0
     /// Most rows kept after an eviction; must be the same on every server of a cluster.
     public let maxSessions: Int
 
-    public init(maxSessions: Int = KVStore.defaultMaxSessions) {
+    /// `slabBytes` below the default (1 MiB) are for tests.
+    public init(maxSessions: Int = KVStore.defaultMaxSessions, slabBytes: Int = 1 << 20) {
         self.maxSessions = max(1, maxSessions)
+        map = CompactMap(slabBytes: slabBytes)
     }
 
     /// What the at-most-once table says about a request.
@@ -80,12 +84,12 @@ public struct KVStore: Sendable, Hashable {
             }
             kept = nil
         case .put:
-            store(op.value, at: op.key)
+            map.set(op.key, op.value)
             reply = KVReply(code: .ok)
             kept = reply
         case .putHash:
             let previous = map[op.key] ?? ""
-            store(PutHash.newValue(previous: previous, value: op.value), at: op.key)
+            map.set(op.key, PutHash.newValue(previous: previous, value: op.value))
             reply = KVReply(code: .ok, value: previous)
             kept = reply
         }
@@ -95,13 +99,6 @@ public struct KVStore: Sendable, Hashable {
         return reply
     }
 
-    /// Sets `key` to `value`, keeping `bytes` exact.
-    private mutating func store(_ value: String, at key: String) {
-        if let old = map.updateValue(value, forKey: key) {
-            bytes += value.utf8.count - old.utf8.count
-        } else {
-            bytes += key.utf8.count + value.utf8.count
-        }
     }
 
     /// Rows above which an eviction runs: 1/8 of slack so that each sort is paid for by
@@ -122,16 +119,15 @@ public struct KVStore: Sendable, Hashable {
 
     /// Replaces everything (a backup receiving chunk 0 of a transfer).
     public mutating func reset() {
-        map = [:]
+        map = CompactMap(slabBytes: map.slabBytes)
         duplicates = [:]
-        bytes = 0
         clock = 0
     }
 
-    /// Adds transferred entries and duplicate rows; `clock` is the sender's (the largest wins).
-    public mutating func load(entries: [Entry], duplicates rows: [DuplicateEntry], clock: UInt64 = 0) {
-        map.reserveCapacity(map.count + entries.count)
-        for entry in entries { store(entry.value, at: entry.key) }
+    /// Adds transferred entries (copied straight from their packed bytes into the map) and
+    /// duplicate rows; `clock` is the sender's (the largest wins).
+    public mutating func load(entries: PackedEntries, duplicates rows: [DuplicateEntry], clock: UInt64 = 0) {
+        map.load(entries)
         for row in rows {
             duplicates[row.clientID] = DuplicateRecord(
                 seq: row.seq, lastUsed: row.lastUsed, reply: row.reread ? nil : row.reply)

@@ -395,7 +395,7 @@ public struct ReplicaStateMachine: Sendable {
         let (entries, duplicates, last) = transfer.cursor.next(maxEntries: configuration.maxChunkEntries, maxBytes: batchBudget)
         let chunk = TransferChunk(
             viewnum: view.viewnum, primary: me, transferID: transfer.id, chunkIndex: transfer.nextChunk, last: last,
-            nextIndex: transfer.snapshotIndex, entries: entries, duplicates: duplicates, clock: transfer.cursor.clock)
+            nextIndex: transfer.snapshotIndex, packedEntries: entries, duplicates: duplicates, clock: transfer.cursor.clock)
         transfer.entriesSent += entries.count
         transfer.nextChunk += 1
         transfer.lastProduced = last
@@ -642,7 +642,7 @@ public struct ReplicaStateMachine: Sendable {
             guard chunk.chunkIndex == session.nextChunk, !session.complete else {
                 return (TransferReply(code: .outOfOrder), [])
             }
-            store.load(entries: chunk.entries, duplicates: chunk.duplicates, clock: chunk.clock)
+            store.load(entries: chunk.packedEntries, duplicates: chunk.duplicates, clock: chunk.clock)
             session.nextChunk += 1
             if chunk.last {
                 session.complete = true
@@ -655,7 +655,7 @@ public struct ReplicaStateMachine: Sendable {
         guard chunk.chunkIndex == 0 else { return (TransferReply(code: .outOfOrder), []) }
         store.reset()
         hasState = false
-        store.load(entries: chunk.entries, duplicates: chunk.duplicates, clock: chunk.clock)
+        store.load(entries: chunk.packedEntries, duplicates: chunk.duplicates, clock: chunk.clock)
         session = BackupSession(
             primary: chunk.primary, transferID: chunk.transferID, nextChunk: 1, complete: chunk.last,
             nextIndex: chunk.nextIndex)
@@ -664,11 +664,13 @@ public struct ReplicaStateMachine: Sendable {
     }
 }
 
-/// Walks a snapshot of the store in chunks for a state transfer. The snapshot is a
-/// copy-on-write copy: taking it is O(1); the primary's later writes copy its map once.
+/// Walks a snapshot of the store in chunks for a state transfer. The snapshot is a copy of the
+/// store's `CompactMap`: taking it is O(1), and the primary's later writes copy only the index
+/// segments they touch (see `CompactMap`). Chunks are filled by copying records byte for byte.
 struct TransferCursor: Sendable {
-    private let map: [String: String]
-    private var mapIndex: [String: String].Index
+    private let map: CompactMap
+    private var position = CompactMap.Position()
+    private var mapDone = false
     private let duplicates: [DuplicateEntry]
     private var duplicateIndex = 0
     /// The store's operation clock at the snapshot.
@@ -678,7 +680,6 @@ struct TransferCursor: Sendable {
 
     init(store: KVStore) {
         map = store.map
-        mapIndex = map.startIndex
         clock = store.clock
         // A Get's row has no reply; it is sent as WRONG_SERVER, which a receiver that knows
         // `reread` ignores and an older one (a rolling upgrade) answers to a retried Get — a
@@ -692,19 +693,15 @@ struct TransferCursor: Sendable {
 
     /// The next chunk: at most `maxEntries` entries and rows, and at most `maxBytes` of items
     /// (`EncodedSize.item`) unless a single item is larger — then it goes alone.
-    mutating func next(maxEntries: Int, maxBytes: Int) -> (entries: [Entry], duplicates: [DuplicateEntry], last: Bool) {
-        var entries: [Entry] = []
+    mutating func next(maxEntries: Int, maxBytes: Int) -> (entries: PackedEntries, duplicates: [DuplicateEntry], last: Bool) {
+        var entries = PackedEntries()
+        entries.reserveCapacity(min(maxBytes, 64 << 10))
         var bytes = 0
-        while mapIndex != map.endIndex && entries.count < maxEntries {
-            let (key, value) = map[mapIndex]
-            let size = EncodedSize.item(keyBytes: key.utf8.count, valueBytes: value.utf8.count)
-            if !entries.isEmpty && bytes + size > maxBytes { break }
-            entries.append(Entry(key: key, value: value))
-            bytes += size
-            map.formIndex(after: &mapIndex)
+        if !mapDone {
+            mapDone = map.appendRecords(from: &position, to: &entries, maxEntries: maxEntries, maxBytes: maxBytes, bytes: &bytes)
         }
         var rows: [DuplicateEntry] = []
-        if mapIndex == map.endIndex {
+        if mapDone {
             while duplicateIndex < duplicates.count && entries.count + rows.count < maxEntries {
                 let row = duplicates[duplicateIndex]
                 let size = EncodedSize.item(keyBytes: 0, valueBytes: row.reply.value.utf8.count)
@@ -714,7 +711,7 @@ struct TransferCursor: Sendable {
                 duplicateIndex += 1
             }
         }
-        let last = mapIndex == map.endIndex && duplicateIndex == duplicates.count
+        let last = mapDone && duplicateIndex == duplicates.count
         return (entries, rows, last)
     }
 }

@@ -64,6 +64,14 @@ final class CArena {
         }
     }
 
+    /// A copy of `raw` as a protobuf `bytes` value.
+    func binary(_ raw: UnsafeRawBufferPointer) -> ProtobufCBinaryData {
+        guard let source = raw.baseAddress, raw.count > 0 else { return ProtobufCBinaryData(len: 0, data: nil) }
+        let dest = allocateRaw(size: raw.count, alignment: 1)
+        dest.copyMemory(from: source, byteCount: raw.count)
+        return ProtobufCBinaryData(len: raw.count, data: dest.assumingMemoryBound(to: UInt8.self))
+    }
+
     /// `string` as a NUL-terminated C string for a protobuf `string` field. Such fields carry
     /// names and messages pbkv creates itself; anything after a NUL byte would be cut off, so
     /// NUL bytes are replaced by "?" beforehand (user data travels in `bytes` fields).

@@ -210,8 +210,8 @@ public enum EnvelopeCodec {
             t.pointee.last = chunk.last ? 1 : 0
             t.pointee.next_index = chunk.nextIndex
             t.pointee.clock = chunk.clock
-            if !chunk.entries.isEmpty {
-                t.pointee.packed_entries = packEntries(chunk.entries, arena)
+            if !chunk.packedEntries.isEmpty {
+                t.pointee.packed_entries = chunk.packedEntries.bytes.withUnsafeBytes { arena.binary($0) }
             }
             if !chunk.duplicates.isEmpty {
                 let dups = arena.allocate(UnsafeMutablePointer<Pbkv__DuplicateEntry>?.self, count: chunk.duplicates.count)
@@ -427,101 +427,32 @@ public enum EnvelopeCodec {
         // ASCII (the common case) is valid UTF-8 and takes the fast non-generic initializer;
         // `String(validating:as:)` instantiates generic metadata on every call (seen in profiles
         // of state transfers), so it is kept for text with non-ASCII bytes.
-        if isASCII(buffer) { return String(decoding: buffer, as: UTF8.self) }
+        if PackedEntries.isASCII(UnsafeRawBufferPointer(buffer)) { return String(decoding: buffer, as: UTF8.self) }
         guard let string = String(validating: buffer, as: UTF8.self) else { throw .invalidUTF8(field: field) }
         return string
     }
 
-    /// `entries` in the `TransferChunk.packed_entries` layout, in arena memory.
-    private static func packEntries(_ entries: [Entry], _ arena: CArena) -> ProtobufCBinaryData {
-        var size = 0
-        for entry in entries {
-            let k = entry.key.utf8.count
-            let v = entry.value.utf8.count
-            size += varintSize(k) + k + varintSize(v) + v
+    /// The entries of a transfer chunk: the repeated `entries` (older senders) packed first, then
+    /// the `packed_entries` bytes, checked (lengths, UTF-8) and copied as they are.
+    private static func packedEntries(_ t: Pbkv__TransferChunk) throws(MessageCodecError) -> PackedEntries {
+        let packed = t.packed_entries
+        let raw = UnsafeRawBufferPointer(start: packed.data, count: packed.data == nil ? 0 : packed.len)
+        let result: PackedEntries
+        do throws(PackedEntriesError) {
+            result = try PackedEntries(validating: raw)
+        } catch .invalidUTF8(let which) {
+            throw .invalidUTF8(field: "TransferChunk.packed_entries \(which)")
+        } catch {
+            throw .malformed("TransferChunk.packed_entries: \(error)")
         }
-        let base = arena.bytes(count: size)
-        var at = 0
-        func write(_ text: String) {
-            var text = text
-            text.withUTF8 { utf8 in
-                at = writeVarint(utf8.count, to: base, at: at)
-                if let source = utf8.baseAddress { (base + at).update(from: source, count: utf8.count) }
-                at += utf8.count
-            }
+        guard t.n_entries > 0 else { return result }
+        var entries: [Entry] = []
+        entries.reserveCapacity(t.n_entries + result.count)
+        for i in 0..<t.n_entries {
+            guard let e = t.entries[i]?.pointee else { continue }
+            entries.append(Entry(key: try utf8(e.key, "Entry.key"), value: try utf8(e.value, "Entry.value")))
         }
-        for entry in entries {
-            write(entry.key)
-            write(entry.value)
-        }
-        return ProtobufCBinaryData(len: size, data: base)
-    }
-
-    /// Appends the entries of a `packed_entries` field; malformed lengths or UTF-8 are refused.
-    private static func unpackEntries(_ data: ProtobufCBinaryData, into entries: inout [Entry]) throws(MessageCodecError) {
-        guard data.len > 0, let base = data.data else { return }
-        let end = data.len
-        var at = 0
-        func field(_ name: String) throws(MessageCodecError) -> String {
-            var length = 0
-            var shift = 0
-            while true {
-                guard at < end, shift < 64 else { throw .malformed("TransferChunk.packed_entries: truncated length") }
-                let byte = base[at]
-                at += 1
-                length |= Int(byte & 0x7F) << shift
-                if byte & 0x80 == 0 { break }
-                shift += 7
-            }
-            guard length >= 0, length <= end - at else { throw .malformed("TransferChunk.packed_entries: length past the end") }
-            let text = try utf8(ProtobufCBinaryData(len: length, data: base + at), name)
-            at += length
-            return text
-        }
-        while at < end {
-            let key = try field("TransferChunk.packed_entries key")
-            let value = try field("TransferChunk.packed_entries value")
-            entries.append(Entry(key: key, value: value))
-        }
-    }
-
-    private static func varintSize(_ value: Int) -> Int {
-        var value = UInt(value)
-        var size = 1
-        while value >= 0x80 {
-            value >>= 7
-            size += 1
-        }
-        return size
-    }
-
-    private static func writeVarint(_ value: Int, to base: UnsafeMutablePointer<UInt8>, at start: Int) -> Int {
-        var value = UInt(value)
-        var at = start
-        while value >= 0x80 {
-            base[at] = UInt8(value & 0x7F) | 0x80
-            value >>= 7
-            at += 1
-        }
-        base[at] = UInt8(value)
-        return at + 1
-    }
-
-    /// Whether every byte is below 0x80, eight at a time.
-    private static func isASCII(_ buffer: UnsafeBufferPointer<UInt8>) -> Bool {
-        guard let base = buffer.baseAddress else { return true }
-        let raw = UnsafeRawPointer(base)
-        var i = 0
-        var bits: UInt64 = 0
-        while i + 8 <= buffer.count {
-            bits |= raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)
-            i += 8
-        }
-        while i < buffer.count {
-            bits |= UInt64(buffer[i])
-            i += 1
-        }
-        return bits & 0x8080_8080_8080_8080 == 0
+        return PackedEntries(entries + result.entries)
     }
 
     private static func requestID(_ pointer: UnsafeMutablePointer<Pbkv__RequestId>?) -> RequestID {
@@ -572,13 +503,7 @@ public enum EnvelopeCodec {
                 viewnum: f.viewnum, primary: try text(f.primary, "ForwardArgs.primary"), firstIndex: f.first_index, ops: ops))
         case PBKV__REQUEST__CALL_TRANSFER:
             guard let t = r.transfer?.pointee else { return nil }
-            var entries: [Entry] = []
-            entries.reserveCapacity(t.n_entries)
-            for i in 0..<t.n_entries {
-                guard let e = t.entries[i]?.pointee else { continue }
-                entries.append(Entry(key: try utf8(e.key, "Entry.key"), value: try utf8(e.value, "Entry.value")))
-            }
-            try unpackEntries(t.packed_entries, into: &entries)
+            let entries = try packedEntries(t)
             var duplicates: [DuplicateEntry] = []
             duplicates.reserveCapacity(t.n_duplicates)
             for i in 0..<t.n_duplicates {
@@ -589,7 +514,7 @@ public enum EnvelopeCodec {
             }
             return .transfer(TransferChunk(
                 viewnum: t.viewnum, primary: try text(t.primary, "TransferChunk.primary"), transferID: t.transfer_id,
-                chunkIndex: t.chunk_index, last: t.last != 0, nextIndex: t.next_index, entries: entries,
+                chunkIndex: t.chunk_index, last: t.last != 0, nextIndex: t.next_index, packedEntries: entries,
                 duplicates: duplicates, clock: t.clock))
         default:
             return nil

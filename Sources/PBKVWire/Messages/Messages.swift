@@ -264,7 +264,8 @@ public struct TransferChunk: Sendable, Hashable {
     public var chunkIndex: UInt32
     public var last: Bool
     public var nextIndex: UInt64
-    public var entries: [Entry]
+    /// The keys and values, in the wire's packed layout (what a store copies to and from).
+    public var packedEntries: PackedEntries
     public var duplicates: [DuplicateEntry]
     /// The sender's operation clock at the snapshot (orders duplicate rows for eviction).
     public var clock: UInt64
@@ -273,6 +274,15 @@ public struct TransferChunk: Sendable, Hashable {
         viewnum: UInt64, primary: String, transferID: UInt64, chunkIndex: UInt32, last: Bool,
         nextIndex: UInt64, entries: [Entry], duplicates: [DuplicateEntry], clock: UInt64 = 0
     ) {
+        self.init(
+            viewnum: viewnum, primary: primary, transferID: transferID, chunkIndex: chunkIndex, last: last,
+            nextIndex: nextIndex, packedEntries: PackedEntries(entries), duplicates: duplicates, clock: clock)
+    }
+
+    public init(
+        viewnum: UInt64, primary: String, transferID: UInt64, chunkIndex: UInt32, last: Bool,
+        nextIndex: UInt64, packedEntries: PackedEntries, duplicates: [DuplicateEntry], clock: UInt64 = 0
+    ) {
         self.clock = clock
         self.viewnum = viewnum
         self.primary = primary
@@ -280,8 +290,15 @@ public struct TransferChunk: Sendable, Hashable {
         self.chunkIndex = chunkIndex
         self.last = last
         self.nextIndex = nextIndex
-        self.entries = entries
+        self.packedEntries = packedEntries
         self.duplicates = duplicates
+    }
+
+    /// The keys and values as values (decoded from `packedEntries` on each access: for tests
+    /// and tools; the transfer path works on `packedEntries`).
+    public var entries: [Entry] {
+        get { packedEntries.entries }
+        set { packedEntries = PackedEntries(newValue) }
     }
 }
 
