@@ -99,8 +99,6 @@ public struct KVStore: Sendable, Hashable {
         return reply
     }
 
-    }
-
     /// Rows above which an eviction runs: 1/8 of slack so that each sort is paid for by
     /// `maxSessions / 8` insertions.
     public var evictionThreshold: Int { maxSessions + max(1, maxSessions / 8) }

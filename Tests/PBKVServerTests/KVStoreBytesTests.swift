@@ -7,7 +7,7 @@ import Testing
 struct KVStoreBytesTests {
     /// UTF-8 bytes of every key and value, counted the slow way.
     private func counted(_ store: KVStore) -> Int {
-        store.map.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
+        store.map.dictionary.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
     }
 
     @Test("bytes follows Puts, overwrites, PutHash, Gets, a reset and a transfer load")
@@ -31,8 +31,8 @@ struct KVStoreBytesTests {
         #expect(store.bytes > 3)
         store.reset()
         #expect(store.bytes == 0)
-        store.load(entries: [Entry(key: "k1", value: "v1"), Entry(key: "k2", value: "value2")], duplicates: [])
-        store.load(entries: [Entry(key: "k1", value: "longer value")], duplicates: [])
+        store.load(entries: PackedEntries([Entry(key: "k1", value: "v1"), Entry(key: "k2", value: "value2")]), duplicates: [])
+        store.load(entries: PackedEntries([Entry(key: "k1", value: "longer value")]), duplicates: [])
         #expect(store.bytes == counted(store))
         #expect(store.bytes == 2 + 12 + 2 + 6)
     }

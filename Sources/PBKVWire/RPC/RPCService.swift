@@ -103,6 +103,13 @@ public protocol KVServiceProtocol: Sendable {
     func serverStatus(context: RPCCallContext) -> EventLoopFuture<ServerStatus>
 }
 
+extension KVServiceProtocol {
+    /// Default: the method is not implemented (answered UNKNOWN_METHOD).
+    public func serverStatus(context: RPCCallContext) -> EventLoopFuture<ServerStatus> {
+        context.eventLoop.makeFailedFuture(RPCServiceError(code: .unknownMethod, message: "this server does not report its status"))
+    }
+}
+
 /// The methods a primary calls on its backup.
 public protocol ReplicaServiceProtocol: Sendable {
     func forward(_ args: ForwardArgs, context: RPCCallContext) -> EventLoopFuture<ForwardReply>
