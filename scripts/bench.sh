@@ -249,6 +249,12 @@ compare_clusters() {
 # (or name it in this comparison: compare_clusters tls "…" plaintext tls metrics).
 start_pbkv_cluster tls --tls
 compare_clusters tls "TLS cost: plaintext vs mutual TLS" plaintext tls
+# Metrics cost: the same servers with the Prometheus endpoint on (not scraped: what it costs to count).
+start_pbkv_cluster metrics --insecure --metrics 127.0.0.1:@PORT@
+compare_clusters metrics "Metrics cost: plaintext vs plaintext with --metrics" plaintext metrics
+# Read leases: on (the default, the plaintext cluster) vs off (every Get goes through the backup).
+start_pbkv_cluster noleases --insecure --read-leases=false
+compare_clusters noleases "Read leases: on (default) vs --read-leases=false" plaintext noleases
 
 # The matrix clusters are no longer needed; stop them so the next sections have the machine.
 cleanup; PIDS=()
