@@ -69,7 +69,9 @@ struct MetricsEndToEndTests {
             #expect(p.value("pbkv_connections") ?? 0 >= 1)
             // Every operation after the transfer went to the backup in batches.
             #expect(p.value("pbkv_forward_batch_operations_count") ?? 0 >= 1)
-            #expect(p.value("pbkv_forward_batch_operations_sum") ?? 0 >= 30)
+            // The 20 Puts made with the backup in the view (Gets are answered under the read
+            // lease; one whose lease lapsed on a busy machine is forwarded too).
+            #expect(p.value("pbkv_forward_batch_operations_sum") ?? 0 >= 20)
             #expect(p.value("pbkv_state_transfers_completed_total") == 1)
             #expect(p.value("pbkv_transfer_entries_total") == 0)  // no transfer in progress
             #expect(p.value("pbkv_wire_bytes_total", ["kind": "client", "direction": "in"]) ?? 0 > 0)
