@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import PBKVClient
 import PBKVObservability
+import PBKVTLS
 import PBKVWire
 
 /// Options every client command takes.
@@ -13,15 +14,24 @@ struct ClientOptions: ParsableArguments {
     var timeout: Double = 30
     @OptionGroup var security: SecurityOptions
 
-    func makeClient() throws -> KVClient {
-        var configuration = KVClientConfiguration()
-        configuration.deadline = .milliseconds(Int64(timeout * 1000))
+    /// `--timeout` as a duration.
+    var deadline: Duration { .milliseconds(Int64(timeout * 1000)) }
+
+    /// The TLS material chosen by the flags (nil: plaintext); an unusable choice is printed and
+    /// ends the command with the failure status.
+    func resolveTLS() throws -> MutualTLS? {
         do {
-            configuration.tls = try security.resolve()
+            return try security.resolve()
         } catch {
             printError("pbkv: \(error)")
             throw ExitStatus.failure
         }
+    }
+
+    func makeClient() throws -> KVClient {
+        var configuration = KVClientConfiguration()
+        configuration.deadline = deadline
+        configuration.tls = try resolveTLS()
         var logger = Logger(label: "pbkv.client")
         logger.logLevel = .critical
         do {

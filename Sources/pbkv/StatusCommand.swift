@@ -41,15 +41,10 @@ struct StatusCommand: AsyncParsableCommand {
     private func show(group: MultiThreadedEventLoopGroup) async throws {
         var rpc = RPCClientConfiguration()
         rpc.name = "pbkv-status"
-        do {
-            rpc.tls = try options.security.resolve()
-        } catch {
-            printError("pbkv: \(error)")
-            throw ExitStatus.failure
-        }
+        rpc.tls = try options.resolveTLS()
         var logger = Logger(label: "pbkv.status")
         logger.logLevel = .critical
-        let timeout = Duration.milliseconds(Int64(options.timeout * 1000))
+        let timeout = options.deadline
         let viewService = ViewServiceClient(
             addresses: try PeerAddress.list(parsing: options.viewservice), eventLoop: group.next(), configuration: rpc, logger: logger)
         let cluster: ViewServiceStatus
