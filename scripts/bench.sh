@@ -106,7 +106,7 @@ start_pbkv_cluster() {
   esac
   CLUSTER_VS[$name]=$vs
   # The security flags are split into words on purpose (no spaces: $WORK is /tmp/pbkv-bench.XXXXXX).
-  "$PBKV" viewservice --listen "$vs" ${security[vs]} >"$WORK/$name-vs.log" 2>&1 & PIDS+=($!)
+  "$PBKV" viewservice --listen "$vs" --data-dir "$WORK/$name-vs" ${security[vs]} >"$WORK/$name-vs.log" 2>&1 & PIDS+=($!)
   wait_until 10 pbkv_on "$name" view --timeout 1
   local arg role=primary
   local -a args
