@@ -57,7 +57,7 @@ trap cleanup EXIT
 
 # take_port VAR: sets VAR to a loopback port nobody listens on (probed with bash's /dev/tcp),
 # counting up from a random start so no two calls hand out the same port.
-NEXT_PORT=$((20000 + RANDOM % 20000))
+NEXT_PORT=$((20000 + RANDOM % 10000))  # below the ephemeral range (32768+) that client sockets use
 take_port() {
   while (exec 3<>"/dev/tcp/127.0.0.1/$NEXT_PORT") 2>/dev/null; do NEXT_PORT=$((NEXT_PORT + 1)); done
   printf -v "$1" '%s' "$NEXT_PORT"

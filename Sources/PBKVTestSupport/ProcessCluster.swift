@@ -47,6 +47,8 @@ public final class ProcessCluster: @unchecked Sendable {
     public let host: String
     public let pingIntervalMs: Int
     public let logDirectory: URL
+    /// Arguments every view service and server gets after its own (e.g. `--log-format json`).
+    public let memberArguments: [String]
     private let lock = NSLock()
     private var processes: [ClusterProcess] = []
     /// Every view service started (one, or the members of a replicated one), in order.
@@ -65,11 +67,14 @@ public final class ProcessCluster: @unchecked Sendable {
 
     /// A cluster whose processes log under `logDirectory` (a new temporary one by default).
     /// `tls` (the default) makes a CA for it and gives every process a certificate for its
-    /// address; false runs everything with `--insecure`.
-    public init(executable: URL, host: String = "127.0.0.1", pingIntervalMs: Int = 100, logDirectory: URL? = nil, tls: Bool = true)
-        throws
-    {
+    /// address; false runs everything with `--insecure`. `memberArguments` go to every view
+    /// service and server it starts.
+    public init(
+        executable: URL, host: String = "127.0.0.1", pingIntervalMs: Int = 100, logDirectory: URL? = nil, tls: Bool = true,
+        memberArguments: [String] = []
+    ) throws {
         self.executable = executable
+        self.memberArguments = memberArguments
         self.host = host
         self.pingIntervalMs = pingIntervalMs
         let dir = logDirectory ?? FileManager.default.temporaryDirectory.appendingPathComponent("pbkv-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
@@ -138,7 +143,7 @@ public final class ProcessCluster: @unchecked Sendable {
             "viewservice", "--listen", address, "--data-dir", dataDirectory,
         ] + securityArguments(for: address) + [
             "--ping-interval-ms", "\(pingIntervalMs)", "--dead-pings", "\(deadPings)",
-        ] + extraArguments)
+        ] + extraArguments + memberArguments)
         lock.withLock {
             if !viewServices.contains(address) { viewServices.append(address) }
             self.deadPings = min(self.deadPings, deadPings)
@@ -160,7 +165,7 @@ public final class ProcessCluster: @unchecked Sendable {
         return try launch(name: name, address: address, arguments: [
             "server", "--listen", address, "--viewservice", viewServiceAddress, "--ping-interval-ms", "\(pingIntervalMs)",
             "--dead-interval-ms", "\(pingIntervalMs * deadPings)",
-        ] + securityArguments(for: address) + extraArguments)
+        ] + securityArguments(for: address) + extraArguments + memberArguments)
     }
 
     /// Starts KV servers named `names` one after another, each waited for through `client`:

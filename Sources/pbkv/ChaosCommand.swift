@@ -27,6 +27,7 @@ struct ChaosCommand: AsyncParsableCommand {
     @OptionGroup var security: OwnClusterSecurityOptions
     @Flag(help: "Replicated view service: three view services on a three-member etcd (needs /usr/bin/etcd); the nemesis also kills etcd members.")
     var etcd = false
+    @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
         guard seconds > 0, clients > 0, keys > 0 else { throw ValidationError("--seconds, --clients and --keys must be positive") }
@@ -39,6 +40,7 @@ struct ChaosCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        _ = logging.bootstrap(label: "pbkv.chaos")
         var passed = 0
         var failed = 0
         for seed in parsedSeeds ?? [1] {
@@ -51,6 +53,7 @@ struct ChaosCommand: AsyncParsableCommand {
             configuration.pingIntervalMs = pingIntervalMs
             configuration.tls = security.tls
             configuration.readLeases = readLeases
+            configuration.memberArguments = logging.memberArguments
             if etcd { configuration.etcdProbe = { await EtcdClient.isServing(endpoint: $0) } }
             print("== chaos run, seed \(seed): \(clients) clients, \(keys) keys, \(seconds) s, drops \(drop), read leases \(readLeases ? "on" : "off")\(etcd ? ", view service on etcd" : "")")
             let runner = ChaosRunner(configuration: configuration) { line in

@@ -36,6 +36,7 @@ struct LocalCommand: AsyncParsableCommand {
     @OptionGroup var security: OwnClusterSecurityOptions
     @Flag(help: "Keep the cluster running after the demo and print its addresses (Ctrl-C stops it).")
     var keepRunning = false
+    @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
         guard operations > 0, (0..<operations).contains(killAfter) else {
@@ -48,13 +49,15 @@ struct LocalCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        _ = logging.bootstrap(label: "pbkv.local")
         let started = ContinuousClock.now
         let say: @Sendable (String) -> Void = { line in
             let t = ContinuousClock.now - started
             print(String(format: "[%6.2fs] ", t.inSeconds) + line)
             fflush(nil)
         }
-        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable, pingIntervalMs: pingIntervalMs, tls: security.tls)
+        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable, pingIntervalMs: pingIntervalMs, tls: security.tls,
+            memberArguments: logging.memberArguments)
         var replicated: ReplicatedViewService?
         let lost: Int
         do {

@@ -23,7 +23,8 @@ enum LogFormat: String, ExpressibleByArgument, CaseIterable {
     case json
 }
 
-/// Logging options shared by the long-running commands.
+/// Logging options shared by the long-running commands; those that start a cluster pass them
+/// on to its processes (`memberArguments`), so every log line of a run has one format.
 struct LoggingOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
@@ -47,6 +48,10 @@ struct LoggingOptions: ParsableArguments {
         }
         return Logger(label: label)
     }
+
+    /// The same options as arguments of the `pbkv viewservice` and `pbkv server` processes a
+    /// command starts.
+    var memberArguments: [String] { ["--log-level", logLevel, "--log-format", logFormat.rawValue] }
 }
 
 /// Exit codes for scripts: 0 success, 1 absent key, 2 failure.

@@ -172,4 +172,27 @@ struct OperatorCommandsTests {
             #expect(!(a["viewnum"] as? NSNumber == b["viewnum"] as? NSNumber && a["acknowledged"] as? Bool == b["acknowledged"] as? Bool))
         }
     }
+
+    @Test("pbkv local --log-format json passes the format on: every line of every process's log is a JSON object")
+    func localPassesTheLogFormatOn() async throws {
+        let run = try CommandRun(
+            try ProcessCluster.builtExecutable(),
+            ["local", "--insecure", "--log-format", "json", "--operations", "30", "--kill-after", "15"])
+        defer { run.stop() }
+        #expect(try await run.waitForExit(within: .seconds(60)) == 0)
+        let announced = try #require(run.lines.first { $0.contains("; logs in ") })
+        let directory = URL(fileURLWithPath: String(try #require(announced.components(separatedBy: "; logs in ").last)))
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let logs = try FileManager.default.contentsOfDirectory(at: directory, includingPropertiesForKeys: nil)
+            .filter { $0.pathExtension == "log" }
+        #expect(logs.count == 4)  // the view service and three servers
+        var messages: [String] = []
+        for log in logs {
+            let lines = try String(contentsOf: log, encoding: .utf8).split(separator: "\n")
+            #expect(!lines.isEmpty)
+            for line in lines { messages.append(try #require(try jsonObject(String(line))["message"] as? String)) }
+        }
+        #expect(messages.contains("role changed"))
+        #expect(messages.contains("view service is leader"))
+    }
 }

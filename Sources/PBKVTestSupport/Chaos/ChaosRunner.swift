@@ -26,6 +26,8 @@ public struct ChaosConfiguration: Sendable {
     public var tls = true
     /// Servers answer Gets on read leases (false: `--read-leases=false`, every Get through the backup).
     public var readLeases = true
+    /// Arguments every view service and server of the cluster gets (e.g. `--log-format json`).
+    public var memberArguments: [String] = []
     /// The pbkv binary to run the cluster with.
     public var executable = ProcessCluster.currentExecutable
     /// Per-operation deadline of the clients; an operation still unanswered then is recorded as
@@ -120,7 +122,8 @@ public struct ChaosRunner: Sendable {
 
     public func run() async throws -> ChaosReport {
         let cluster = try ProcessCluster(
-            executable: configuration.executable, pingIntervalMs: configuration.pingIntervalMs, tls: configuration.tls)
+            executable: configuration.executable, pingIntervalMs: configuration.pingIntervalMs, tls: configuration.tls,
+            memberArguments: configuration.memberArguments)
         var replicated: ReplicatedViewService?
         do {
             if let probe = configuration.etcdProbe {

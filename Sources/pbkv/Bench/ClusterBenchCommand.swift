@@ -47,10 +47,12 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     var results: String?
     @Flag(help: "Show no progress on standard error (a bar on a terminal, a few lines otherwise).")
     var noProgress = false
+    @OptionGroup var logging: LoggingOptions
 
     private var display: ProgressDisplay { ProgressDisplay(enabled: !noProgress) }
 
     func run() async throws {
+        _ = logging.bootstrap(label: "pbkv.bench-cluster")
         _ = NIOSingletonsInstaller.installOnce
         let wanted = Set(sections.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
         for name in wanted where !Self.sectionNames.contains(name) {
@@ -73,7 +75,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     /// restarted empty and the next trial waits until it is back in an acknowledged view with a
     /// backup. `--etcd`: the same on a replicated view service.
     private func runFailover() async throws {
-        try await Self.withCluster(replicated: etcd, tls: security.tls) { cluster, replicated in
+        try await Self.withCluster(replicated: etcd, tls: security.tls, memberArguments: logging.memberArguments) { cluster, replicated in
             let (watcher, recorder, writers) = try await Self.startWritingCluster(cluster, writers: failoverClients)
             defer { for writer in writers { writer.cancel() } }
 
@@ -116,7 +118,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     /// Killed processes are restarted (the view service with the same arguments, the server
     /// empty); each trial waits for agreement on a leader and a settled view, then 0.3–1.3 s.
     private func runViewServiceFailover() async throws {
-        try await Self.withCluster(replicated: true, tls: security.tls) { cluster, replicated in
+        try await Self.withCluster(replicated: true, tls: security.tls, memberArguments: logging.memberArguments) { cluster, replicated in
             guard let replicated else { return }
             let (watcher, recorder, writers) = try await Self.startWritingCluster(cluster, writers: failoverClients)
             defer { for writer in writers { writer.cancel() } }
@@ -250,9 +252,9 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     /// store, or (`replicated`) three on a three-member etcd; every process is stopped after,
     /// also when `body` throws.
     private static func withCluster(
-        replicated: Bool, tls: Bool, _ body: (ProcessCluster, ReplicatedViewService?) async throws -> Void
+        replicated: Bool, tls: Bool, memberArguments: [String], _ body: (ProcessCluster, ReplicatedViewService?) async throws -> Void
     ) async throws {
-        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable, tls: tls)
+        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable, tls: tls, memberArguments: memberArguments)
         var viewService: ReplicatedViewService?
         do {
             if replicated {
@@ -276,7 +278,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     /// without. Measures the time from the backup's start to the acknowledged view naming it,
     /// logical MB/s, the primary's written bytes, and both processes' peak memory.
     private func runTransfer() async throws {
-        let (cluster, _, watcher, primary) = try await Self.startLonePrimary(tls: security.tls)
+        let (cluster, _, watcher, primary) = try await Self.startLonePrimary(tls: security.tls, memberArguments: logging.memberArguments)
         defer { cluster.stopAll() }
         let fillSeconds = try await Self.fill(cluster, keys: transferKeys, clients: fillClients, display: display) { i in
             Self.textValue(i, size: transferValueSize)
@@ -326,7 +328,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
 
     /// The primary's resident memory before and after writing `memoryKeys` keys of 16 B.
     private func runMemory() async throws {
-        let (cluster, _, watcher, primary) = try await Self.startLonePrimary(tls: security.tls)
+        let (cluster, _, watcher, primary) = try await Self.startLonePrimary(tls: security.tls, memberArguments: logging.memberArguments)
         defer { cluster.stopAll() }
         await watcher.close()
         let before = ProcStats(pid: primary.pid).residentBytes
@@ -361,8 +363,10 @@ struct ClusterBenchCommand: AsyncParsableCommand {
 
     /// A view service and one server, waited for until it is the acknowledged primary; the
     /// returned client watches the view.
-    static func startLonePrimary(tls: Bool) async throws -> (ProcessCluster, ClusterProcess, KVClient, ClusterProcess) {
-        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable, tls: tls)
+    static func startLonePrimary(tls: Bool, memberArguments: [String]) async throws
+        -> (ProcessCluster, ClusterProcess, KVClient, ClusterProcess)
+    {
+        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable, tls: tls, memberArguments: memberArguments)
         do {
             let vs = try cluster.startViewService()
             let watcher = try cluster.client(logger: quietLogger)
@@ -429,12 +433,15 @@ struct ClusterBenchCommand: AsyncParsableCommand {
             "backup resident \(mib(backupRSS)) of the primary's \(mib(primaryRSS)) MiB")
     }
 
-    /// The `milliseconds` of the last "state transfer completed" line of a server's log.
+    /// The `milliseconds` of the last "state transfer completed" line of a server's log, text
+    /// (`milliseconds=N`) or JSON (`"milliseconds":"N"`).
     static func lastTransferMilliseconds(in logFile: URL) -> Int? {
         guard let text = try? String(contentsOf: logFile, encoding: .utf8) else { return nil }
         for line in text.split(separator: "\n").reversed() where line.contains("state transfer completed") {
-            guard let range = line.range(of: "milliseconds=") else { continue }
-            return Int(line[range.upperBound...].prefix { $0.isNumber })
+            for key in ["milliseconds=", "\"milliseconds\":\"", "\"milliseconds\":"] {
+                guard let range = line.range(of: key) else { continue }
+                return Int(line[range.upperBound...].prefix { $0.isNumber })
+            }
         }
         return nil
     }
