@@ -206,13 +206,21 @@ echo
 
 # compare_clusters GROUP TITLE BASE OTHER…: the same cells (c=1 and c=50, 16 B, write-only and
 # 90 % reads) against each named pbkv cluster in turn, cell by cell, so that every cluster meets
-# the same load on the machine; prints op/s, p50 and p99 per cluster and each OTHER's ratios to
-# BASE, then one-client p50 and 50-client throughput (write-only) side by side, and records it all.
+# the same load on the machine: each cell runs twice per cluster, in the order BASE OTHER… then
+# the reverse, and the two runs are averaged (a drift of the machine during a cell then weighs on
+# every cluster alike); prints op/s, p50 and p99 per cluster and each OTHER's ratios to BASE,
+# then one-client p50 and 50-client throughput (write-only) side by side, and records it all.
+# mean_of_runs JSON JSON: one bench object whose numbers are the means of the two runs'.
+mean_of_runs() {
+  python3 -c 'import json, sys
+a, b = (json.loads(x) for x in sys.argv[1:3])
+print(json.dumps({k: (a[k] + b[k]) / 2 if isinstance(a[k], (int, float)) and not isinstance(a[k], bool) else a[k] for k in a}, separators=(",", ":")))' "$1" "$2"
+}
 compare_clusters() {
   local group=$1 title=$2; shift 2
   local base=$1 name clients mix shape out row
   local -A rate=() p50=()
-  echo "$title — each cell against $(sed 's/ /, /g' <<<"$*") in turn; 16 B values, ${SECONDS_PER_CELL} s per cell:"
+  echo "$title — each cell against $(sed 's/ /, /g' <<<"$*") in turn, then in reverse order, mean of the two; 16 B values, ${SECONDS_PER_CELL} s per run:"
   local names units
   names=$(printf '%-24s' ""); units=$(printf '%-24s' "shape")
   for name in "$@"; do names+=$(printf ' | %-23.23s' "$name"); units+=$(printf ' | %9s %6s %6s' "op/s" "p50" "p99"); done
@@ -222,8 +230,17 @@ compare_clusters() {
     for mix in "put=100" "get=90,put=10"; do
       shape="16B $(mix_name "$mix")"
       row=$(printf '%-24s' "c=$clients $shape")
+      local -A first=()
       for name in "$@"; do
+        first[$name]=$(bench_on "$name" --clients "$clients" --duration "$SECONDS_PER_CELL" --keys "$KEYS" --value-size 16 --mix "$mix" --json)
+      done
+      local -A mean=()
+      for name in $(printf '%s\n' "$@" | tac); do
         out=$(bench_on "$name" --clients "$clients" --duration "$SECONDS_PER_CELL" --keys "$KEYS" --value-size 16 --mix "$mix" --json)
+        mean[$name]=$(mean_of_runs "${first[$name]}" "$out")
+      done
+      for name in "$@"; do
+        out=${mean[$name]}
         record "\"section\":\"compare\",\"group\":\"$group\",\"title\":\"$title\",\"shape\":\"$shape\",\"system\":\"$name\"" "$out"
         rate[$name,$clients,$mix]=$(json throughput <<<"$out"); p50[$name,$clients,$mix]=$(json p50_us <<<"$out")
         row+=$(printf ' | %9.0f %6.0f %6.0f' "${rate[$name,$clients,$mix]}" "${p50[$name,$clients,$mix]}" "$(json p99_us <<<"$out")")
