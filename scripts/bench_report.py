@@ -118,7 +118,7 @@ def markdown(records, svg_name=None):
     for _, title, systems, cells in compare_groups(records):
         base, others = systems[0], systems[1:]
         out += ["", f"## {title}", "",
-                f"The same load generator against {len(systems)} pbkv clusters of this run, cell by cell in turn; "
+                f"The same load generator against {len(systems)} pbkv clusters of this run, cell by cell in turn and then in reverse order, the mean of the two runs; "
                 f"ratios are each cluster over `{base}`.", ""]
         header = ["shape"]
         for system in systems:
