@@ -300,6 +300,32 @@ struct EnvelopeCodecTests {
         #expect(throws: MessageCodecError.self) { try EnvelopeCodec.decode(buffer(raw)) }
     }
 
+    /// Found by the fuzzer: protobuf-c keeps an enum as the int32 it arrived as, imported into
+    /// Swift as UInt32; converting 2^31 and above to the Swift enums' Int32 trapped, so one Hello
+    /// from anyone crashed the server.
+    @Test("Enum values outside Int32's positive range (2^31, -1 as ten bytes) are unknown values, never a crash",
+          arguments: [UInt64(0x8000_0000), 0xFFFF_FFFF, UInt64.max])
+    func enumValuesBeyondInt32(value: UInt64) throws {
+        let asInt32 = Int64(Int32(truncatingIfNeeded: value))
+        var hello = ProtoWriter()
+        hello.messageField(1) { h in h.varintField(1, 1); h.varintField(2, value); h.varintField(2, 1) }
+        guard case .hello(let decodedHello) = try EnvelopeCodec.decode(buffer(hello.bytes)) else {
+            Issue.record("not a Hello"); return
+        }
+        #expect(decodedHello.features == [.zlib])  // the unknown feature is dropped, the known one kept
+        var goodbye = ProtoWriter()
+        goodbye.messageField(5) { $0.varintField(1, value) }
+        #expect(try EnvelopeCodec.decode(buffer(goodbye.bytes)) == .goodbye(Goodbye(code: .protocolViolation, message: "")))
+        var reply = ProtoWriter()
+        reply.messageField(4) { r in r.varintField(1, 7); r.varintField(2, value) }
+        guard case .response(let response) = try EnvelopeCodec.decode(buffer(reply.bytes)) else {
+            Issue.record("not a Response"); return
+        }
+        #expect(response.callID == 7)
+        #expect(response.code == .protocolViolation)
+        #expect(response.message.contains("unknown value \(asInt32) in field Response.code"))
+    }
+
     @Test("An empty payload or an envelope with only unknown fields has no body")
     func emptyEnvelope() {
         #expect(throws: MessageCodecError.emptyEnvelope) { try EnvelopeCodec.decode(ByteBuffer()) }

@@ -403,12 +403,14 @@ public enum EnvelopeCodec {
     private static func features(_ count: Int, _ array: UnsafeMutablePointer<Pbkv__Feature>?) -> [Feature] {
         guard let array, count > 0 else { return [] }
         // Unknown features (from a newer peer) are ignored: they were merely offered.
-        return (0..<count).compactMap { Feature(rawValue: numericCast(array[$0].rawValue)) }
+        return (0..<count).compactMap { Feature(rawValue: Int32(truncatingIfNeeded: array[$0].rawValue)) }
     }
 
     private static func code(_ c: Pbkv__Code, _ field: String) throws(MessageCodecError) -> Code {
-        guard let code = Code(rawValue: numericCast(c.rawValue)) else {
-            throw .unknownValue(field: field, value: numericCast(c.rawValue))
+        // protobuf-c keeps an enum field as the int32 it arrived as; Swift imports it as UInt32,
+        // so any value of a hostile peer (2^31 and above, negatives) is converted bit for bit.
+        guard let code = Code(rawValue: Int32(truncatingIfNeeded: c.rawValue)) else {
+            throw .unknownValue(field: field, value: Int64(Int32(truncatingIfNeeded: c.rawValue)))
         }
         return code
     }
@@ -492,8 +494,8 @@ public enum EnvelopeCodec {
             ops.reserveCapacity(f.n_ops)
             for i in 0..<f.n_ops {
                 guard let o = f.ops[i]?.pointee else { continue }
-                guard let kind = OpKind(rawValue: numericCast(o.kind.rawValue)) else {
-                    throw .unknownValue(field: "Operation.kind", value: numericCast(o.kind.rawValue))
+                guard let kind = OpKind(rawValue: Int32(truncatingIfNeeded: o.kind.rawValue)) else {
+                    throw .unknownValue(field: "Operation.kind", value: Int64(Int32(truncatingIfNeeded: o.kind.rawValue)))
                 }
                 ops.append(Operation(
                     kind: kind, key: try utf8(o.key, "Operation.key"), value: try utf8(o.value, "Operation.value"),
