@@ -304,7 +304,9 @@ extension Call {
     /// The key an operation is about ("" for others).
     var key: String {
         switch self {
-        case .get(let key, _), .put(let key, _, _), .putHash(let key, _, _): key
+        case .get(let args): args.key
+        case .put(let args): args.key
+        case .putHash(let args): args.key
         default: ""
         }
     }

@@ -157,10 +157,9 @@ public struct RPCMethodTable: Sendable {
                 }
             }
             return switch call {
-            case .get(let key, let id): service.get(key: key, id: id, context: context).map { .kv($0) }
-            case .put(let key, let value, let id): service.put(key: key, value: value, id: id, context: context).map { .kv($0) }
-            case .putHash(let key, let value, let id):
-                service.putHash(key: key, value: value, id: id, context: context).map { .kv($0) }
+            case .get(let a): service.get(key: a.key, id: a.id, context: context).map { .kv($0) }
+            case .put(let a): service.put(key: a.key, value: a.value, id: a.id, context: context).map { .kv($0) }
+            case .putHash(let a): service.putHash(key: a.key, value: a.value, id: a.id, context: context).map { .kv($0) }
             case .serverStatus: service.serverStatus(context: context).map { .serverStatus($0) }
             default: nil
             }
