@@ -2,13 +2,18 @@
 
 protoc-c runs no plugins, so `make proto` asks it for the schema as a FileDescriptorSet
 (`--descriptor_set_out --include_source_info`) and this script turns that into two Swift files
-in Sources/PBKVWire/Messages/Generated:
+in Sources/PBKVWire/Generated:
 
 - pbkv.messages.swift: one Swift enum per proto enum, one `Sendable, Hashable` struct per message
   (memberwise init, every argument defaulted to the proto3 default), one Swift enum per oneof,
   doc comments from the .proto comments.
 - pbkv.codec.swift: per message, copy-in to protoc-c's C struct (`cMessage(_ arena:)`, memory from
   `CArena`) and copy-out from it (`init(_ c:) throws(MessageCodecError)`); per oneof the same.
+- pbkv.services.swift (when the schema has `service` blocks): per service the server protocol
+  (`KVServiceProtocol`), its methods as `RPCMethod` values (`KVMethods.get`), the method table
+  the RPC server dispatches with (`RPCMethodTable.kv(_:)`) and a typed client stub (`KVStub`), the
+  shape of grpc-swift v2's generated code. A method's request and reply types are the types of
+  fields of `Request.call` and `Response.result`, which is how it travels.
 
 Mapping rules (the same for every message, so a new field is a .proto edit and `make proto`):
 - names: `snake_case` fields become `lowerCamel` with a word `id` spelled `ID` (`client_id` ->
@@ -65,6 +70,10 @@ HOOKS = {
 OPTIONAL_FIELDS = {"pbkv.ServerStatus.transfer"}
 # Oneofs whose Swift enum is a top-level type of this name (others: `<Message>.<Oneof>`).
 ONEOF_TYPE_NAMES = {"pbkv.Request.call": "Call", "pbkv.Response.result": "CallResult"}
+# The oneofs that carry a call's argument and its reply: a service method's request and reply types
+# are the types of these oneofs' fields (one field per type).
+REQUEST_ONEOF = "pbkv.Request.call"
+REPLY_ONEOF = "pbkv.Response.result"
 # Swift default values other than the proto3 default.
 FIELD_DEFAULTS = {"pbkv.ViewRecord.format_version": "ViewRecord.formatVersion"}
 
@@ -463,6 +472,87 @@ def gen_message_codec(schema: Schema, mi: int, m) -> str:
     return out
 
 
+# ------------------------------------------------------------------------------ services file
+
+
+def lower_first_word(camel: str) -> str:
+    """`KV` -> `kv`, `KVReply` -> `kvReply`, `ViewService` -> `viewService`."""
+    run = len(camel) - len(camel.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+    if run == 0:
+        return camel
+    if run == len(camel) or run == 1:
+        return camel[:run].lower() + camel[run:]
+    return camel[:run - 1].lower() + camel[run - 1:]
+
+
+def oneof_field_for_type(schema: Schema, oneof_key: str, type_name: str, what: str):
+    message, oneof = oneof_key.split(".")[1:]
+    m = schema.message(f".{schema.package}.{message}")
+    o = [d.name for d in m.oneof_decl].index(oneof)
+    fields = [f for f in m.field if f.HasField("oneof_index") and f.oneof_index == o and f.type_name == type_name]
+    if len(fields) != 1:
+        raise SystemExit(f"generate_swift.py: {what} type {type_name} must be the type of exactly one field of {oneof_key}")
+    return fields[0]
+
+
+def gen_service(schema: Schema, si: int, s) -> str:
+    # ViewService -> ViewServiceProtocol, KV -> KVServiceProtocol; KVMethods, KVStub.
+    protocol = f"{s.name if s.name.endswith('Service') else s.name + 'Service'}Protocol"
+    methods, stub = f"{s.name}Methods", f"{s.name}Stub"
+    comment = schema.comments.get((6, si), "")
+    rows = []
+    for mi, method in enumerate(s.method):
+        arg = oneof_field_for_type(schema, REQUEST_ONEOF, method.input_type, "request")
+        res = oneof_field_for_type(schema, REPLY_ONEOF, method.output_type, "reply")
+        rows.append(dict(
+            name=method.name, func=lower_first_word(method.name), case=lower_camel(arg.name), result=lower_camel(res.name),
+            input=schema.swift_type(method.input_type), output=schema.swift_type(method.output_type),
+            empty=not schema.message(method.input_type).field, comment=schema.comments.get((6, si, 2, mi), "")))
+    out = f"// MARK: - {schema.package}.{s.name}\n\n"
+    out += doc(comment, f"`{schema.package}.{s.name}`.", "")
+    out += f"public protocol {protocol}: Sendable {{\n"
+    for r in rows:
+        if r["comment"]:
+            out += doc(r["comment"], "", "    ")
+        arg = "" if r["empty"] else f"_ request: {r['input']}, "
+        out += f"    func {r['func']}({arg}context: RPCCallContext) -> EventLoopFuture<{r['output']}>\n"
+    out += "}\n\n"
+    out += f"/// The methods of `{schema.package}.{s.name}` as values: each makes its `Call` and picks its reply out of a `CallResult`.\n"
+    out += f"public enum {methods} {{\n"
+    for r in rows:
+        call = f"{{ _ in .{r['case']} }}" if r["empty"] else f"{{ .{r['case']}($0) }}"
+        out += (f"    public static let {r['func']} = RPCMethod<{r['input']}, {r['output']}>(\n"
+                f"        name: \"{r['name']}\", call: {call},\n"
+                f"        reply: {{ if case .{r['result']}(let reply) = $0 {{ reply }} else {{ nil }} }})\n")
+    out += "}\n\n"
+    out += "extension RPCMethodTable {\n"
+    out += f"    /// Routes the methods of `{schema.package}.{s.name}` to `service`; a call the peer may not make\n"
+    out += "    /// (`PeerAuthentication.refusal(of:)`) is refused first.\n"
+    out += f"    public static func {lower_first_word(s.name)}(_ service: some {protocol}) -> RPCMethodTable {{\n"
+    out += "        RPCMethodTable { call, context in\n            switch call {\n"
+    for r in rows:
+        pattern, arg = (f".{r['case']}", "") if r["empty"] else (f".{r['case']}(let request)", "request, ")
+        out += (f"            case {pattern}:\n                refused(call, context)\n"
+                f"                    ?? service.{r['func']}({arg}context: context).map {{ .{r['result']}($0) }}\n")
+    out += "            default:\n                nil\n            }\n        }\n    }\n}\n\n"
+    out += f"/// Typed calls of `{schema.package}.{s.name}` through an `RPCClient`: each returns its method's reply type.\n"
+    out += f"public struct {stub}: Sendable {{\n    public let client: RPCClient\n\n"
+    out += "    public init(_ client: RPCClient) {\n        self.client = client\n    }\n"
+    for r in rows:
+        param, value = ("", f"{r['input']}()") if r["empty"] else (f"_ request: {r['input']}, ", "request")
+        sig = f"{r['func']}({param}timeout: Duration, compressionThreshold: Int? = nil)"
+        args = f"\n            {methods}.{r['func']}, {value}, timeout: timeout, compressionThreshold: compressionThreshold)"
+        out += "\n"
+        if r["comment"]:
+            out += doc(r["comment"], "", "    ")
+        out += f"    public func {sig}\n        -> EventLoopFuture<{r['output']}>\n    {{\n        client.call({args}\n    }}\n\n"
+        if r["comment"]:
+            out += doc(r["comment"], "", "    ")
+        out += f"    public func {sig}\n        async throws(RPCError) -> {r['output']}\n    {{\n        try await client.call({args}\n    }}\n"
+    out += "}\n"
+    return out
+
+
 def generate(file: descriptor_pb2.FileDescriptorProto, proto_path: str) -> dict[str, str]:
     """The generated files' names and contents."""
     schema = Schema(file)
@@ -474,7 +564,13 @@ def generate(file: descriptor_pb2.FileDescriptorProto, proto_path: str) -> dict[
     parts += [gen_message_codec(schema, i, m) for i, m in enumerate(file.message_type)]
     codec = (header + "//\n// Copy-in and copy-out between the Swift values of pbkv.messages.swift and protoc-c's C structs.\n"
              "\nimport CPBKVProto\n\n" + "\n".join(parts))
-    return {f"{schema.package}.messages.swift": messages, f"{schema.package}.codec.swift": codec}
+    files = {f"{schema.package}.messages.swift": messages, f"{schema.package}.codec.swift": codec}
+    if file.service:
+        parts = [gen_service(schema, i, s) for i, s in enumerate(file.service)]
+        files[f"{schema.package}.services.swift"] = (
+            header + "//\n// Per service: the server protocol, its methods as values, the method table the RPC server\n"
+            "// dispatches with, and a typed client stub.\n\nimport NIOCore\n\n" + "\n".join(parts))
+    return files
 
 
 def main(argv: list[str]) -> int:

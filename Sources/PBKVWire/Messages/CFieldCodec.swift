@@ -1,7 +1,7 @@
 import CPBKVProto
 
 /// Reading protobuf-c's field representations into Swift values: what the generated
-/// copy-out code (Generated/pbkv.codec.swift) calls for each kind of field.
+/// copy-out code (Sources/PBKVWire/Generated/pbkv.codec.swift) calls for each kind of field.
 enum CDecode {
     /// A protobuf `string` field: NULL and "" are both empty; invalid UTF-8 is refused.
     static func text(_ pointer: UnsafeMutablePointer<CChar>?, _ field: String) throws(MessageCodecError) -> String {

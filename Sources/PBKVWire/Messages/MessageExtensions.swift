@@ -1,4 +1,4 @@
-// What the generated message types (Generated/pbkv.messages.swift) cannot say themselves:
+// What the generated message types (Sources/PBKVWire/Generated/pbkv.messages.swift) cannot say themselves:
 // shorthands, well-known values, descriptions, and the Swift-only shape of a request's call.
 
 extension View: CustomStringConvertible {
