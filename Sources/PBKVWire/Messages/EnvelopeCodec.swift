@@ -27,7 +27,8 @@ public enum MessageCodecError: Error, Sendable, Hashable, CustomStringConvertibl
 }
 
 /// Converts `Envelope` values to and from protobuf bytes through the protoc-c generated code.
-/// The only place in pbkv that touches the C message structs and their pointers.
+/// With the generated copy-in/copy-out (Sources/PBKVWire/Generated/pbkv.codec.swift) and the
+/// other files of Messages/, the only code in pbkv that touches the C message structs.
 public enum EnvelopeCodec {
     // MARK: encode
 
