@@ -339,7 +339,7 @@ def gen_struct(schema: Schema, mi: int, m) -> str:
 
 
 def encode_field(schema: Schema, f, value: str, dest: str) -> list[str]:
-    """Swift statements copying `value` (a Swift expression) into C field `dest.<name>`."""
+    """Swift statements copying `value` (a Swift expression; `x?` for an optional) into C field `dest.<name>`."""
     c = f"{dest}.{f.name}"
     if f.label == FD.LABEL_REPEATED:
         n = f"{dest}.n_{f.name}"
@@ -352,7 +352,7 @@ def encode_field(schema: Schema, f, value: str, dest: str) -> list[str]:
             raise SystemExit(f"generate_swift.py: repeated {f.name}: type not supported; extend the generator")
         return [f"({n}, {c}) = arena.values({value}) {{ $0 }}"]
     if f.type == FD.TYPE_MESSAGE:
-        if f.type_name and value.endswith("?"):
+        if value.endswith("?"):
             return [f"{c} = {value[:-1]}.map {{ $0.cMessage(arena) }}"]
         return [f"{c} = {value}.cMessage(arena)"]
     if f.type == FD.TYPE_ENUM:
@@ -366,31 +366,31 @@ def encode_field(schema: Schema, f, value: str, dest: str) -> list[str]:
     return [f"{c} = {value}"]
 
 
-def decode_field(schema: Schema, m, f, optional: bool) -> tuple[list[str], str]:
-    """(statements, expression) reading C field `c.<name>` of message `m` as its Swift value."""
+def decode_field(schema: Schema, m, f, optional: bool) -> str:
+    """The Swift expression reading C field `c.<name>` of message `m` as its Swift value."""
     label = f'"{m.name}.{f.name}"'
     c = f"c.{f.name}"
     if f.label == FD.LABEL_REPEATED:
         if f.type == FD.TYPE_MESSAGE:
-            return [], f"try CDecode.messages(c.n_{f.name}, {c}) {{ (m) throws(MessageCodecError) in try {schema.swift_type(f.type_name)}(m) }}"
+            return f"try CDecode.messages(c.n_{f.name}, {c}) {{ (m) throws(MessageCodecError) in try {schema.swift_type(f.type_name)}(m) }}"
         if f.type == FD.TYPE_ENUM:
             t = schema.swift_type(f.type_name)
-            return [], f"CDecode.values(c.n_{f.name}, {c}) {{ {t}(rawValue: numericCast($0.rawValue)) }}"
-        return [], f"CDecode.values(c.n_{f.name}, {c}) {{ $0 }}"
+            return f"CDecode.values(c.n_{f.name}, {c}) {{ {t}(rawValue: numericCast($0.rawValue)) }}"
+        return f"CDecode.values(c.n_{f.name}, {c}) {{ $0 }}"
     if f.type == FD.TYPE_MESSAGE:
         t = schema.swift_type(f.type_name)
         if optional:
-            return [], f"try {c}.map {{ (p) throws(MessageCodecError) in try {t}(p.pointee) }}"
-        return [], f"try {c}.map {{ (p) throws(MessageCodecError) in try {t}(p.pointee) }} ?? {t}()"
+            return f"try {c}.map {{ (p) throws(MessageCodecError) in try {t}(p.pointee) }}"
+        return f"try {c}.map {{ (p) throws(MessageCodecError) in try {t}(p.pointee) }} ?? {t}()"
     if f.type == FD.TYPE_ENUM:
-        return [], f"try {schema.swift_type(f.type_name)}({c}, field: {label})"
+        return f"try {schema.swift_type(f.type_name)}({c}, field: {label})"
     if f.type == FD.TYPE_STRING:
-        return [], f"try CDecode.text({c}, {label})"
+        return f"try CDecode.text({c}, {label})"
     if f.type == FD.TYPE_BYTES:
-        return [], f"try CDecode.utf8({c}, {label})"
+        return f"try CDecode.utf8({c}, {label})"
     if f.type == FD.TYPE_BOOL:
-        return [], f"{c} != 0"
-    return [], c
+        return f"{c} != 0"
+    return c
 
 
 def gen_enum_codec(schema: Schema, e) -> str:
@@ -464,7 +464,7 @@ def gen_message_codec(schema: Schema, mi: int, m) -> str:
         elif p.oneof >= 0:
             expr = f"try {p.swift_type[:-1]}(c)"
         else:
-            _, expr = decode_field(schema, m, p.field, p.swift_type.endswith("?") and not p.swift_type.startswith("["))
+            expr = decode_field(schema, m, p.field, p.swift_type.endswith("?"))
         out += f"        self.{p.name.strip('`')} = {expr}\n"
     out += "    }\n}\n"
     for o in range(len(m.oneof_decl)):  # hooked ones too: the hook's code calls them
