@@ -14,6 +14,11 @@ PY_PROTO_OUT := $(PY_CLIENT)/src/pbkv
 # gencode version is what pyproject.toml requires of the runtime).
 GRPCIO_TOOLS := grpcio-tools==1.85.1
 PY_PROTOC = $(VENV)/bin/python -m grpc_tools.protoc -I proto --python_out=$(1) --pyi_out=$(1) proto/pbkv.proto
+# The Swift message layer: protoc-c writes the schema as a FileDescriptorSet, scripts/generate_swift.py
+# (the venv's protobuf package reads it) writes Swift into $(1).
+SWIFT_GEN_OUT := Sources/PBKVWire/Generated
+SWIFT_GEN = protoc-c --descriptor_set_out=$(1)/pbkv.desc --include_imports --include_source_info -Iproto proto/pbkv.proto && \
+  PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python scripts/generate_swift.py $(1)/pbkv.desc $(2) --proto proto/pbkv.proto
 
 .PHONY: deps build release test run proto proto-check clean chaos chaos-short bench bench-report-test python-venv python-proto-check python-test
 SECONDS ?= 60
@@ -66,12 +71,15 @@ python-proto-check: $(VENV)/.installed
 	    rm -rf $$tmp; echo "python-proto-check: $(PY_PROTO_OUT)/pbkv_pb2.py is current"; \
 	  else rm -rf $$tmp; echo "python-proto-check: $(PY_PROTO_OUT)/pbkv_pb2.py(i) is stale: run make proto and commit it" >&2; exit 1; fi
 
-## proto-check: fails when the committed protoc-c output differs from what `make proto` makes.
-proto-check: deps
-	@tmp=$$(mktemp -d) && (cd proto && protoc-c --c_out=$$tmp *.proto) && \
-	  if diff -q $$tmp/pbkv.pb-c.c $(PROTO_OUT)/pbkv.pb-c.c >/dev/null && diff -q $$tmp/pbkv.pb-c.h $(PROTO_OUT)/include/pbkv.pb-c.h >/dev/null; then \
-	    rm -rf $$tmp; echo "proto-check: $(PROTO_OUT) is current"; \
-	  else rm -rf $$tmp; echo "proto-check: $(PROTO_OUT) is stale: run make proto and commit it" >&2; exit 1; fi
+## proto-check: the generator's tests; fails when the committed protoc-c output or generated Swift differs
+## from what `make proto` makes.
+proto-check: deps $(VENV)/.installed
+	PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -m unittest discover -q -s scripts -p 'test_generate*.py'
+	@tmp=$$(mktemp -d) && (cd proto && protoc-c --c_out=$$tmp *.proto) && $(call SWIFT_GEN,$$tmp,$$tmp/swift) && \
+	  if diff -q $$tmp/pbkv.pb-c.c $(PROTO_OUT)/pbkv.pb-c.c >/dev/null && diff -q $$tmp/pbkv.pb-c.h $(PROTO_OUT)/include/pbkv.pb-c.h >/dev/null \
+	    && diff -ru $(SWIFT_GEN_OUT) $$tmp/swift; then \
+	    rm -rf $$tmp; echo "proto-check: $(PROTO_OUT) and $(SWIFT_GEN_OUT) are current"; \
+	  else rm -rf $$tmp; echo "proto-check: $(PROTO_OUT) or $(SWIFT_GEN_OUT) is stale: run make proto and commit it" >&2; exit 1; fi
 
 ## python-test: the Python client's tests (pytest) against a cluster of the debug `pbkv` build.
 python-test: python-venv
@@ -115,13 +123,16 @@ bench: deps
 
 ## bench-report-test: tests of scripts/bench_report.py (the markdown and SVG of `make bench`).
 bench-report-test:
-	PYTHONDONTWRITEBYTECODE=1 $(PYTHON) -m unittest discover -q -s scripts -p 'test_*.py'
+	PYTHONDONTWRITEBYTECODE=1 $(PYTHON) -m unittest discover -q -s scripts -p 'test_bench*.py'
 
-## proto: regenerate the committed code from proto/*.proto: C with protoc-c, Python with grpcio-tools.
+## proto: regenerate the committed code from proto/*.proto: C with protoc-c, then the Swift message
+## layer from protoc-c's descriptor set with scripts/generate_swift.py, Python with grpcio-tools.
 proto: deps $(VENV)/.installed
 	@tmp=$$(mktemp -d) && (cd proto && protoc-c --c_out=$$tmp *.proto) && \
 	  mv $$tmp/*.pb-c.h $(PROTO_OUT)/include/ && mv $$tmp/*.pb-c.c $(PROTO_OUT)/ && rmdir $$tmp
 	@echo "regenerated $(PROTO_OUT)"
+	@tmp=$$(mktemp -d) && $(call SWIFT_GEN,$$tmp,$(SWIFT_GEN_OUT)) && rm -rf $$tmp
+	@echo "regenerated $(SWIFT_GEN_OUT)"
 	$(call PY_PROTOC,$(PY_PROTO_OUT))
 	@echo "regenerated $(PY_PROTO_OUT)/pbkv_pb2.py and pbkv_pb2.pyi"
 

@@ -3405,3 +3405,162 @@ const ProtobufCEnumDescriptor pbkv__op_kind__descriptor =
   pbkv__op_kind__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
+static const ProtobufCMethodDescriptor pbkv__view_service__method_descriptors[3] =
+{
+  { "Ping", &pbkv__ping_args__descriptor, &pbkv__view__descriptor },
+  { "GetView", &pbkv__get_view_args__descriptor, &pbkv__view__descriptor },
+  { "ViewServiceStatus", &pbkv__view_service_status_args__descriptor, &pbkv__view_service_status__descriptor },
+};
+const unsigned pbkv__view_service__method_indices_by_name[] = {
+  1,        /* GetView */
+  0,        /* Ping */
+  2         /* ViewServiceStatus */
+};
+const ProtobufCServiceDescriptor pbkv__view_service__descriptor =
+{
+  PROTOBUF_C__SERVICE_DESCRIPTOR_MAGIC,
+  "pbkv.ViewService",
+  "ViewService",
+  "Pbkv__ViewService",
+  "pbkv",
+  3,
+  pbkv__view_service__method_descriptors,
+  pbkv__view_service__method_indices_by_name
+};
+void pbkv__view_service__ping(ProtobufCService *service,
+                              const Pbkv__PingArgs *input,
+                              Pbkv__View_Closure closure,
+                              void *closure_data)
+{
+  assert(service->descriptor == &pbkv__view_service__descriptor);
+  service->invoke(service, 0, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void pbkv__view_service__get_view(ProtobufCService *service,
+                                  const Pbkv__GetViewArgs *input,
+                                  Pbkv__View_Closure closure,
+                                  void *closure_data)
+{
+  assert(service->descriptor == &pbkv__view_service__descriptor);
+  service->invoke(service, 1, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void pbkv__view_service__view_service_status(ProtobufCService *service,
+                                             const Pbkv__ViewServiceStatusArgs *input,
+                                             Pbkv__ViewServiceStatus_Closure closure,
+                                             void *closure_data)
+{
+  assert(service->descriptor == &pbkv__view_service__descriptor);
+  service->invoke(service, 2, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void pbkv__view_service__init (Pbkv__ViewService_Service *service,
+                               Pbkv__ViewService_ServiceDestroy destroy)
+{
+  protobuf_c_service_generated_init (&service->base,
+                                     &pbkv__view_service__descriptor,
+                                     (ProtobufCServiceDestroy) destroy);
+}
+static const ProtobufCMethodDescriptor pbkv__kv__method_descriptors[4] =
+{
+  { "Get", &pbkv__get_args__descriptor, &pbkv__kvreply__descriptor },
+  { "Put", &pbkv__put_args__descriptor, &pbkv__kvreply__descriptor },
+  { "PutHash", &pbkv__put_hash_args__descriptor, &pbkv__kvreply__descriptor },
+  { "ServerStatus", &pbkv__server_status_args__descriptor, &pbkv__server_status__descriptor },
+};
+const unsigned pbkv__kv__method_indices_by_name[] = {
+  0,        /* Get */
+  1,        /* Put */
+  2,        /* PutHash */
+  3         /* ServerStatus */
+};
+const ProtobufCServiceDescriptor pbkv__kv__descriptor =
+{
+  PROTOBUF_C__SERVICE_DESCRIPTOR_MAGIC,
+  "pbkv.KV",
+  "KV",
+  "Pbkv__KV",
+  "pbkv",
+  4,
+  pbkv__kv__method_descriptors,
+  pbkv__kv__method_indices_by_name
+};
+void pbkv__kv__get(ProtobufCService *service,
+                   const Pbkv__GetArgs *input,
+                   Pbkv__KVReply_Closure closure,
+                   void *closure_data)
+{
+  assert(service->descriptor == &pbkv__kv__descriptor);
+  service->invoke(service, 0, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void pbkv__kv__put(ProtobufCService *service,
+                   const Pbkv__PutArgs *input,
+                   Pbkv__KVReply_Closure closure,
+                   void *closure_data)
+{
+  assert(service->descriptor == &pbkv__kv__descriptor);
+  service->invoke(service, 1, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void pbkv__kv__put_hash(ProtobufCService *service,
+                        const Pbkv__PutHashArgs *input,
+                        Pbkv__KVReply_Closure closure,
+                        void *closure_data)
+{
+  assert(service->descriptor == &pbkv__kv__descriptor);
+  service->invoke(service, 2, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void pbkv__kv__server_status(ProtobufCService *service,
+                             const Pbkv__ServerStatusArgs *input,
+                             Pbkv__ServerStatus_Closure closure,
+                             void *closure_data)
+{
+  assert(service->descriptor == &pbkv__kv__descriptor);
+  service->invoke(service, 3, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void pbkv__kv__init (Pbkv__KV_Service *service,
+                     Pbkv__KV_ServiceDestroy destroy)
+{
+  protobuf_c_service_generated_init (&service->base,
+                                     &pbkv__kv__descriptor,
+                                     (ProtobufCServiceDestroy) destroy);
+}
+static const ProtobufCMethodDescriptor pbkv__replica__method_descriptors[2] =
+{
+  { "Forward", &pbkv__forward_args__descriptor, &pbkv__forward_reply__descriptor },
+  { "Transfer", &pbkv__transfer_chunk__descriptor, &pbkv__transfer_reply__descriptor },
+};
+const unsigned pbkv__replica__method_indices_by_name[] = {
+  0,        /* Forward */
+  1         /* Transfer */
+};
+const ProtobufCServiceDescriptor pbkv__replica__descriptor =
+{
+  PROTOBUF_C__SERVICE_DESCRIPTOR_MAGIC,
+  "pbkv.Replica",
+  "Replica",
+  "Pbkv__Replica",
+  "pbkv",
+  2,
+  pbkv__replica__method_descriptors,
+  pbkv__replica__method_indices_by_name
+};
+void pbkv__replica__forward(ProtobufCService *service,
+                            const Pbkv__ForwardArgs *input,
+                            Pbkv__ForwardReply_Closure closure,
+                            void *closure_data)
+{
+  assert(service->descriptor == &pbkv__replica__descriptor);
+  service->invoke(service, 0, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void pbkv__replica__transfer(ProtobufCService *service,
+                             const Pbkv__TransferChunk *input,
+                             Pbkv__TransferReply_Closure closure,
+                             void *closure_data)
+{
+  assert(service->descriptor == &pbkv__replica__descriptor);
+  service->invoke(service, 1, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void pbkv__replica__init (Pbkv__Replica_Service *service,
+                          Pbkv__Replica_ServiceDestroy destroy)
+{
+  protobuf_c_service_generated_init (&service->base,
+                                     &pbkv__replica__descriptor,
+                                     (ProtobufCServiceDestroy) destroy);
+}

@@ -138,18 +138,18 @@ public actor KVClient {
 
     /// The value of `key`, or nil if the key is absent.
     public func get(_ key: String) async throws(KVClientError) -> String? {
-        let reply = try await perform { id in .get(key: key, id: id) }
+        let reply = try await perform(KVMethods.get) { id in GetArgs(key: key, id: id) }
         return reply.code == .noKey ? nil : reply.value
     }
 
     /// Sets `key` to `value`.
     public func put(_ key: String, _ value: String) async throws(KVClientError) {
-        _ = try await perform { id in .put(key: key, value: value, id: id) }
+        _ = try await perform(KVMethods.put) { id in PutArgs(key: key, value: value, id: id) }
     }
 
     /// Sets `key` to FNV-1a-32(previous + value) in decimal; returns the previous value ("" if absent).
     public func putHash(_ key: String, _ value: String) async throws(KVClientError) -> String {
-        try await perform { id in .putHash(key: key, value: value, id: id) }.value
+        try await perform(KVMethods.putHash) { id in PutHashArgs(key: key, value: value, id: id) }.value
     }
 
     /// The view as the view service reports it now (one call).
@@ -167,12 +167,15 @@ public actor KVClient {
 
     // MARK: - internals
 
-    private func perform(_ makeCall: (RequestID) -> Call) async throws(KVClientError) -> KVReply {
+    private func perform<Request: Sendable>(
+        _ method: RPCMethod<Request, KVReply>, _ makeRequest: (RequestID) -> Request
+    ) async throws(KVClientError) -> KVReply {
         await acquire()
         defer { release() }
         guard !closed else { throw .closed }
         seq += 1
-        var call = makeCall(RequestID(clientID: clientID, seq: seq))
+        var request = makeRequest(RequestID(clientID: clientID, seq: seq))
+        var call: Call { method.call(request) }
         stats.operations += 1
         let start = ContinuousClock.now
         var lastProblem = "no primary known yet"
@@ -191,8 +194,7 @@ public actor KVClient {
                 let mayHaveRun = sent
                 sent = true
                 do {
-                    let result = try await client.call(call, timeout: configuration.attemptTimeout)
-                    guard case .kv(let reply) = result else { throw RPCError.protocolViolation("expected a KV reply") }
+                    let reply = try await client.call(method, request, timeout: configuration.attemptTimeout)
                     if reply.code == .ok || reply.code == .noKey { return reply }
                     if reply.code == .sessionExpired {
                         // The server did not run this attempt. A new session (new id, seq 1) is
@@ -203,7 +205,7 @@ public actor KVClient {
                             throw KVClientError.sessionExpired(operation: call.method, key: call.key)
                         }
                         seq = 1
-                        call = makeCall(RequestID(clientID: clientID, seq: seq))
+                        request = makeRequest(RequestID(clientID: clientID, seq: seq))
                         sent = false
                         stats.newSessions += 1
                         continue
@@ -304,7 +306,9 @@ extension Call {
     /// The key an operation is about ("" for others).
     var key: String {
         switch self {
-        case .get(let key, _), .put(let key, _, _), .putHash(let key, _, _): key
+        case .get(let args): args.key
+        case .put(let args): args.key
+        case .putHash(let args): args.key
         default: ""
         }
     }

@@ -16,20 +16,20 @@ final class FuzzServices: ViewServiceProtocol, KVServiceProtocol, ReplicaService
         context.eventLoop.makeSucceededFuture(View(viewnum: 1, primary: "127.0.0.1:7001", backup: "127.0.0.1:7002"))
     }
 
-    func get(key: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
-        let value = store.withLock { $0[key] }
+    func get(_ request: GetArgs, context: RPCCallContext) -> EventLoopFuture<KVReply> {
+        let value = store.withLock { $0[request.key] }
         return context.eventLoop.makeSucceededFuture(value.map { KVReply(code: .ok, value: $0) } ?? KVReply(code: .noKey))
     }
 
-    func put(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
-        store.withLock { $0[key] = value }
+    func put(_ request: PutArgs, context: RPCCallContext) -> EventLoopFuture<KVReply> {
+        store.withLock { $0[request.key] = request.value }
         return context.eventLoop.makeSucceededFuture(KVReply(code: .ok))
     }
 
-    func putHash(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
+    func putHash(_ request: PutHashArgs, context: RPCCallContext) -> EventLoopFuture<KVReply> {
         let previous = store.withLock { store in
-            let previous = store[key] ?? ""
-            store[key] = PutHash.newValue(previous: previous, value: value)
+            let previous = store[request.key] ?? ""
+            store[request.key] = PutHash.newValue(previous: previous, value: request.value)
             return previous
         }
         return context.eventLoop.makeSucceededFuture(KVReply(code: .ok, value: previous))

@@ -373,10 +373,10 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         guard !state.value.stopped, let client = backupClient(target) else { return }
         let timed = withBackupTimer { $0.willSendForward(args, at: clockNow) }
         metrics?.forwardBatch.record(args.ops.count)
-        client.call(.forward(args), timeout: timed.timeout, compressionThreshold: configuration.latencyCompressionThreshold)
+        ReplicaStub(client).forward(args, timeout: timed.timeout, compressionThreshold: configuration.latencyCompressionThreshold)
             .whenComplete { result in
             let outcome: ReplicaCallOutcome<ForwardReply>
-            if case .success(.forward(let reply)) = result { outcome = .replied(reply) } else { outcome = .failed }
+            if case .success(let reply) = result { outcome = .replied(reply) } else { outcome = .failed }
             if case .failure(let error) = result { self.reportIfTooLarge(error, target: target) }
             self.withBackupTimer { $0.didComplete(timed, replied: outcome != .failed, at: self.clockNow) }
             self.run(self.state.value.machine.onForwardOutcome(to: target, firstIndex: args.firstIndex, outcome: outcome))
@@ -386,10 +386,10 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
     private func sendTransfer(to target: String, _ chunk: TransferChunk) {
         guard !state.value.stopped, let client = backupClient(target) else { return }
         let timed = withBackupTimer { $0.willSendTransfer(chunk, to: target, at: clockNow) }
-        client.call(.transfer(chunk), timeout: timed.timeout, compressionThreshold: configuration.transferCompressionThreshold)
+        ReplicaStub(client).transfer(chunk, timeout: timed.timeout, compressionThreshold: configuration.transferCompressionThreshold)
             .whenComplete { result in
             let outcome: ReplicaCallOutcome<TransferReply>
-            if case .success(.transfer(let reply)) = result { outcome = .replied(reply) } else { outcome = .failed }
+            if case .success(let reply) = result { outcome = .replied(reply) } else { outcome = .failed }
             if case .failure(let error) = result { self.reportIfTooLarge(error, target: target) }
             self.withBackupTimer { $0.didComplete(timed, replied: outcome != .failed, at: self.clockNow) }
             self.run(self.state.value.machine.onTransferOutcome(
@@ -433,16 +433,16 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         }
     }
 
-    public func get(key: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
-        submit(Operation(kind: .get, key: key, id: id))
+    public func get(_ request: GetArgs, context: RPCCallContext) -> EventLoopFuture<KVReply> {
+        submit(Operation(kind: .get, key: request.key, id: request.id))
     }
 
-    public func put(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
-        submit(Operation(kind: .put, key: key, value: value, id: id))
+    public func put(_ request: PutArgs, context: RPCCallContext) -> EventLoopFuture<KVReply> {
+        submit(Operation(kind: .put, key: request.key, value: request.value, id: request.id))
     }
 
-    public func putHash(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
-        submit(Operation(kind: .putHash, key: key, value: value, id: id))
+    public func putHash(_ request: PutHashArgs, context: RPCCallContext) -> EventLoopFuture<KVReply> {
+        submit(Operation(kind: .putHash, key: request.key, value: request.value, id: request.id))
     }
 
     public func serverStatus(context: RPCCallContext) -> EventLoopFuture<ServerStatus> {
@@ -477,16 +477,14 @@ private final class ServiceHolder: Sendable {
 
 private struct LateBoundKV: KVServiceProtocol {
     let holder: ServiceHolder
-    func get(key: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
-        holder.server?.get(key: key, id: id, context: context) ?? context.eventLoop.makeSucceededFuture(KVReply(code: .wrongServer))
+    func get(_ request: GetArgs, context: RPCCallContext) -> EventLoopFuture<KVReply> {
+        holder.server?.get(request, context: context) ?? context.eventLoop.makeSucceededFuture(KVReply(code: .wrongServer))
     }
-    func put(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
-        holder.server?.put(key: key, value: value, id: id, context: context)
-            ?? context.eventLoop.makeSucceededFuture(KVReply(code: .wrongServer))
+    func put(_ request: PutArgs, context: RPCCallContext) -> EventLoopFuture<KVReply> {
+        holder.server?.put(request, context: context) ?? context.eventLoop.makeSucceededFuture(KVReply(code: .wrongServer))
     }
-    func putHash(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply> {
-        holder.server?.putHash(key: key, value: value, id: id, context: context)
-            ?? context.eventLoop.makeSucceededFuture(KVReply(code: .wrongServer))
+    func putHash(_ request: PutHashArgs, context: RPCCallContext) -> EventLoopFuture<KVReply> {
+        holder.server?.putHash(request, context: context) ?? context.eventLoop.makeSucceededFuture(KVReply(code: .wrongServer))
     }
     func serverStatus(context: RPCCallContext) -> EventLoopFuture<ServerStatus> {
         holder.server?.serverStatus(context: context)

@@ -62,12 +62,12 @@ public final class ViewServiceClient: Sendable {
 
     /// Heartbeat: `viewnum` is the view the server acknowledges (0 after a restart).
     public func ping(server: String, viewnum: UInt64, timeout: Duration) -> EventLoopFuture<View> {
-        call(.ping(PingArgs(server: server, viewnum: viewnum)), timeout: timeout)
+        viewCall(ViewServiceMethods.ping, PingArgs(server: server, viewnum: viewnum), timeout: timeout)
     }
 
     /// The current view, without counting as a ping.
     public func getView(timeout: Duration) -> EventLoopFuture<View> {
-        call(.getView, timeout: timeout)
+        viewCall(ViewServiceMethods.getView, GetViewArgs(), timeout: timeout)
     }
 
     public func getView(timeout: Duration) async throws -> View {
@@ -76,12 +76,10 @@ public final class ViewServiceClient: Sendable {
 
     /// The leader's view and every server it tracks, idle ones included (`pbkv status`).
     public func status(timeout: Duration) async throws -> ViewServiceStatus {
-        try await attempt(.viewServiceStatus, timeout: timeout, remaining: state.withLock { $0.addresses.count } + 1) { result, _ in
-            guard case .viewServiceStatus(let status) = result else {
-                throw RPCError.protocolViolation("expected a ViewServiceStatus reply")
-            }
-            return status
-        }.get()
+        try await attempt(
+            ViewServiceMethods.viewServiceStatus, ViewServiceStatusArgs(), timeout: timeout,
+            remaining: state.withLock { $0.addresses.count } + 1
+        ) { status, _ in status }.get()
     }
 
     /// Closes every connection.
@@ -95,19 +93,21 @@ public final class ViewServiceClient: Sendable {
 
     /// Tries the believed leader, following hints and moving on after failures, at most once
     /// around the known addresses (plus the hops hints cause).
-    private func call(_ call: Call, timeout: Duration) -> EventLoopFuture<View> {
-        attempt(call, timeout: timeout, remaining: state.withLock { $0.addresses.count } + 1) { result, address in
-            guard case .view(let view) = result else { throw RPCError.protocolViolation("expected a View reply") }
-            return try self.accept(view, from: address)
+    private func viewCall<Request: Sendable>(
+        _ method: RPCMethod<Request, View>, _ request: Request, timeout: Duration
+    ) -> EventLoopFuture<View> {
+        attempt(method, request, timeout: timeout, remaining: state.withLock { $0.addresses.count } + 1) { view, address in
+            try self.accept(view, from: address)
         }
     }
 
     /// `extract` turns the reply into the caller's result (or throws: the call failed).
-    private func attempt<T: Sendable>(
-        _ call: Call, timeout: Duration, remaining: Int, extract: @escaping @Sendable (CallResult, PeerAddress) throws -> T
+    private func attempt<Request: Sendable, Reply, T: Sendable>(
+        _ method: RPCMethod<Request, Reply>, _ request: Request, timeout: Duration, remaining: Int,
+        extract: @escaping @Sendable (Reply, PeerAddress) throws -> T
     ) -> EventLoopFuture<T> {
         let (address, client) = currentClient()
-        return client.call(call, timeout: timeout)
+        return client.call(method, request, timeout: timeout)
             .flatMapThrowing { result in try extract(result, address) }
             .flatMapError { error in
                 let retry: Bool
@@ -124,7 +124,7 @@ public final class ViewServiceClient: Sendable {
                     retry = false
                 }
                 guard retry, remaining > 1 else { return self.eventLoop.makeFailedFuture(error) }
-                return self.attempt(call, timeout: timeout, remaining: remaining - 1, extract: extract)
+                return self.attempt(method, request, timeout: timeout, remaining: remaining - 1, extract: extract)
             }
     }
 

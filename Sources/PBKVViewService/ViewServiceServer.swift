@@ -332,7 +332,7 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
     }
 
     /// The view and every server the leader tracks (`pbkv status`); NOT_LEADER elsewhere.
-    public func status(context: RPCCallContext) -> EventLoopFuture<ViewServiceStatus> {
+    public func viewServiceStatus(context: RPCCallContext) -> EventLoopFuture<ViewServiceStatus> {
         onLoop {
             guard let status = self.currentStatus() else { return self.eventLoop.makeFailedFuture(self.notServing()) }
             return self.eventLoop.makeSucceededFuture(status)

@@ -175,10 +175,7 @@ enum ClusterStatus {
     }
 
     private static func status(of client: RPCClient, timeout: Duration) async throws -> ServerStatus {
-        guard case .serverStatus(let status) = try await client.call(.serverStatus, timeout: timeout) else {
-            throw RPCError.protocolViolation("expected a ServerStatus reply")
-        }
-        return status
+        try await KVStub(client).serverStatus(timeout: timeout)
     }
 
     /// `{"view":{…},"servers":[…]}` on one line.

@@ -1331,6 +1331,123 @@ typedef void (*Pbkv__Envelope_Closure)
 
 /* --- services --- */
 
+typedef struct Pbkv__ViewService_Service Pbkv__ViewService_Service;
+struct Pbkv__ViewService_Service
+{
+  ProtobufCService base;
+  void (*ping)(Pbkv__ViewService_Service *service,
+               const Pbkv__PingArgs *input,
+               Pbkv__View_Closure closure,
+               void *closure_data);
+  void (*get_view)(Pbkv__ViewService_Service *service,
+                   const Pbkv__GetViewArgs *input,
+                   Pbkv__View_Closure closure,
+                   void *closure_data);
+  void (*view_service_status)(Pbkv__ViewService_Service *service,
+                              const Pbkv__ViewServiceStatusArgs *input,
+                              Pbkv__ViewServiceStatus_Closure closure,
+                              void *closure_data);
+};
+typedef void (*Pbkv__ViewService_ServiceDestroy)(Pbkv__ViewService_Service *);
+void pbkv__view_service__init (Pbkv__ViewService_Service *service,
+                               Pbkv__ViewService_ServiceDestroy destroy);
+#define PBKV__VIEW_SERVICE__BASE_INIT \
+    { &pbkv__view_service__descriptor, protobuf_c_service_invoke_internal, NULL }
+#define PBKV__VIEW_SERVICE__INIT(function_prefix__) \
+    { PBKV__VIEW_SERVICE__BASE_INIT,\
+      function_prefix__ ## ping,\
+      function_prefix__ ## get_view,\
+      function_prefix__ ## view_service_status  }
+void pbkv__view_service__ping(ProtobufCService *service,
+                              const Pbkv__PingArgs *input,
+                              Pbkv__View_Closure closure,
+                              void *closure_data);
+void pbkv__view_service__get_view(ProtobufCService *service,
+                                  const Pbkv__GetViewArgs *input,
+                                  Pbkv__View_Closure closure,
+                                  void *closure_data);
+void pbkv__view_service__view_service_status(ProtobufCService *service,
+                                             const Pbkv__ViewServiceStatusArgs *input,
+                                             Pbkv__ViewServiceStatus_Closure closure,
+                                             void *closure_data);
+typedef struct Pbkv__KV_Service Pbkv__KV_Service;
+struct Pbkv__KV_Service
+{
+  ProtobufCService base;
+  void (*get)(Pbkv__KV_Service *service,
+              const Pbkv__GetArgs *input,
+              Pbkv__KVReply_Closure closure,
+              void *closure_data);
+  void (*put)(Pbkv__KV_Service *service,
+              const Pbkv__PutArgs *input,
+              Pbkv__KVReply_Closure closure,
+              void *closure_data);
+  void (*put_hash)(Pbkv__KV_Service *service,
+                   const Pbkv__PutHashArgs *input,
+                   Pbkv__KVReply_Closure closure,
+                   void *closure_data);
+  void (*server_status)(Pbkv__KV_Service *service,
+                        const Pbkv__ServerStatusArgs *input,
+                        Pbkv__ServerStatus_Closure closure,
+                        void *closure_data);
+};
+typedef void (*Pbkv__KV_ServiceDestroy)(Pbkv__KV_Service *);
+void pbkv__kv__init (Pbkv__KV_Service *service,
+                     Pbkv__KV_ServiceDestroy destroy);
+#define PBKV__KV__BASE_INIT \
+    { &pbkv__kv__descriptor, protobuf_c_service_invoke_internal, NULL }
+#define PBKV__KV__INIT(function_prefix__) \
+    { PBKV__KV__BASE_INIT,\
+      function_prefix__ ## get,\
+      function_prefix__ ## put,\
+      function_prefix__ ## put_hash,\
+      function_prefix__ ## server_status  }
+void pbkv__kv__get(ProtobufCService *service,
+                   const Pbkv__GetArgs *input,
+                   Pbkv__KVReply_Closure closure,
+                   void *closure_data);
+void pbkv__kv__put(ProtobufCService *service,
+                   const Pbkv__PutArgs *input,
+                   Pbkv__KVReply_Closure closure,
+                   void *closure_data);
+void pbkv__kv__put_hash(ProtobufCService *service,
+                        const Pbkv__PutHashArgs *input,
+                        Pbkv__KVReply_Closure closure,
+                        void *closure_data);
+void pbkv__kv__server_status(ProtobufCService *service,
+                             const Pbkv__ServerStatusArgs *input,
+                             Pbkv__ServerStatus_Closure closure,
+                             void *closure_data);
+typedef struct Pbkv__Replica_Service Pbkv__Replica_Service;
+struct Pbkv__Replica_Service
+{
+  ProtobufCService base;
+  void (*forward)(Pbkv__Replica_Service *service,
+                  const Pbkv__ForwardArgs *input,
+                  Pbkv__ForwardReply_Closure closure,
+                  void *closure_data);
+  void (*transfer)(Pbkv__Replica_Service *service,
+                   const Pbkv__TransferChunk *input,
+                   Pbkv__TransferReply_Closure closure,
+                   void *closure_data);
+};
+typedef void (*Pbkv__Replica_ServiceDestroy)(Pbkv__Replica_Service *);
+void pbkv__replica__init (Pbkv__Replica_Service *service,
+                          Pbkv__Replica_ServiceDestroy destroy);
+#define PBKV__REPLICA__BASE_INIT \
+    { &pbkv__replica__descriptor, protobuf_c_service_invoke_internal, NULL }
+#define PBKV__REPLICA__INIT(function_prefix__) \
+    { PBKV__REPLICA__BASE_INIT,\
+      function_prefix__ ## forward,\
+      function_prefix__ ## transfer  }
+void pbkv__replica__forward(ProtobufCService *service,
+                            const Pbkv__ForwardArgs *input,
+                            Pbkv__ForwardReply_Closure closure,
+                            void *closure_data);
+void pbkv__replica__transfer(ProtobufCService *service,
+                             const Pbkv__TransferChunk *input,
+                             Pbkv__TransferReply_Closure closure,
+                             void *closure_data);
 
 /* --- descriptors --- */
 
@@ -1365,6 +1482,9 @@ extern const ProtobufCMessageDescriptor pbkv__view_service_status__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__request__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__response__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__envelope__descriptor;
+extern const ProtobufCServiceDescriptor pbkv__view_service__descriptor;
+extern const ProtobufCServiceDescriptor pbkv__kv__descriptor;
+extern const ProtobufCServiceDescriptor pbkv__replica__descriptor;
 
 PROTOBUF_C__END_DECLS
 

@@ -77,30 +77,27 @@ public struct RPCServiceError: Error, Sendable, Hashable, CustomStringConvertibl
     public var description: String { "\(code): \(message)" }
 }
 
-/// The view service's methods, as the RPC server dispatches them.
-public protocol ViewServiceProtocol: Sendable {
-    /// A server's heartbeat; returns the current view.
-    func ping(_ args: PingArgs, context: RPCCallContext) -> EventLoopFuture<View>
-    /// The current view, without counting as a ping.
-    func getView(context: RPCCallContext) -> EventLoopFuture<View>
-    /// The view and every live server, idle ones included (`pbkv status`).
-    func status(context: RPCCallContext) -> EventLoopFuture<ViewServiceStatus>
+extension PeerAuthentication {
+    /// Nil when the peer may make `call`; the refusal otherwise. Ping, Forward and Transfer are
+    /// member calls speaking for the server they name (`PingArgs.server`, the primary); every other
+    /// method is a client call.
+    public func refusal(of call: Call) -> RPCServiceError? {
+        switch call {
+        case .ping(let args): refusalOfMemberCall(call.method, speakingFor: args.server)
+        // Only the primary's own certificate may stream operations or state to a backup (the
+        // backup then checks that this primary is the one its view names).
+        case .forward(let args): refusalOfMemberCall(call.method, speakingFor: args.primary)
+        case .transfer(let chunk): refusalOfMemberCall(call.method, speakingFor: chunk.primary)
+        default: refusalOfClientCall(call.method)
+        }
+    }
 }
 
 extension ViewServiceProtocol {
     /// Default: the method is not implemented (answered UNKNOWN_METHOD).
-    public func status(context: RPCCallContext) -> EventLoopFuture<ViewServiceStatus> {
+    public func viewServiceStatus(context: RPCCallContext) -> EventLoopFuture<ViewServiceStatus> {
         context.eventLoop.makeFailedFuture(RPCServiceError(code: .unknownMethod, message: "this view service does not report its status"))
     }
-}
-
-/// The key/value methods clients call on the primary.
-public protocol KVServiceProtocol: Sendable {
-    func get(key: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply>
-    func put(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply>
-    func putHash(key: String, value: String, id: RequestID, context: RPCCallContext) -> EventLoopFuture<KVReply>
-    /// Role, view, keys, counters and transfer progress (`pbkv status`).
-    func serverStatus(context: RPCCallContext) -> EventLoopFuture<ServerStatus>
 }
 
 extension KVServiceProtocol {
@@ -110,13 +107,49 @@ extension KVServiceProtocol {
     }
 }
 
-/// The methods a primary calls on its backup.
-public protocol ReplicaServiceProtocol: Sendable {
-    func forward(_ args: ForwardArgs, context: RPCCallContext) -> EventLoopFuture<ForwardReply>
-    func transfer(_ chunk: TransferChunk, context: RPCCallContext) -> EventLoopFuture<TransferReply>
+/// One method of a service (generated per `rpc` in proto/pbkv.proto, e.g. `KVMethods.get`): how
+/// its request becomes a `Call` and where its reply is in a `CallResult`.
+public struct RPCMethod<Request: Sendable, Reply: Sendable>: Sendable {
+    public let name: String
+    public let call: @Sendable (Request) -> Call
+    /// The reply, nil when `CallResult` holds another method's reply type.
+    public let reply: @Sendable (CallResult) -> Reply?
+
+    public init(name: String, call: @escaping @Sendable (Request) -> Call, reply: @escaping @Sendable (CallResult) -> Reply?) {
+        self.name = name
+        self.call = call
+        self.reply = reply
+    }
+
+    /// The error for a reply of the wrong type (a peer that breaks the protocol).
+    func wrongReply(_ result: CallResult) -> RPCError {
+        .protocolViolation("\(name) answered with a \(result.caseName) result")
+    }
 }
 
-/// A set of methods the RPC server can dispatch to: built from a typed service protocol.
+extension RPCClient {
+    /// Calls `method` with `request`; its reply, typed.
+    public func call<Request, Reply>(
+        _ method: RPCMethod<Request, Reply>, _ request: Request, timeout: Duration, compressionThreshold: Int? = nil
+    ) -> EventLoopFuture<Reply> {
+        call(method.call(request), timeout: timeout, compressionThreshold: compressionThreshold).flatMapThrowing { result in
+            guard let reply = method.reply(result) else { throw method.wrongReply(result) }
+            return reply
+        }
+    }
+
+    /// Calls `method` with `request`; its reply, typed.
+    public func call<Request, Reply>(
+        _ method: RPCMethod<Request, Reply>, _ request: Request, timeout: Duration, compressionThreshold: Int? = nil
+    ) async throws(RPCError) -> Reply {
+        let result = try await call(method.call(request), timeout: timeout, compressionThreshold: compressionThreshold)
+        guard let reply = method.reply(result) else { throw method.wrongReply(result) }
+        return reply
+    }
+}
+
+/// A set of methods the RPC server can dispatch to: built from a typed service protocol by the
+/// generated `RPCMethodTable.viewService(_:)`, `.kv(_:)` and `.replica(_:)`.
 /// A server hosts one or more tables; a call no table handles is answered UNKNOWN_METHOD.
 public struct RPCMethodTable: Sendable {
     /// Returns nil when the call is not one of this table's methods.
@@ -126,60 +159,8 @@ public struct RPCMethodTable: Sendable {
         self.route = route
     }
 
-    /// Answers with `refusal` when there is one (the peer's certificate does not allow the call).
-    private static func refused(_ refusal: RPCServiceError?, _ context: RPCCallContext) -> EventLoopFuture<CallResult>? {
-        refusal.map { context.eventLoop.makeFailedFuture($0) }
-    }
-
-    public static func viewService(_ service: some ViewServiceProtocol) -> RPCMethodTable {
-        RPCMethodTable { call, context in
-            switch call {
-            case .ping(let args):
-                // A ping speaks for the server it names: only that server's certificate may send it.
-                refused(context.peer.refusalOfMemberCall("Ping", speakingFor: args.server), context)
-                    ?? service.ping(args, context: context).map { .view($0) }
-            case .getView:
-                refused(context.peer.refusalOfClientCall("GetView"), context) ?? service.getView(context: context).map { .view($0) }
-            case .viewServiceStatus:
-                refused(context.peer.refusalOfClientCall("ViewServiceStatus"), context)
-                    ?? service.status(context: context).map { .viewServiceStatus($0) }
-            default: nil
-            }
-        }
-    }
-
-    public static func kv(_ service: some KVServiceProtocol) -> RPCMethodTable {
-        RPCMethodTable { call, context in
-            if let refusal = context.peer.refusalOfClientCall(call.method) {
-                switch call {
-                case .get, .put, .putHash, .serverStatus: return context.eventLoop.makeFailedFuture(refusal)
-                default: break
-                }
-            }
-            return switch call {
-            case .get(let key, let id): service.get(key: key, id: id, context: context).map { .kv($0) }
-            case .put(let key, let value, let id): service.put(key: key, value: value, id: id, context: context).map { .kv($0) }
-            case .putHash(let key, let value, let id):
-                service.putHash(key: key, value: value, id: id, context: context).map { .kv($0) }
-            case .serverStatus: service.serverStatus(context: context).map { .serverStatus($0) }
-            default: nil
-            }
-        }
-    }
-
-    public static func replica(_ service: some ReplicaServiceProtocol) -> RPCMethodTable {
-        RPCMethodTable { call, context in
-            switch call {
-            // Only the primary's own certificate may stream operations or state to a backup (the
-            // backup then checks that this primary is the one its view names).
-            case .forward(let args):
-                refused(context.peer.refusalOfMemberCall("Forward", speakingFor: args.primary), context)
-                    ?? service.forward(args, context: context).map { .forward($0) }
-            case .transfer(let chunk):
-                refused(context.peer.refusalOfMemberCall("Transfer", speakingFor: chunk.primary), context)
-                    ?? service.transfer(chunk, context: context).map { .transfer($0) }
-            default: nil
-            }
-        }
+    /// A failed reply when the peer may not make `call` (its certificate does not allow it).
+    static func refused(_ call: Call, _ context: RPCCallContext) -> EventLoopFuture<CallResult>? {
+        context.peer.refusal(of: call).map { context.eventLoop.makeFailedFuture($0) }
     }
 }
