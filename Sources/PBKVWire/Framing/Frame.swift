@@ -7,8 +7,12 @@ public struct FrameFlags: OptionSet, Sendable, Hashable {
 
     /// The payload is `u32 BE uncompressed length` followed by a zlib (RFC 1950) stream.
     public static let zlib = FrameFlags(rawValue: 0x01)
-    /// Every flag this version knows; any other bit set is a protocol violation.
-    public static let known: FrameFlags = [.zlib]
+    /// The payload is `u32 BE uncompressed length` followed by this frame's piece of the
+    /// connection's deflate stream (`DeflateStream`); only once `FEATURE_DEFLATE_STREAM` is agreed.
+    public static let stream = FrameFlags(rawValue: 0x02)
+    /// Every flag this version knows; any other bit set is a protocol violation (and so are
+    /// `zlib` and `stream` together).
+    public static let known: FrameFlags = [.zlib, .stream]
 }
 
 /// One frame as read from the wire: flags and the (possibly compressed) payload.
@@ -22,7 +26,8 @@ public struct FrameFlags: OptionSet, Sendable, Hashable {
 /// |     flags     |  payload (length bytes) ...
 /// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 /// ```
-/// With flag 0x01 (zlib) the payload is a u32 BE uncompressed length, then the zlib stream.
+/// With flag 0x01 (zlib) the payload is a u32 BE uncompressed length, then the zlib stream; with
+/// flag 0x02 (stream) a u32 BE uncompressed length, then a piece of the connection's deflate stream.
 public struct Frame: Sendable, Hashable {
     public var flags: FrameFlags
     public var payload: ByteBuffer
@@ -45,6 +50,9 @@ public enum FrameError: Error, Sendable, Hashable, CustomStringConvertible {
     case truncatedFrame(expected: Int, received: Int)
     case compressionNotNegotiated
     case badCompressedPayload(String)
+    case streamNotNegotiated
+    case badStreamPayload(String)
+    case conflictingFlags(UInt8)
 
     public var description: String {
         switch self {
@@ -58,6 +66,12 @@ public enum FrameError: Error, Sendable, Hashable, CustomStringConvertible {
             "compressed frame received but zlib was not agreed in the handshake"
         case .badCompressedPayload(let why):
             "compressed frame rejected: \(why)"
+        case .streamNotNegotiated:
+            "stream-compressed frame (flag 0x02) received but the deflate stream was not agreed in the handshake"
+        case .badStreamPayload(let why):
+            "stream-compressed frame rejected, the connection's deflate stream is unusable: \(why)"
+        case .conflictingFlags(let flags):
+            "frame flags 0x\(String(flags, radix: 16)) set both zlib (0x01) and stream (0x02); a frame is one or the other"
         }
     }
 
@@ -114,7 +128,9 @@ public final class FrameDecoder: ByteToMessageDecoder {
 }
 
 /// Turns envelopes into frame bytes and frames into envelopes: protobuf encoding, zlib above
-/// a threshold once the handshake agreed it, and the size limits. One per connection.
+/// a threshold once the handshake agreed it, the connection's deflate streams once agreed, and
+/// the size limits. One per connection: its stream contexts are shared by copies, so never use
+/// a copy of a codec that sends or receives stream frames on another connection.
 public struct FrameCodec {
     /// Largest payload accepted, before and after decompression.
     public var maxPayload: Int
@@ -125,16 +141,30 @@ public struct FrameCodec {
     public var compressionThreshold: Int
     /// Set once the handshake agreed zlib.
     public var compressionEnabled = false
+    /// Set once the handshake agreed `FEATURE_DEFLATE_STREAM`: payloads up to
+    /// `streamMaxPayload` are sent as pieces of this connection's outbound deflate stream, and
+    /// stream frames are accepted.
+    public var streamEnabled = false
+    /// Largest payload sent through the stream; larger ones (state transfer chunks) follow the
+    /// per-frame rules, so they do not push the small messages' history out of the 4 KiB window.
+    public var streamMaxPayload = FrameCodec.defaultStreamMaxPayload
+    /// True once sending through the stream failed: the peer's copy of it is out of step, so
+    /// the connection must be closed.
+    public private(set) var streamBroken = false
 
     private let arena = CArena()
     private var deflater: ZlibDeflater?
     private var inflater: ZlibInflater?
+    private var streamDeflater: ZlibStreamDeflater?
+    private var streamInflater: ZlibStreamInflater?
     private var scratch: ByteBuffer
 
     /// The default threshold: 1 KiB.
     public static let defaultCompressionThreshold = 1024
     /// The threshold pbkv uses on latency-sensitive calls (client operations, forwards): 64 KiB.
     public static let latencyCompressionThreshold = 64 * 1024
+    /// The default `streamMaxPayload`: 64 KiB.
+    public static let defaultStreamMaxPayload = 64 * 1024
 
     public init(maxPayload: Int = Frame.defaultMaxPayload, compressionThreshold: Int = FrameCodec.defaultCompressionThreshold) {
         self.maxPayload = maxPayload
@@ -159,7 +189,30 @@ public struct FrameCodec {
             out.moveWriterIndex(to: headerIndex)
             throw .frameTooLarge(size: size, max: sendLimit)
         }
-        if compressionEnabled && size >= (threshold ?? compressionThreshold) {
+        // Worst case deflate output (incompressible data in stored blocks) must still fit the
+        // peer's limit: once bytes went into the stream they must be sent.
+        if streamEnabled && size <= streamMaxPayload && size + size / 64 + 64 <= sendLimit {
+            scratch.clear()
+            var plain = out.getSlice(at: payloadStart, length: size)!
+            scratch.writeBuffer(&plain)
+            out.moveWriterIndex(to: payloadStart)
+            out.writeInteger(UInt32(size))
+            do {
+                if streamDeflater == nil { streamDeflater = try ZlibStreamDeflater() }
+                try streamDeflater!.compress(scratch, into: &out)
+            } catch {
+                streamBroken = true
+                out.moveWriterIndex(to: headerIndex)
+                throw .badStreamPayload(error.description)
+            }
+            out.setInteger(UInt8(FrameFlags.stream.rawValue), at: headerIndex + 4)
+            guard out.writerIndex - payloadStart <= sendLimit else {
+                streamBroken = true
+                let length = out.writerIndex - payloadStart
+                out.moveWriterIndex(to: headerIndex)
+                throw .badStreamPayload("a piece of \(length) bytes exceeds the peer's limit of \(sendLimit) bytes")
+            }
+        } else if compressionEnabled && size >= (threshold ?? compressionThreshold) {
             // Re-encode compressed: copy the plain payload aside, deflate it in place of itself.
             scratch.clear()
             var plain = out.getSlice(at: payloadStart, length: size)!
@@ -185,7 +238,8 @@ public struct FrameCodec {
 
     /// The plain protobuf payload of `frame`, inflated if it is compressed.
     public mutating func payload(of frame: Frame, allocator: ByteBufferAllocator) throws(FrameError) -> ByteBuffer {
-        guard frame.flags.contains(.zlib) else { return frame.payload }
+        if frame.flags.isEmpty { return frame.payload }
+        if frame.flags.contains(.stream) { return try streamPayload(of: frame, allocator: allocator) }
         guard compressionEnabled else { throw .compressionNotNegotiated }
         var payload = frame.payload
         guard let declared = payload.readInteger(as: UInt32.self) else {
@@ -199,6 +253,25 @@ public struct FrameCodec {
             return try inflater!.decompress(payload, declaredSize: Int(declared), allocator: allocator)
         } catch {
             throw .badCompressedPayload(error.description)
+        }
+    }
+
+    /// The plain payload of a stream frame: its piece of the inbound deflate stream, inflated.
+    private mutating func streamPayload(of frame: Frame, allocator: ByteBufferAllocator) throws(FrameError) -> ByteBuffer {
+        guard !frame.flags.contains(.zlib) else { throw .conflictingFlags(frame.flags.rawValue) }
+        guard streamEnabled else { throw .streamNotNegotiated }
+        var payload = frame.payload
+        guard let declared = payload.readInteger(as: UInt32.self) else {
+            throw .badStreamPayload("missing the uncompressed length")
+        }
+        guard Int(declared) <= maxPayload else {
+            throw .frameTooLarge(size: Int(declared), max: maxPayload)
+        }
+        do {
+            if streamInflater == nil { streamInflater = try ZlibStreamInflater() }
+            return try streamInflater!.decompress(payload, declaredSize: Int(declared), allocator: allocator)
+        } catch {
+            throw .badStreamPayload(error.description)
         }
     }
 }

@@ -43,6 +43,8 @@ public enum Code: Int32, Sendable, Hashable, CustomStringConvertible {
 /// Optional capabilities agreed in the handshake.
 public enum Feature: Int32, Sendable, Hashable {
     case zlib = 1
+    /// One deflate stream per direction kept across frames (frame flag 0x02).
+    case deflateStream = 2
 }
 
 /// First frame of a connection, client to server.
