@@ -209,7 +209,7 @@ struct ServerCommand: AsyncParsableCommand {
             listenHost: address.host, listenPort: address.port, viewService: try PeerAddress.list(parsing: viewservice))
         configuration.advertise = advertise ?? (address.port == 0 ? nil : listen)
         configuration.pingInterval = .milliseconds(pingIntervalMs)
-        let mode = noCompression ? .off : compression.mode
+        let mode = noCompression ? CompressionMode.off : compression.mode
         configuration.compression = mode.offersZlib
         configuration.streamCompression = mode.offersStream
         configuration.replica.maxKeyBytes = maxKeyBytes

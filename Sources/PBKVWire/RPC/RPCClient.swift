@@ -224,10 +224,11 @@ final class RPCClientHandler: ChannelDuplexHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
+        var features: [Feature] = configuration.compression ? [.zlib] : []
+        if configuration.streamCompression { features.append(.deflateStream) }
         let hello = Hello(
-            protocolVersion: RPCProtocol.version,
-            features: (configuration.compression ? [.zlib] : []) + (configuration.streamCompression ? [.deflateStream] : []),
-            maxFrameSize: UInt32(configuration.maxPayload), clientName: configuration.name)
+            protocolVersion: RPCProtocol.version, features: features, maxFrameSize: UInt32(configuration.maxPayload),
+            clientName: configuration.name)
         var buffer = context.channel.allocator.buffer(capacity: 32)
         _ = try? codec.encode(.hello(hello), into: &buffer)
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)

@@ -525,8 +525,9 @@ final class RPCServerHandler: ChannelInboundHandler {
                 message: "too many client connections (limit \(configuration.clientConnectionLimit); \(reserve) of "
                     + "\(configuration.maxConnections) kept for cluster members); try again later")
         }
-        var features: [Feature] = configuration.compression && hello.features.contains(.zlib) ? [.zlib] : []
-        if configuration.streamCompression && hello.features.contains(.deflateStream) { features.append(.deflateStream) }
+        var agreed: [Feature] = configuration.compression && hello.features.contains(.zlib) ? [.zlib] : []
+        if configuration.streamCompression && hello.features.contains(.deflateStream) { agreed.append(.deflateStream) }
+        let features = agreed
         if hello.maxFrameSize > 0 { codec.peerMaxPayload = Int(hello.maxFrameSize) }
         let reply = HelloReply(
             protocolVersion: RPCProtocol.version, features: features, maxFrameSize: UInt32(clamping: configuration.maxPayload),
