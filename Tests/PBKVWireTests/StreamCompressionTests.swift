@@ -124,7 +124,7 @@ struct StreamCompressionTests {
                 Issue.record("expected badStreamPayload, got \(String(describing: received(frames)))", sourceLocation: sourceLocation)
                 return
             }
-            #expect(why.contains(text), "\(why)", sourceLocation: sourceLocation)
+            #expect(text.isEmpty || why.contains(text), "\(why)", sourceLocation: sourceLocation)
         }
         let value = String(repeating: "same words again ", count: 30)
         let good = try pieces([put(1, value), put(2, value)])
