@@ -17,6 +17,10 @@ struct StreamCompressionEndToEndTests {
             $0.streamCompression = true
             $0.metrics = metrics.factory
         }
+        let primaryServer = primary.server
+        metrics.addSampler { await primaryServer.refreshMetrics() }  // brings the byte counters into the registry
+        // "a" is primary before "b" starts (else "b" could ping first and become primary).
+        _ = try await cluster.waitForView { $0.primary == primary.address && $0.acknowledged }
         let backup = try await cluster.startServer(name: "b") { $0.streamCompression = true }
         let client = try cluster.client { $0.streamCompression = true }
         let plainClient = try cluster.client()
