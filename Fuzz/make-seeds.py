@@ -47,9 +47,9 @@ def hello(max_frame_size=0, zlib_feature=True, stream_feature=False):
 
 
 def stream_frames(frames):
-    """The frames again, as pieces of one deflate stream (flag 0x02): raw deflate, 4 KiB window,
+    """The frames again, as pieces of one deflate stream (flag 0x02): raw deflate, 8 KiB window,
     a sync flush per frame without its 00 00 FF FF trailer, after the uncompressed length."""
-    deflater = zlib.compressobj(6, zlib.DEFLATED, -12, 4)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -13, 4)
     out = b""
     for whole in frames:
         payload = whole[5:]

@@ -263,7 +263,7 @@ struct CompressionOptions: ParsableArguments {
             """
             What to offer in handshakes: off; frame (zlib per frame, for large frames only); stream (for \
             slow links: also one deflate stream per connection and direction, so that small, similar \
-            messages compress well; costs CPU and ~41 KiB per connection). Used when both sides offer it.
+            messages compress well; costs CPU and ~65 KiB per connection). Used when both sides offer it.
             """, valueName: "off|frame|stream"),
         transform: { text in
             guard let mode = CompressionMode(rawValue: text) else {

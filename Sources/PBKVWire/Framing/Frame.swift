@@ -146,7 +146,7 @@ public struct FrameCodec {
     /// stream frames are accepted.
     public var streamEnabled = false
     /// Largest payload sent through the stream; larger ones (state transfer chunks) follow the
-    /// per-frame rules, so they do not push the small messages' history out of the 4 KiB window.
+    /// per-frame rules, so they do not push the small messages' history out of the 8 KiB window.
     public var streamMaxPayload = FrameCodec.defaultStreamMaxPayload
     /// True once sending through the stream failed: the peer's copy of it is out of step, so
     /// the connection must be closed.

@@ -106,15 +106,16 @@ final class ZlibInflater {
 /// flag 0x02): raw deflate (RFC 1951, no zlib header or trailer), one stream per direction, a
 /// sync flush per frame. Part of the protocol: a receiver inflates with exactly this window.
 public enum DeflateStream {
-    /// log2 of the window: 4 KiB of history. A sender must not refer further back (a receiver
-    /// refuses it as corrupt). Bigger windows gained under 3 % on 1 KiB JSON records, at 4× the memory.
-    public static let windowBits: Int32 = 12
-    /// deflate's memLevel (a 2 KiB hash table, a 4 KiB symbol buffer): the sender's choice, not
+    /// log2 of the window: 8 KiB of history. A sender must not refer further back (a receiver
+    /// refuses it as corrupt). 4 KiB left ~6 % more bytes on 1 KiB JSON records (0.259× plain
+    /// instead of 0.243×) for ~16 KiB less memory per connection end.
+    public static let windowBits: Int32 = 13
+    /// deflate's memLevel (a 4 KiB hash table, a 4 KiB symbol buffer): the sender's choice, not
     /// the protocol's; 8 (zlib's default) compressed small frames no better.
     public static let memLevel: Int32 = 4
-    /// zlib's default level: for a slow link bytes matter more than CPU, and small frames are
-    /// cheap to deflate (level 1 left ~25 % more bytes on 1 KiB JSON records).
-    public static let level: Int32 = 6
+    /// The best level: for a slow link bytes matter more than CPU (level 6 left ~2 % more bytes
+    /// on 1 KiB JSON records for ~20 % less deflate time; level 1 ~25 % more bytes).
+    public static let level: Int32 = 9
     /// The empty stored block a sync flush ends with: the sender leaves it out of each frame,
     /// the receiver appends it before inflating (as WebSocket's permessage-deflate does).
     static let syncTrailer: [UInt8] = [0x00, 0x00, 0xFF, 0xFF]
