@@ -1,21 +1,14 @@
+import PBKVWire
+
 /// Deterministic text values for measurements and tests of compression: English-like prose (words
 /// of a fixed vocabulary in random order, so every value is new text) and JSON-like customer
 /// records (the same fields in every record, different values) — never random bytes.
 public struct SampleText: Sendable {
-    private var state: UInt64
+    private var random: SplitMix64
 
-    public init(seed: UInt64) { state = seed }
+    public init(seed: UInt64) { random = SplitMix64(seed: seed) }
 
-    /// SplitMix64.
-    private mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    private mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+    private mutating func below(_ n: Int) -> Int { Int(random.next() % UInt64(n)) }
     private mutating func pick(_ list: [String]) -> String { list[below(list.count)] }
 
     /// Words of the vocabulary separated by spaces, exactly `bytes` bytes long.

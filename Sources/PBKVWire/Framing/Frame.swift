@@ -236,42 +236,32 @@ public struct FrameCodec {
         return size
     }
 
-    /// The plain protobuf payload of `frame`, inflated if it is compressed.
+    /// The plain protobuf payload of `frame`, inflated if it is compressed (per frame, or as
+    /// the next piece of the connection's inbound deflate stream).
     public mutating func payload(of frame: Frame, allocator: ByteBufferAllocator) throws(FrameError) -> ByteBuffer {
         if frame.flags.isEmpty { return frame.payload }
-        if frame.flags.contains(.stream) { return try streamPayload(of: frame, allocator: allocator) }
-        guard compressionEnabled else { throw .compressionNotNegotiated }
-        var payload = frame.payload
-        guard let declared = payload.readInteger(as: UInt32.self) else {
-            throw .badCompressedPayload("missing the uncompressed length")
+        let streamed = frame.flags.contains(.stream)
+        if streamed {
+            guard !frame.flags.contains(.zlib) else { throw .conflictingFlags(frame.flags.rawValue) }
+            guard streamEnabled else { throw .streamNotNegotiated }
+        } else {
+            guard compressionEnabled else { throw .compressionNotNegotiated }
         }
+        func refusal(_ why: String) -> FrameError { streamed ? .badStreamPayload(why) : .badCompressedPayload(why) }
+        var payload = frame.payload
+        guard let declared = payload.readInteger(as: UInt32.self) else { throw refusal("missing the uncompressed length") }
         guard Int(declared) <= maxPayload else {
             throw .frameTooLarge(size: Int(declared), max: maxPayload)
         }
         do {
+            if streamed {
+                if streamInflater == nil { streamInflater = try ZlibStreamInflater() }
+                return try streamInflater!.decompress(payload, declaredSize: Int(declared), allocator: allocator)
+            }
             if inflater == nil { inflater = try ZlibInflater() }
             return try inflater!.decompress(payload, declaredSize: Int(declared), allocator: allocator)
         } catch {
-            throw .badCompressedPayload(error.description)
-        }
-    }
-
-    /// The plain payload of a stream frame: its piece of the inbound deflate stream, inflated.
-    private mutating func streamPayload(of frame: Frame, allocator: ByteBufferAllocator) throws(FrameError) -> ByteBuffer {
-        guard !frame.flags.contains(.zlib) else { throw .conflictingFlags(frame.flags.rawValue) }
-        guard streamEnabled else { throw .streamNotNegotiated }
-        var payload = frame.payload
-        guard let declared = payload.readInteger(as: UInt32.self) else {
-            throw .badStreamPayload("missing the uncompressed length")
-        }
-        guard Int(declared) <= maxPayload else {
-            throw .frameTooLarge(size: Int(declared), max: maxPayload)
-        }
-        do {
-            if streamInflater == nil { streamInflater = try ZlibStreamInflater() }
-            return try streamInflater!.decompress(payload, declaredSize: Int(declared), allocator: allocator)
-        } catch {
-            throw .badStreamPayload(error.description)
+            throw refusal(error.description)
         }
     }
 }
