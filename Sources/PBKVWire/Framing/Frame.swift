@@ -189,30 +189,17 @@ public struct FrameCodec {
             out.moveWriterIndex(to: headerIndex)
             throw .frameTooLarge(size: size, max: sendLimit)
         }
-        // Worst case deflate output (incompressible data in stored blocks) must still fit the
-        // peer's limit: once bytes went into the stream they must be sent.
+        // Through the stream only if its worst case (incompressible data in stored blocks) fits
+        // the peer's limit: once bytes went into the stream they must be sent.
+        let compression: FrameFlags?
         if streamEnabled && size <= streamMaxPayload && size + size / 64 + 64 <= sendLimit {
-            scratch.clear()
-            var plain = out.getSlice(at: payloadStart, length: size)!
-            scratch.writeBuffer(&plain)
-            out.moveWriterIndex(to: payloadStart)
-            out.writeInteger(UInt32(size))
-            do {
-                if streamDeflater == nil { streamDeflater = try ZlibStreamDeflater() }
-                try streamDeflater!.compress(scratch, into: &out)
-            } catch {
-                streamBroken = true
-                out.moveWriterIndex(to: headerIndex)
-                throw .badStreamPayload(error.description)
-            }
-            out.setInteger(UInt8(FrameFlags.stream.rawValue), at: headerIndex + 4)
-            guard out.writerIndex - payloadStart <= sendLimit else {
-                streamBroken = true
-                let length = out.writerIndex - payloadStart
-                out.moveWriterIndex(to: headerIndex)
-                throw .badStreamPayload("a piece of \(length) bytes exceeds the peer's limit of \(sendLimit) bytes")
-            }
+            compression = .stream
         } else if compressionEnabled && size >= (threshold ?? compressionThreshold) {
+            compression = .zlib
+        } else {
+            compression = nil
+        }
+        if let compression {
             // Re-encode compressed: copy the plain payload aside, deflate it in place of itself.
             scratch.clear()
             var plain = out.getSlice(at: payloadStart, length: size)!
@@ -220,15 +207,24 @@ public struct FrameCodec {
             out.moveWriterIndex(to: payloadStart)
             out.writeInteger(UInt32(size))
             do {
-                if deflater == nil { deflater = try ZlibDeflater() }
-                try deflater!.compress(scratch, into: &out)
+                if compression == .stream {
+                    if streamDeflater == nil { streamDeflater = try ZlibStreamDeflater() }
+                    try streamDeflater!.compress(scratch, into: &out)
+                } else {
+                    if deflater == nil { deflater = try ZlibDeflater() }
+                    try deflater!.compress(scratch, into: &out)
+                }
             } catch {
-                throw .badCompressedPayload(error.description)
+                out.moveWriterIndex(to: headerIndex)
+                guard compression == .stream else { throw .badCompressedPayload(error.description) }
+                streamBroken = true
+                throw .badStreamPayload(error.description)
             }
-            out.setInteger(UInt8(FrameFlags.zlib.rawValue), at: headerIndex + 4)
+            out.setInteger(compression.rawValue, at: headerIndex + 4)
         }
         let payloadLength = out.writerIndex - payloadStart
         guard payloadLength <= sendLimit else {
+            if compression == .stream { streamBroken = true }  // what went into the stream is not sent
             out.moveWriterIndex(to: headerIndex)
             throw .frameTooLarge(size: payloadLength, max: sendLimit)
         }
