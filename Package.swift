@@ -164,6 +164,7 @@ let package = Package(
             name: "PBKVWireTests",
             dependencies: [
                 "PBKVWire", "PBKVTestSupport", "CPBKVProto", "PBKVTLS",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

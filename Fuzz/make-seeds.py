@@ -40,9 +40,23 @@ def frame(payload, flags=0):
     return struct.pack(">IB", len(payload), flags) + payload
 
 
-def hello(max_frame_size=0, zlib_feature=True):
-    body = field(1, 1) + (field(2, b"\x01") if zlib_feature else b"") + field(3, max_frame_size) + field(4, b"fuzz")
+def hello(max_frame_size=0, zlib_feature=True, stream_feature=False):
+    features = (b"\x01" if zlib_feature else b"") + (b"\x02" if stream_feature else b"")
+    body = field(1, 1) + (field(2, features) if features else b"") + field(3, max_frame_size) + field(4, b"fuzz")
     return frame(field(1, body))
+
+
+def stream_frames(frames):
+    """The frames again, as pieces of one deflate stream (flag 0x02): raw deflate, 8 KiB window,
+    a sync flush per frame without its 00 00 FF FF trailer, after the uncompressed length."""
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -13, 4)
+    out = b""
+    for whole in frames:
+        payload = whole[5:]
+        piece = deflater.compress(payload) + deflater.flush(zlib.Z_SYNC_FLUSH)
+        assert piece.endswith(b"\x00\x00\xff\xff")
+        out += frame(struct.pack(">I", len(payload)) + piece[:-4], flags=2)
+    return out
 
 
 def request_id(seq):
@@ -96,6 +110,12 @@ def main():
     write("server-bad-version", bytes([SERVER, 0]) + frame(field(1, field(1, 2))))
     write("server-compressed-request-no-zlib-agreed", bytes([SERVER, 0]) + hello(zlib_feature=False)
           + golden("request_put_compressed"))
+    value = b'{"id":1,"name":"Ada","city":"Lisbon","tags":["a","b"]}' * 4
+    streamed = stream_frames([put(1, b"k1", value, 1), put(2, b"k2", value, 2), get(3, b"k1", 3), get(4, b"k2", 4)])
+    write("frames-stream-puts-gets", bytes([FRAMES]) + streamed)
+    write("server-stream-puts-gets", bytes([SERVER, 0]) + hello(stream_feature=True) + streamed)
+    write("server-stream-puts-gets-in-5-byte-writes", bytes([SERVER, 5]) + hello(stream_feature=True) + streamed)
+    write("server-stream-not-agreed", bytes([SERVER, 0x80]) + hello(stream_feature=True) + streamed)
     write("view-record", bytes([VIEW_RECORD]) + field(1, 1) + field(2, field(1, 7) + field(2, b"127.0.0.1:7001")
           + field(3, b"127.0.0.1:7002") + field(4, 1)) + field(3, b"127.0.0.1:7003"))
 

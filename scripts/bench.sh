@@ -11,7 +11,8 @@
 # 3. TLS cost: a second pbkv cluster with mutual TLS (certificates made with `pbkv certs`); the
 #    16 B cells of 1 and 50 clients run against both clusters in turn (`compare_clusters`).
 # 4. `pbkv bench-cluster`: failover gap, state transfer, memory per key; Redis's memory per key
-#    for the same keys (DEBUG POPULATE).
+#    for the same keys (DEBUG POPULATE); `pbkv bench-wire`: wire bytes and CPU per Put for each
+#    compression mode.
 # 5. Every figure is also written as a JSON line; scripts/bench_report.py turns them into
 #    $BENCH_RESULTS_DIR/latest.md (tables) and latest.svg (chart), next to latest.jsonl.
 # Every process it starts is stopped by pid on exit. Progress of the load generator goes to
@@ -278,6 +279,10 @@ cleanup; PIDS=()
 
 "$PBKV" bench-cluster --insecure --sections "$SECTIONS" --failover-trials "$FAILOVER_TRIALS" \
   --transfer-keys "$TRANSFER_KEYS" --memory-keys "$MEMORY_KEYS" --results "$RESULTS"
+
+# Wire bytes and CPU per Put: plain, zlib per frame, deflate streams (in process, exact).
+"$PBKV" bench-wire
+"$PBKV" bench-wire --json >>"$RESULTS"
 
 if [[ "$SECTIONS" == *memory* ]]; then
   take_port R3

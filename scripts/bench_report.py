@@ -161,6 +161,11 @@ def cluster_lines(records):
             lines.append(f"transfer (compression {'on' if r['compression'] else 'off'}): {r['keys']} keys of {r['value_size']} B "
                          f"({r['logical_bytes'] / 1e6:.1f} MB logical) in {r['transfer_seconds']:.2f} s, {r['mb_per_s']:.0f} MB/s logical; "
                          f"backup in the acknowledged view {r['seconds_to_backup']:.2f} s after its start; primary wrote {r['wire_bytes'] / 1e6:.1f} MB")
+        elif section == "wire" and "mode" in r:
+            lines.append(f"wire bytes per Put, {r['values']}, {r['mode']}: client↔primary {r['client_bytes_per_put']:.0f} B, "
+                         f"primary↔backup {r['forward_bytes_per_put']:.0f} B, CPU {r['cpu_us_per_put']:.1f} µs (pbkv bench-wire)")
+        elif section == "wire":
+            lines.append(f"deflate streams: {r['stream_memory_bytes_per_connection_end'] / 1024:.1f} KiB resident per connection end")
         elif section in ("memory", "memory-redis"):
             who = "pbkv primary" if section == "memory" else "Redis (DEBUG POPULATE)"
             lines.append(f"memory, {who}: {r['keys']} keys of 16 B, RSS {r['rss_before'] / 1048576:.0f} MiB → "

@@ -34,6 +34,9 @@ RECORDS = [
     {"section": "redis-benchmark", "clients": 1, "value_size": 16, "op": "SET", "throughput": 13749.0, "p50_us": 63},
     {"section": "failover", "view_service": "file", "trials": 5, "median_ms": 523.0, "max_ms": 537.0, "gaps_ms": [523.0]},
     {"section": "memory-redis", "keys": 1000, "value_size": 16, "rss_before": 1048576, "rss_after": 3145728, "bytes_per_key": 2097.2},
+    {"section": "wire", "values": "1 KiB JSON records", "mode": "stream", "client_bytes_per_put": 251.4,
+     "forward_bytes_per_put": 240.2, "cpu_us_per_put": 61.5},
+    {"section": "wire", "stream_memory_bytes_per_connection_end": 41984},
 ]
 
 
@@ -115,7 +118,10 @@ class MainTests(unittest.TestCase):
                 self.assertEqual(bench_report.main(["bench_report.py", source, os.path.join(d, "latest")]), 0)
             self.assertIn("latest.md", printed.getvalue())
             with open(os.path.join(d, "latest.md"), encoding="utf-8") as f:
-                self.assertTrue(re.search(r"^## TLS cost$", f.read(), re.M))
+                text = f.read()
+                self.assertTrue(re.search(r"^## TLS cost$", text, re.M))
+                self.assertIn("wire bytes per Put, 1 KiB JSON records, stream: client↔primary 251 B, primary↔backup 240 B, CPU 61.5 µs", text)
+                self.assertIn("deflate streams: 41.0 KiB resident per connection end", text)
             xml.dom.minidom.parse(os.path.join(d, "latest.svg"))
 
 

@@ -3347,16 +3347,18 @@ const ProtobufCEnumDescriptor pbkv__code__descriptor =
   pbkv__code__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue pbkv__feature__enum_values_by_number[2] =
+static const ProtobufCEnumValue pbkv__feature__enum_values_by_number[3] =
 {
   { "FEATURE_NONE", "PBKV__FEATURE__FEATURE_NONE", 0 },
   { "FEATURE_ZLIB", "PBKV__FEATURE__FEATURE_ZLIB", 1 },
+  { "FEATURE_DEFLATE_STREAM", "PBKV__FEATURE__FEATURE_DEFLATE_STREAM", 2 },
 };
 static const ProtobufCIntRange pbkv__feature__value_ranges[] = {
-{0, 0},{0, 2}
+{0, 0},{0, 3}
 };
-static const ProtobufCEnumValueIndex pbkv__feature__enum_values_by_name[2] =
+static const ProtobufCEnumValueIndex pbkv__feature__enum_values_by_name[3] =
 {
+  { "FEATURE_DEFLATE_STREAM", 2 },
   { "FEATURE_NONE", 0 },
   { "FEATURE_ZLIB", 1 },
 };
@@ -3367,9 +3369,9 @@ const ProtobufCEnumDescriptor pbkv__feature__descriptor =
   "Feature",
   "Pbkv__Feature",
   "pbkv",
-  2,
+  3,
   pbkv__feature__enum_values_by_number,
-  2,
+  3,
   pbkv__feature__enum_values_by_name,
   1,
   pbkv__feature__value_ranges,

@@ -9,4 +9,11 @@ static inline int pbkv_deflateInit(z_streamp stream, int level) {
 static inline int pbkv_inflateInit(z_streamp stream) {
     return inflateInit(stream);
 }
+/* Raw deflate (negative windowBits: no zlib header or trailer), for the per-connection streams. */
+static inline int pbkv_deflateInit2(z_streamp stream, int level, int windowBits, int memLevel) {
+    return deflateInit2(stream, level, Z_DEFLATED, windowBits, memLevel, Z_DEFAULT_STRATEGY);
+}
+static inline int pbkv_inflateInit2(z_streamp stream, int windowBits) {
+    return inflateInit2(stream, windowBits);
+}
 #endif

@@ -8,7 +8,7 @@ import PBKVWire
 ///
 /// | first byte | path | rest |
 /// |---|---|---|
-/// | 0 | frame stream, as a receiver reads it | bytes of frames: each is decoded, inflated, and its `Envelope` decoded |
+/// | 0 | frame stream, as a receiver reads it | bytes of frames: each is decoded, inflated (per frame or through the connection's deflate stream), and its `Envelope` decoded |
 /// | 1 | inflation | u32 BE declared size, then a zlib stream |
 /// | 2 | `Envelope` decoding | one protobuf payload |
 /// | 3 | a server connection | one options byte, then what a client sends (see `serverConversation`) |
@@ -39,6 +39,7 @@ enum FuzzTarget {
         var buffer = data
         var codec = FrameCodec(maxPayload: maxPayload)
         codec.compressionEnabled = true
+        codec.streamEnabled = true
         while let frame = try? FrameDecoder.readFrame(from: &buffer, maxPayload: maxPayload) {
             guard let payload = try? codec.payload(of: frame, allocator: ByteBufferAllocator()) else { return }
             envelope(payload)
@@ -74,13 +75,14 @@ enum FuzzTarget {
     /// `EmbeddedChannel`, serving the real method tables over `FuzzServices`. Options byte:
     /// bits 0–5 cut the client's first 1 KiB into writes of that many bytes (0: one write; the
     /// rest always goes in one write, so that an input stays fast), bit 6 moves the clock past
-    /// the handshake deadline at the end, bit 7 turns the server's zlib offer off.
+    /// the handshake deadline at the end, bit 7 turns the server's zlib and deflate stream offers off.
     static func serverConversation(_ data: ByteBuffer) {
         var data = data
         guard let options = data.readInteger(as: UInt8.self) else { return }
         var configuration = RPCServerConfiguration(host: "127.0.0.1", port: 0)
         configuration.maxPayload = maxPayload
         configuration.compression = options & 0x80 == 0
+        configuration.streamCompression = configuration.compression
         let services = FuzzServices()
         let channel = EmbeddedChannel()
         do {
@@ -123,6 +125,7 @@ enum FuzzTarget {
         for var answer in answers { stream.writeBuffer(&answer) }
         var codec = FrameCodec(maxPayload: Frame.defaultMaxPayload)
         codec.compressionEnabled = true
+        codec.streamEnabled = true
         var envelopes: [Envelope] = []
         while stream.readableBytes > 0 {
             do {

@@ -50,6 +50,9 @@ public struct KVServerConfiguration: Sendable {
     public var memberReserve: Int?
     /// Offer zlib on this server's connections (when the peer agrees).
     public var compression = true
+    /// Offer the per-connection deflate streams on every connection (to clients, to the backup,
+    /// to the view service) when the peer agrees: for slow links (`--compression stream`).
+    public var streamCompression = false
     /// Mutual TLS on every connection: accepted ones (clients, the primary) and opened ones (the
     /// view service, the backup — which must hold a certificate for its address before it gets
     /// any state). nil: plaintext.
@@ -160,6 +163,8 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         vsConfig.name = me
         vsConfig.tls = configuration.tls
         vsConfig.metrics = metrics?.rpc
+        vsConfig.compression = configuration.compression
+        vsConfig.streamCompression = configuration.streamCompression
         self.viewService = ViewServiceClient(
             addresses: configuration.viewService, eventLoop: eventLoop, configuration: vsConfig, logger: logger)
         self.rpcServer = NIOLoopBoundBox.makeBoxSendingValue(nil, eventLoop: eventLoop)
@@ -185,6 +190,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         rpc.faults = configuration.faults
         rpc.maxPayload = configuration.maxPayload
         rpc.compression = configuration.compression
+        rpc.streamCompression = configuration.streamCompression
         rpc.compressionThreshold = configuration.latencyCompressionThreshold
         rpc.name = "pbkv-server"
         rpc.handshakeTimeout = configuration.handshakeTimeout
@@ -349,6 +355,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         config.name = me
         config.maxPayload = configuration.maxPayload
         config.compression = configuration.compression
+        config.streamCompression = configuration.streamCompression
         config.metrics = metrics?.rpc
         let client = RPCClient(peer: peer, eventLoop: eventLoop, configuration: config, logger: logger)
         state.value.backupLink = (address, client)

@@ -163,11 +163,12 @@ public final class InProcessCluster: Sendable {
     }
 
     /// A client of this cluster.
-    public func client(deadline: Duration = .seconds(30)) throws -> KVClient {
+    public func client(deadline: Duration = .seconds(30), configure: (inout KVClientConfiguration) -> Void = { _ in }) throws -> KVClient {
         var configuration = KVClientConfiguration()
         configuration.deadline = deadline
         configuration.retryInterval = pingInterval
         configuration.attemptTimeout = .milliseconds(300)
+        configure(&configuration)
         return try KVClient(viewService: viewServiceAddress, configuration: configuration, logger: logger)
     }
 

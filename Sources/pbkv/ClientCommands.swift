@@ -12,6 +12,7 @@ struct ClientOptions: ParsableArguments {
     var viewservice: String = "127.0.0.1:7000"
     @Option(help: "Give up after this many seconds.")
     var timeout: Double = 30
+    @OptionGroup var compression: CompressionOptions
     @OptionGroup var security: SecurityOptions
 
     /// `--timeout` as a duration.
@@ -32,6 +33,8 @@ struct ClientOptions: ParsableArguments {
         var configuration = KVClientConfiguration()
         configuration.deadline = deadline
         configuration.tls = try resolveTLS()
+        configuration.compression = compression.mode.offersZlib
+        configuration.streamCompression = compression.mode.offersStream
         var logger = Logger(label: "pbkv.client")
         logger.logLevel = .critical
         do {

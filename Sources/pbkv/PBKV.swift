@@ -12,7 +12,7 @@ struct PBKV: AsyncParsableCommand {
         subcommands: [
             ViewServiceCommand.self, ServerCommand.self, ViewCommand.self,
             GetCommand.self, PutCommand.self, PutHashCommand.self, LocalCommand.self, ChaosCommand.self, BenchCommand.self,
-            ClusterBenchCommand.self, CertsCommand.self, StatusCommand.self,
+            ClusterBenchCommand.self, WireBenchCommand.self, CertsCommand.self, StatusCommand.self,
         ]
     )
 }

@@ -30,6 +30,7 @@ struct ViewServiceCommand: AsyncParsableCommand {
     var etcdPrefix: String = "pbkv"
     @Option(help: "Replicated mode: the address other view services give clients for this one, HOST:PORT. Default: --listen.")
     var advertise: String?
+    @OptionGroup var compression: CompressionOptions
     @OptionGroup var security: SecurityOptions
     @OptionGroup var metrics: MetricsOptions
     @OptionGroup var logging: LoggingOptions
@@ -53,6 +54,8 @@ struct ViewServiceCommand: AsyncParsableCommand {
         let address = try PeerAddress(parsing: listen)
         var rpc = RPCServerConfiguration(host: address.host, port: address.port)
         rpc.tls = try security.resolve(logger: logger)
+        rpc.compression = compression.mode.offersZlib
+        rpc.streamCompression = compression.mode.offersStream
         let (election, etcdClient) = try await makeElection(logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let exported = try await metrics.start(group: group, logger: logger)
@@ -116,7 +119,8 @@ struct ServerCommand: AsyncParsableCommand {
     var advertise: String?
     @Option(help: "Interval between pings to the view service, in milliseconds.")
     var pingIntervalMs: Int = 100
-    @Flag(help: "Do not offer zlib compression on connections (for measurements).")
+    @OptionGroup var compression: CompressionOptions
+    @Flag(help: "Same as --compression off (for measurements).")
     var noCompression = false
     @Option(help: """
         Largest key, in UTF-8 bytes; a Get, Put or PutHash with a longer key is refused with BAD_REQUEST \
@@ -188,6 +192,9 @@ struct ServerCommand: AsyncParsableCommand {
         guard handshakeTimeoutMs > 0 else { throw ValidationError("--handshake-timeout-ms must be positive") }
         guard idleTimeoutSeconds >= 0 else { throw ValidationError("--idle-timeout-seconds must not be negative (0: never)") }
         guard deadIntervalMs >= 0 else { throw ValidationError("--dead-interval-ms must not be negative") }
+        if noCompression && compression.mode != .frame {
+            throw ValidationError("--no-compression and --compression \(compression.mode.rawValue) exclude each other: choose one")
+        }
         do {
             try makeConfiguration().validate()
         } catch {
@@ -202,7 +209,9 @@ struct ServerCommand: AsyncParsableCommand {
             listenHost: address.host, listenPort: address.port, viewService: try PeerAddress.list(parsing: viewservice))
         configuration.advertise = advertise ?? (address.port == 0 ? nil : listen)
         configuration.pingInterval = .milliseconds(pingIntervalMs)
-        configuration.compression = !noCompression
+        let mode = noCompression ? CompressionMode.off : compression.mode
+        configuration.compression = mode.offersZlib
+        configuration.streamCompression = mode.offersStream
         configuration.replica.maxKeyBytes = maxKeyBytes
         configuration.replica.maxValueBytes = maxValueBytes
         configuration.replica.maxSessions = maxSessions
@@ -245,6 +254,26 @@ struct ServerCommand: AsyncParsableCommand {
         try await serviceGroup.run()
         try await group.shutdownGracefully()
     }
+}
+
+/// `--compression off|frame|stream` of every command that opens or accepts connections.
+struct CompressionOptions: ParsableArguments {
+    @Option(
+        help: ArgumentHelp(
+            """
+            What to offer in handshakes: off; frame (zlib per frame, for large frames only); stream (for \
+            slow links: also one deflate stream per connection and direction, so that small, similar \
+            messages compress well; costs CPU and ~65 KiB per connection). Used when both sides offer it.
+            """, valueName: "off|frame|stream"),
+        transform: { text in
+            guard let mode = CompressionMode(rawValue: text) else {
+                throw ValidationError("--compression must be off, frame or stream, not \"\(text)\"")
+            }
+            return mode
+        })
+    var compression: CompressionMode = .frame
+
+    var mode: CompressionMode { compression }
 }
 
 /// `--metrics HOST:PORT` of the long-running commands: Prometheus text over plain HTTP.

@@ -20,8 +20,16 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case maxFrameSize16
     case maxFrameSize64
     case maxFrameSizeJustBelowMinimum
+    case streamNotAgreed
+    case corruptStream
+    case streamBomb
+    case streamPieceMissing
+    case zlibAndStreamFlags
 
     var testDescription: String { rawValue }
+
+    /// Whether the server agrees to the deflate streams for this case.
+    var serverStreams: Bool { [.corruptStream, .streamBomb, .streamPieceMissing, .zlibAndStreamFlags].contains(self) }
 
     /// The server's maximum payload for this case.
     var maxPayload: Int { self == .frameAboveMaximum ? Int(RPCProtocol.minimumMaxFrameSize) : Frame.defaultMaxPayload }
@@ -42,6 +50,11 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
         case .responseFromClient: (.protocolViolation, "accepts only Request")
         case .nulInHelloClientName: (.protocolViolation, "Hello.client_name contains a NUL byte")
         case .maxFrameSize16, .maxFrameSize64, .maxFrameSizeJustBelowMinimum: (.protocolViolation, "below the minimum of 4096 bytes")
+        case .streamNotAgreed: (.protocolViolation, "not agreed")
+        case .corruptStream: (.protocolViolation, "corrupt")
+        case .streamBomb: (.protocolViolation, "bomb")
+        case .streamPieceMissing: (.protocolViolation, "too far back")
+        case .zlibAndStreamFlags: (.protocolViolation, "one or the other")
         }
     }
 
@@ -59,6 +72,19 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
         raw[7] = UInt8(truncatingIfNeeded: declared >> 8)
         raw[8] = UInt8(truncatingIfNeeded: declared)
         return raw
+    }
+
+    /// Stream frames (flag 0x02) of `envelopes`, as a client's deflate stream makes them.
+    static func streamFrames(_ envelopes: [Envelope]) throws -> [[UInt8]] {
+        var codec = FrameCodec()
+        codec.streamEnabled = true
+        return try envelopes.map { envelope in
+            var wire = ByteBuffer()
+            try codec.encode(envelope, into: &wire)
+            let raw = bytes(of: wire)
+            #expect(raw[4] == 0x02)
+            return raw
+        }
     }
 
     /// Does it, on a fresh connection.
@@ -109,6 +135,30 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
         case .maxFrameSize16, .maxFrameSize64, .maxFrameSizeJustBelowMinimum:
             let size: UInt32 = self == .maxFrameSize16 ? 16 : self == .maxFrameSize64 ? 64 : RPCProtocol.minimumMaxFrameSize - 1
             try await raw.send(frameBytes(.hello(Hello(protocolVersion: RPCProtocol.version, features: [], maxFrameSize: size))))
+        case .streamNotAgreed:
+            #expect(try await raw.handshake(features: [.zlib, .deflateStream]).features == [.zlib])
+            try await raw.send(try Self.streamFrames([ping])[0])
+        case .corruptStream:
+            #expect(try await raw.handshake(features: [.deflateStream]).features == [.deflateStream])
+            try await raw.send(frameBytes(flags: 0x02, payload: [0, 0, 0, 64, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, 0x02]))
+        case .streamBomb:
+            #expect(try await raw.handshake(features: [.deflateStream]).features == [.deflateStream])
+            // Declares 64 bytes; inflates to about 60 KiB.
+            let value = String(repeating: "z", count: 60_000)
+            var frame = try Self.streamFrames([.request(Request(callID: 1, call: .put(key: "k", value: value, id: RequestID(clientID: 1, seq: 1))))])[0]
+            frame.replaceSubrange(5..<9, with: [0, 0, 0, 64])
+            try await raw.send(frame)
+        case .streamPieceMissing:
+            #expect(try await raw.handshake(features: [.deflateStream]).features == [.deflateStream])
+            // The second of two like frames refers back into the first, which never arrives.
+            let echo = PingArgs(server: String(repeating: "the same words again ", count: 20), viewnum: 1)
+            let frames = try Self.streamFrames([.request(Request(callID: 1, call: .ping(echo))), .request(Request(callID: 2, call: .ping(echo)))])
+            try await raw.send(frames[1])
+        case .zlibAndStreamFlags:
+            #expect(try await raw.handshake(features: [.zlib, .deflateStream]).features == [.zlib, .deflateStream])
+            var frame = try Self.streamFrames([ping])[0]
+            frame[4] = 0x03
+            try await raw.send(frame)
         }
     }
 }
@@ -117,7 +167,10 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
 struct BadPeerTests {
     @Test("Bad input gets a Goodbye and a closed connection; other connections keep being served", arguments: BadInput.allCases)
     func badInput(input: BadInput) async throws {
-        try await LiveServer.with(configure: { $0.maxPayload = input.maxPayload }) { live async throws in
+        try await LiveServer.with(configure: {
+            $0.maxPayload = input.maxPayload
+            $0.streamCompression = input.serverStreams
+        }) { live async throws in
             let client = live.client()
             #expect(try await client.call(.ping(PingArgs(server: "good", viewnum: 1)), timeout: .seconds(10)) == echoed(1, "good"))
 

@@ -62,7 +62,7 @@ struct FramingTests {
         #expect(FrameError.frameTooLarge(size: 1, max: 0).code == .frameTooLarge)
     }
 
-    @Test("Unknown flag bits are refused", arguments: [UInt8(0x02), 0x80, 0x81, 0xFF])
+    @Test("Unknown flag bits are refused", arguments: [UInt8(0x04), 0x80, 0x81, 0xFF])
     func unknownFlags(flags: UInt8) {
         var input = buffer(frameBytes(flags: flags, payload: [1]))
         #expect(throws: FrameError.unknownFlags(flags)) { try FrameDecoder.readFrame(from: &input, maxPayload: 100) }

@@ -115,7 +115,11 @@ typedef enum _Pbkv__Feature {
   /*
    * zlib-compressed frames (header flag 0x01) may be sent
    */
-  PBKV__FEATURE__FEATURE_ZLIB = 1
+  PBKV__FEATURE__FEATURE_ZLIB = 1,
+  /*
+   * frames may carry pieces of one deflate stream per direction (header flag 0x02)
+   */
+  PBKV__FEATURE__FEATURE_DEFLATE_STREAM = 2
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(PBKV__FEATURE)
 } Pbkv__Feature;
 typedef enum _Pbkv__OpKind {

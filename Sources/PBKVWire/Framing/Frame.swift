@@ -7,8 +7,12 @@ public struct FrameFlags: OptionSet, Sendable, Hashable {
 
     /// The payload is `u32 BE uncompressed length` followed by a zlib (RFC 1950) stream.
     public static let zlib = FrameFlags(rawValue: 0x01)
-    /// Every flag this version knows; any other bit set is a protocol violation.
-    public static let known: FrameFlags = [.zlib]
+    /// The payload is `u32 BE uncompressed length` followed by this frame's piece of the
+    /// connection's deflate stream (`DeflateStream`); only once `FEATURE_DEFLATE_STREAM` is agreed.
+    public static let stream = FrameFlags(rawValue: 0x02)
+    /// Every flag this version knows; any other bit set is a protocol violation (and so are
+    /// `zlib` and `stream` together).
+    public static let known: FrameFlags = [.zlib, .stream]
 }
 
 /// One frame as read from the wire: flags and the (possibly compressed) payload.
@@ -22,7 +26,8 @@ public struct FrameFlags: OptionSet, Sendable, Hashable {
 /// |     flags     |  payload (length bytes) ...
 /// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 /// ```
-/// With flag 0x01 (zlib) the payload is a u32 BE uncompressed length, then the zlib stream.
+/// With flag 0x01 (zlib) the payload is a u32 BE uncompressed length, then the zlib stream; with
+/// flag 0x02 (stream) a u32 BE uncompressed length, then a piece of the connection's deflate stream.
 public struct Frame: Sendable, Hashable {
     public var flags: FrameFlags
     public var payload: ByteBuffer
@@ -45,6 +50,9 @@ public enum FrameError: Error, Sendable, Hashable, CustomStringConvertible {
     case truncatedFrame(expected: Int, received: Int)
     case compressionNotNegotiated
     case badCompressedPayload(String)
+    case streamNotNegotiated
+    case badStreamPayload(String)
+    case conflictingFlags(UInt8)
 
     public var description: String {
         switch self {
@@ -58,6 +66,12 @@ public enum FrameError: Error, Sendable, Hashable, CustomStringConvertible {
             "compressed frame received but zlib was not agreed in the handshake"
         case .badCompressedPayload(let why):
             "compressed frame rejected: \(why)"
+        case .streamNotNegotiated:
+            "stream-compressed frame (flag 0x02) received but the deflate stream was not agreed in the handshake"
+        case .badStreamPayload(let why):
+            "stream-compressed frame rejected, the connection's deflate stream is unusable: \(why)"
+        case .conflictingFlags(let flags):
+            "frame flags 0x\(String(flags, radix: 16)) set both zlib (0x01) and stream (0x02); a frame is one or the other"
         }
     }
 
@@ -114,7 +128,9 @@ public final class FrameDecoder: ByteToMessageDecoder {
 }
 
 /// Turns envelopes into frame bytes and frames into envelopes: protobuf encoding, zlib above
-/// a threshold once the handshake agreed it, and the size limits. One per connection.
+/// a threshold once the handshake agreed it, the connection's deflate streams once agreed, and
+/// the size limits. One per connection: its stream contexts are shared by copies, so never use
+/// a copy of a codec that sends or receives stream frames on another connection.
 public struct FrameCodec {
     /// Largest payload accepted, before and after decompression.
     public var maxPayload: Int
@@ -125,16 +141,30 @@ public struct FrameCodec {
     public var compressionThreshold: Int
     /// Set once the handshake agreed zlib.
     public var compressionEnabled = false
+    /// Set once the handshake agreed `FEATURE_DEFLATE_STREAM`: payloads up to
+    /// `streamMaxPayload` are sent as pieces of this connection's outbound deflate stream, and
+    /// stream frames are accepted.
+    public var streamEnabled = false
+    /// Largest payload sent through the stream; larger ones (state transfer chunks) follow the
+    /// per-frame rules, so they do not push the small messages' history out of the 8 KiB window.
+    public var streamMaxPayload = FrameCodec.defaultStreamMaxPayload
+    /// True once sending through the stream failed: the peer's copy of it is out of step, so
+    /// the connection must be closed.
+    public private(set) var streamBroken = false
 
     private let arena = CArena()
     private var deflater: ZlibDeflater?
     private var inflater: ZlibInflater?
+    private var streamDeflater: ZlibStreamDeflater?
+    private var streamInflater: ZlibStreamInflater?
     private var scratch: ByteBuffer
 
     /// The default threshold: 1 KiB.
     public static let defaultCompressionThreshold = 1024
     /// The threshold pbkv uses on latency-sensitive calls (client operations, forwards): 64 KiB.
     public static let latencyCompressionThreshold = 64 * 1024
+    /// The default `streamMaxPayload`: 64 KiB.
+    public static let defaultStreamMaxPayload = 64 * 1024
 
     public init(maxPayload: Int = Frame.defaultMaxPayload, compressionThreshold: Int = FrameCodec.defaultCompressionThreshold) {
         self.maxPayload = maxPayload
@@ -159,7 +189,17 @@ public struct FrameCodec {
             out.moveWriterIndex(to: headerIndex)
             throw .frameTooLarge(size: size, max: sendLimit)
         }
-        if compressionEnabled && size >= (threshold ?? compressionThreshold) {
+        // Through the stream only if its worst case (incompressible data in stored blocks) fits
+        // the peer's limit: once bytes went into the stream they must be sent.
+        let compression: FrameFlags?
+        if streamEnabled && size <= streamMaxPayload && size + size / 64 + 64 <= sendLimit {
+            compression = .stream
+        } else if compressionEnabled && size >= (threshold ?? compressionThreshold) {
+            compression = .zlib
+        } else {
+            compression = nil
+        }
+        if let compression {
             // Re-encode compressed: copy the plain payload aside, deflate it in place of itself.
             scratch.clear()
             var plain = out.getSlice(at: payloadStart, length: size)!
@@ -167,15 +207,24 @@ public struct FrameCodec {
             out.moveWriterIndex(to: payloadStart)
             out.writeInteger(UInt32(size))
             do {
-                if deflater == nil { deflater = try ZlibDeflater() }
-                try deflater!.compress(scratch, into: &out)
+                if compression == .stream {
+                    if streamDeflater == nil { streamDeflater = try ZlibStreamDeflater() }
+                    try streamDeflater!.compress(scratch, into: &out)
+                } else {
+                    if deflater == nil { deflater = try ZlibDeflater() }
+                    try deflater!.compress(scratch, into: &out)
+                }
             } catch {
-                throw .badCompressedPayload(error.description)
+                out.moveWriterIndex(to: headerIndex)
+                guard compression == .stream else { throw .badCompressedPayload(error.description) }
+                streamBroken = true
+                throw .badStreamPayload(error.description)
             }
-            out.setInteger(UInt8(FrameFlags.zlib.rawValue), at: headerIndex + 4)
+            out.setInteger(compression.rawValue, at: headerIndex + 4)
         }
         let payloadLength = out.writerIndex - payloadStart
         guard payloadLength <= sendLimit else {
+            if compression == .stream { streamBroken = true }  // what went into the stream is not sent
             out.moveWriterIndex(to: headerIndex)
             throw .frameTooLarge(size: payloadLength, max: sendLimit)
         }
@@ -183,22 +232,32 @@ public struct FrameCodec {
         return size
     }
 
-    /// The plain protobuf payload of `frame`, inflated if it is compressed.
+    /// The plain protobuf payload of `frame`, inflated if it is compressed (per frame, or as
+    /// the next piece of the connection's inbound deflate stream).
     public mutating func payload(of frame: Frame, allocator: ByteBufferAllocator) throws(FrameError) -> ByteBuffer {
-        guard frame.flags.contains(.zlib) else { return frame.payload }
-        guard compressionEnabled else { throw .compressionNotNegotiated }
-        var payload = frame.payload
-        guard let declared = payload.readInteger(as: UInt32.self) else {
-            throw .badCompressedPayload("missing the uncompressed length")
+        if frame.flags.isEmpty { return frame.payload }
+        let streamed = frame.flags.contains(.stream)
+        if streamed {
+            guard !frame.flags.contains(.zlib) else { throw .conflictingFlags(frame.flags.rawValue) }
+            guard streamEnabled else { throw .streamNotNegotiated }
+        } else {
+            guard compressionEnabled else { throw .compressionNotNegotiated }
         }
+        func refusal(_ why: String) -> FrameError { streamed ? .badStreamPayload(why) : .badCompressedPayload(why) }
+        var payload = frame.payload
+        guard let declared = payload.readInteger(as: UInt32.self) else { throw refusal("missing the uncompressed length") }
         guard Int(declared) <= maxPayload else {
             throw .frameTooLarge(size: Int(declared), max: maxPayload)
         }
         do {
+            if streamed {
+                if streamInflater == nil { streamInflater = try ZlibStreamInflater() }
+                return try streamInflater!.decompress(payload, declaredSize: Int(declared), allocator: allocator)
+            }
             if inflater == nil { inflater = try ZlibInflater() }
             return try inflater!.decompress(payload, declaredSize: Int(declared), allocator: allocator)
         } catch {
-            throw .badCompressedPayload(error.description)
+            throw refusal(error.description)
         }
     }
 }

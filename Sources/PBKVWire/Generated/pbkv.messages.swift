@@ -59,12 +59,15 @@ public enum Feature: Int32, Sendable, Hashable, CaseIterable, CustomStringConver
     case featureNone = 0
     /// zlib-compressed frames (header flag 0x01) may be sent
     case zlib = 1
+    /// frames may carry pieces of one deflate stream per direction (header flag 0x02)
+    case deflateStream = 2
 
     /// The value's name in the .proto.
     public var description: String {
         switch self {
         case .featureNone: "FEATURE_NONE"
         case .zlib: "FEATURE_ZLIB"
+        case .deflateStream: "FEATURE_DEFLATE_STREAM"
         }
     }
 }

@@ -10,6 +10,9 @@ public struct RPCClientConfiguration: Sendable {
     public var compressionThreshold: Int = FrameCodec.defaultCompressionThreshold
     /// Offer zlib in the handshake.
     public var compression = true
+    /// Offer the per-connection deflate streams (`FEATURE_DEFLATE_STREAM`) in the handshake: for
+    /// slow links; off by default (on a LAN it costs more CPU than the bytes it saves).
+    public var streamCompression = false
     /// Upper bound for TCP connect plus handshake.
     public var connectTimeout: Duration = .seconds(1)
     /// Sabotages this client's outbound calls (tests only).
@@ -221,9 +224,11 @@ final class RPCClientHandler: ChannelDuplexHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
+        var features: [Feature] = configuration.compression ? [.zlib] : []
+        if configuration.streamCompression { features.append(.deflateStream) }
         let hello = Hello(
-            protocolVersion: RPCProtocol.version, features: configuration.compression ? [.zlib] : [],
-            maxFrameSize: UInt32(configuration.maxPayload), clientName: configuration.name)
+            protocolVersion: RPCProtocol.version, features: features, maxFrameSize: UInt32(configuration.maxPayload),
+            clientName: configuration.name)
         var buffer = context.channel.allocator.buffer(capacity: 32)
         _ = try? codec.encode(.hello(hello), into: &buffer)
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
@@ -279,6 +284,12 @@ final class RPCClientHandler: ChannelDuplexHandler {
             configuration.metrics?.count(kind, .outbound, wire: buffer.readableBytes - Frame.headerSize, payload: payload)
         } catch {
             inFlight.removeValue(forKey: callID)
+            if codec.streamBroken {
+                // Bytes went into the deflate stream but not onto the wire: the server's copy of
+                // the stream is out of step, so this connection is done.
+                pending.promise.fail(RPCError.protocolViolation("request not sent: \(error)"))
+                return protocolError(context: context, "\(error)")
+            }
             if case .frameTooLarge(let size, let limit) = error {
                 pending.promise.fail(RPCError.requestTooLarge(method: pending.call.method, size: size, limit: limit))
             } else {
@@ -327,6 +338,7 @@ final class RPCClientHandler: ChannelDuplexHandler {
             handshakeComplete = true
             handshakeTimer?.cancel()
             codec.compressionEnabled = configuration.compression && reply.features.contains(.zlib)
+            codec.streamEnabled = configuration.streamCompression && reply.features.contains(.deflateStream)
             if reply.maxFrameSize > 0 { codec.peerMaxPayload = Int(reply.maxFrameSize) }
             handshakeDone.succeed()
         case .response(let response) where handshakeComplete:

@@ -125,6 +125,13 @@ public final class RPCMetrics: Sendable {
         slot.payload.add(payload, ordering: .relaxed)
     }
 
+    /// Frames and bytes counted so far for `kind` and `direction` (what the next `flush()`
+    /// exports): for tests and tools that read them without a metrics backend.
+    public func traffic(_ kind: TrafficKind, _ direction: TrafficDirection) -> (frames: Int, wire: Int, payload: Int) {
+        let slot = traffic[kind.rawValue * TrafficDirection.allCases.count + direction.rawValue]
+        return (slot.frames.load(ordering: .relaxed), slot.wire.load(ordering: .relaxed), slot.payload.load(ordering: .relaxed))
+    }
+
     /// Adds a source of open connections to `pbkv_connections` (an RPC server of this process).
     func addConnectionSource(_ source: @escaping @Sendable () -> Int) {
         connectionSources.withLock { $0.append(source) }

@@ -33,6 +33,9 @@ public struct RPCServerConfiguration: Sendable {
     public var compressionThreshold: Int = FrameCodec.defaultCompressionThreshold
     /// Offer zlib in the handshake.
     public var compression = true
+    /// Agree to the per-connection deflate streams (`FEATURE_DEFLATE_STREAM`) when a client
+    /// offers them: for slow links; off by default (on a LAN it costs more CPU than it saves).
+    public var streamCompression = false
     /// Sabotages inbound calls and connections (tests and `--fault-*` options only).
     public var faults: FaultInjector?
     /// Name sent in `HelloReply`, for logs.
@@ -522,7 +525,9 @@ final class RPCServerHandler: ChannelInboundHandler {
                 message: "too many client connections (limit \(configuration.clientConnectionLimit); \(reserve) of "
                     + "\(configuration.maxConnections) kept for cluster members); try again later")
         }
-        let features: [Feature] = configuration.compression && hello.features.contains(.zlib) ? [.zlib] : []
+        var agreed: [Feature] = configuration.compression && hello.features.contains(.zlib) ? [.zlib] : []
+        if configuration.streamCompression && hello.features.contains(.deflateStream) { agreed.append(.deflateStream) }
+        let features = agreed
         if hello.maxFrameSize > 0 { codec.peerMaxPayload = Int(hello.maxFrameSize) }
         let reply = HelloReply(
             protocolVersion: RPCProtocol.version, features: features, maxFrameSize: UInt32(clamping: configuration.maxPayload),
@@ -536,6 +541,7 @@ final class RPCServerHandler: ChannelInboundHandler {
                 handler.state = .ready
                 handler.send(context: context, .helloReply(reply))
                 handler.codec.compressionEnabled = features.contains(.zlib)
+                handler.codec.streamEnabled = features.contains(.deflateStream)
                 handler.startIdleTimer(context: context)
                 context.flush()
             }
@@ -543,6 +549,7 @@ final class RPCServerHandler: ChannelInboundHandler {
             state = .ready
             send(context: context, .helloReply(reply))
             codec.compressionEnabled = features.contains(.zlib)
+            codec.streamEnabled = features.contains(.deflateStream)
             startIdleTimer(context: context)
         }
     }
@@ -626,7 +633,7 @@ final class RPCServerHandler: ChannelInboundHandler {
                 method.map(TrafficKind.of(method:)) ?? .other, .outbound, wire: buffer.readableBytes - Frame.headerSize,
                 payload: payload)
         } catch {
-            guard case .response(let response) = envelope else {
+            guard !codec.streamBroken, case .response(let response) = envelope else {
                 return fail(context: context, code: .internal, message: "the server could not send its answer: \(error)")
             }
             buffer.clear()

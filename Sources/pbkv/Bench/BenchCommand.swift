@@ -33,6 +33,7 @@ struct BenchCommand: AsyncParsableCommand {
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
     @OptionGroup var security: SecurityOptions
+    @OptionGroup var compression: CompressionOptions
     @Option(help: "Benchmark a Redis server at HOST:PORT instead of pbkv (get and put only).")
     var redis: String?
     @Option(help: "With --redis: send WAIT N 0 after every SET (synchronous replication to N replicas).")
@@ -92,6 +93,8 @@ struct BenchCommand: AsyncParsableCommand {
         } else {
             var configuration = KVClientConfiguration()
             configuration.tls = try security.resolve()
+            configuration.compression = compression.mode.offersZlib
+            configuration.streamCompression = compression.mode.offersStream
             targets = try (0..<clients).map { _ in
                 PBKVBenchTarget(
                     client: try KVClient(viewService: viewservice, configuration: configuration, logger: ClusterBenchCommand.quietLogger))

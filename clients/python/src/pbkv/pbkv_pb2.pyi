@@ -29,6 +29,7 @@ class Feature(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FEATURE_NONE: _ClassVar[Feature]
     FEATURE_ZLIB: _ClassVar[Feature]
+    FEATURE_DEFLATE_STREAM: _ClassVar[Feature]
 
 class OpKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -52,6 +53,7 @@ PERMISSION_DENIED: Code
 SESSION_EXPIRED: Code
 FEATURE_NONE: Feature
 FEATURE_ZLIB: Feature
+FEATURE_DEFLATE_STREAM: Feature
 OP_GET: OpKind
 OP_PUT: OpKind
 OP_PUT_HASH: OpKind
