@@ -63,11 +63,10 @@ public struct KVClientConfiguration: Sendable {
     /// Smallest request that is compressed (when the primary agrees to zlib). High by default:
     /// on a LAN deflate costs more time than the bytes it saves.
     public var compressionThreshold = FrameCodec.latencyCompressionThreshold
-    /// Offer zlib to the view service and the primary.
-    public var compression = true
-    /// Offer the per-connection deflate streams to the view service and the primary: for slow
-    /// links; off by default (on a LAN it costs more CPU than the bytes it saves).
-    public var streamCompression = false
+    /// What to offer the view service and the primary: zlib per frame (the default), nothing,
+    /// or also the per-connection deflate streams (for slow links; on a LAN they cost more CPU
+    /// than the bytes they save).
+    public var compression = CompressionMode.frame
     /// Mutual TLS with a client certificate of the cluster CA; the view service and the
     /// primary must present server certificates covering the addresses dialed. nil: plaintext.
     public var tls: MutualTLS?
@@ -126,7 +125,6 @@ public actor KVClient {
         var viewServiceConfiguration = RPCClientConfiguration()
         viewServiceConfiguration.tls = configuration.tls
         viewServiceConfiguration.compression = configuration.compression
-        viewServiceConfiguration.streamCompression = configuration.streamCompression
         self.viewService = ViewServiceClient(
             addresses: addresses, eventLoop: eventLoop, configuration: viewServiceConfiguration, logger: logger)
     }
@@ -280,7 +278,6 @@ public actor KVClient {
         var rpcConfiguration = RPCClientConfiguration()
         rpcConfiguration.compressionThreshold = configuration.compressionThreshold
         rpcConfiguration.compression = configuration.compression
-        rpcConfiguration.streamCompression = configuration.streamCompression
         rpcConfiguration.tls = configuration.tls
         let client = RPCClient(peer: peer, eventLoop: eventLoop, configuration: rpcConfiguration, logger: logger)
         primaryClient = client

@@ -81,8 +81,7 @@ enum FuzzTarget {
         guard let options = data.readInteger(as: UInt8.self) else { return }
         var configuration = RPCServerConfiguration(host: "127.0.0.1", port: 0)
         configuration.maxPayload = maxPayload
-        configuration.compression = options & 0x80 == 0
-        configuration.streamCompression = configuration.compression
+        configuration.compression = options & 0x80 == 0 ? .stream : .off
         let services = FuzzServices()
         let channel = EmbeddedChannel()
         do {

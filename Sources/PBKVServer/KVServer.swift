@@ -48,11 +48,10 @@ public struct KVServerConfiguration: Sendable {
     /// With mutual TLS, places of `maxConnections` kept for cluster members, never given to
     /// clients (`RPCServerConfiguration.memberReserve`); nil: automatic.
     public var memberReserve: Int?
-    /// Offer zlib on this server's connections (when the peer agrees).
-    public var compression = true
-    /// Offer the per-connection deflate streams on every connection (to clients, to the backup,
-    /// to the view service) when the peer agrees: for slow links (`--compression stream`).
-    public var streamCompression = false
+    /// What to offer on every connection (to clients, to the backup, to the view service) when
+    /// the peer agrees: zlib per frame (the default), nothing, or also the deflate streams for
+    /// slow links (`--compression off|frame|stream`).
+    public var compression = CompressionMode.frame
     /// Mutual TLS on every connection: accepted ones (clients, the primary) and opened ones (the
     /// view service, the backup — which must hold a certificate for its address before it gets
     /// any state). nil: plaintext.
@@ -158,13 +157,8 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         self.logger = logger
         self.state = NIOLoopBoundBox.makeBoxSendingValue(
             State(machine: ReplicaStateMachine(me: me, configuration: configuration.replica)), eventLoop: eventLoop)
-        var vsConfig = RPCClientConfiguration()
+        var vsConfig = Self.peerConfiguration(me: me, configuration: configuration, metrics: metrics)
         vsConfig.faults = configuration.viewServiceFaults
-        vsConfig.name = me
-        vsConfig.tls = configuration.tls
-        vsConfig.metrics = metrics?.rpc
-        vsConfig.compression = configuration.compression
-        vsConfig.streamCompression = configuration.streamCompression
         self.viewService = ViewServiceClient(
             addresses: configuration.viewService, eventLoop: eventLoop, configuration: vsConfig, logger: logger)
         self.rpcServer = NIOLoopBoundBox.makeBoxSendingValue(nil, eventLoop: eventLoop)
@@ -190,7 +184,6 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         rpc.faults = configuration.faults
         rpc.maxPayload = configuration.maxPayload
         rpc.compression = configuration.compression
-        rpc.streamCompression = configuration.streamCompression
         rpc.compressionThreshold = configuration.latencyCompressionThreshold
         rpc.name = "pbkv-server"
         rpc.handshakeTimeout = configuration.handshakeTimeout
@@ -346,17 +339,25 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         }
     }
 
+    /// What this server's own connections (to the view service, to its backup) share: its name,
+    /// TLS, compression and metrics.
+    private static func peerConfiguration(
+        me: String, configuration: KVServerConfiguration, metrics: ServerMetrics?
+    ) -> RPCClientConfiguration {
+        var peer = RPCClientConfiguration()
+        peer.name = me
+        peer.tls = configuration.tls
+        peer.compression = configuration.compression
+        peer.metrics = metrics?.rpc
+        return peer
+    }
+
     private func backupClient(_ address: String) -> RPCClient? {
         if let link = state.value.backupLink, link.address == address { return link.client }
         if let old = state.value.backupLink { _ = old.client.shutdown() }
         guard let peer = try? PeerAddress(parsing: address) else { return nil }
-        var config = RPCClientConfiguration()
-        config.tls = configuration.tls
-        config.name = me
+        var config = Self.peerConfiguration(me: me, configuration: configuration, metrics: metrics)
         config.maxPayload = configuration.maxPayload
-        config.compression = configuration.compression
-        config.streamCompression = configuration.streamCompression
-        config.metrics = metrics?.rpc
         let client = RPCClient(peer: peer, eventLoop: eventLoop, configuration: config, logger: logger)
         state.value.backupLink = (address, client)
         withBackupTimer { $0.backupChanged() }

@@ -33,8 +33,7 @@ struct ClientOptions: ParsableArguments {
         var configuration = KVClientConfiguration()
         configuration.deadline = deadline
         configuration.tls = try resolveTLS()
-        configuration.compression = compression.mode.offersZlib
-        configuration.streamCompression = compression.mode.offersStream
+        configuration.compression = compression.mode
         var logger = Logger(label: "pbkv.client")
         logger.logLevel = .critical
         do {

@@ -54,8 +54,7 @@ struct ViewServiceCommand: AsyncParsableCommand {
         let address = try PeerAddress(parsing: listen)
         var rpc = RPCServerConfiguration(host: address.host, port: address.port)
         rpc.tls = try security.resolve(logger: logger)
-        rpc.compression = compression.mode.offersZlib
-        rpc.streamCompression = compression.mode.offersStream
+        rpc.compression = compression.mode
         let (election, etcdClient) = try await makeElection(logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let exported = try await metrics.start(group: group, logger: logger)
@@ -209,9 +208,7 @@ struct ServerCommand: AsyncParsableCommand {
             listenHost: address.host, listenPort: address.port, viewService: try PeerAddress.list(parsing: viewservice))
         configuration.advertise = advertise ?? (address.port == 0 ? nil : listen)
         configuration.pingInterval = .milliseconds(pingIntervalMs)
-        let mode = noCompression ? CompressionMode.off : compression.mode
-        configuration.compression = mode.offersZlib
-        configuration.streamCompression = mode.offersStream
+        configuration.compression = noCompression ? .off : compression.mode
         configuration.replica.maxKeyBytes = maxKeyBytes
         configuration.replica.maxValueBytes = maxValueBytes
         configuration.replica.maxSessions = maxSessions

@@ -42,8 +42,7 @@ struct StatusCommand: AsyncParsableCommand {
         var rpc = RPCClientConfiguration()
         rpc.name = "pbkv-status"
         rpc.tls = try options.resolveTLS()
-        rpc.compression = options.compression.mode.offersZlib
-        rpc.streamCompression = options.compression.mode.offersStream
+        rpc.compression = options.compression.mode
         var logger = Logger(label: "pbkv.status")
         logger.logLevel = .critical
         let timeout = options.deadline

@@ -14,15 +14,15 @@ struct StreamCompressionEndToEndTests {
         let cluster = try await InProcessCluster.start()
         let metrics = ProcessMetrics()
         let primary = try await cluster.startServer(name: "a") {
-            $0.streamCompression = true
+            $0.compression = .stream
             $0.metrics = metrics.factory
         }
         let primaryServer = primary.server
         metrics.addSampler { await primaryServer.refreshMetrics() }  // brings the byte counters into the registry
         // "a" is primary before "b" starts (else "b" could ping first and become primary).
         _ = try await cluster.waitForView { $0.primary == primary.address && $0.acknowledged }
-        let backup = try await cluster.startServer(name: "b") { $0.streamCompression = true }
-        let client = try cluster.client { $0.streamCompression = true }
+        let backup = try await cluster.startServer(name: "b") { $0.compression = .stream }
+        let client = try cluster.client { $0.compression = .stream }
         let plainClient = try cluster.client()
         do {
             try await cluster.waitForView { $0.primary == primary.address && $0.backup == backup.address && $0.acknowledged }

@@ -169,7 +169,7 @@ struct BadPeerTests {
     func badInput(input: BadInput) async throws {
         try await LiveServer.with(configure: {
             $0.maxPayload = input.maxPayload
-            $0.streamCompression = input.serverStreams
+            $0.compression = input.serverStreams ? .stream : .frame
         }) { live async throws in
             let client = live.client()
             #expect(try await client.call(.ping(PingArgs(server: "good", viewnum: 1)), timeout: .seconds(10)) == echoed(1, "good"))

@@ -35,7 +35,7 @@ struct RPCClientTests {
             let client = live.client()
             let big = String(repeating: "сервер-", count: 100_000)  // ~1.3 MB, compressed on the wire
             #expect(try await client.call(.ping(PingArgs(server: big, viewnum: 1)), timeout: .seconds(20)) == echoed(1, big))
-            let plain = live.client(configure: { $0.compression = false })
+            let plain = live.client(configure: { $0.compression = .off })
             #expect(try await plain.call(.ping(PingArgs(server: big, viewnum: 2)), timeout: .seconds(20)) == echoed(2, big))
         }
     }

@@ -167,7 +167,7 @@ struct StreamCompressionTests {
     func serverConnectionOnEmbeddedChannel() throws {
         for serverStreams in [true, false] {
             var configuration = RPCServerConfiguration(host: "127.0.0.1", port: 0)
-            configuration.streamCompression = serverStreams
+            configuration.compression = serverStreams ? .stream : .frame
             let channel = EmbeddedChannel()
             try RPCServer.addConnectionHandlers(
                 to: channel.pipeline.syncOperations, configuration: configuration,
@@ -229,12 +229,12 @@ struct StreamCompressionTests {
         let metrics = RPCMetrics(factory: NOOPMetricsHandler.instance)
         // The thresholds of the KV paths: below 64 KiB nothing is compressed per frame.
         try await LiveServer.with(configure: {
-            $0.streamCompression = serverStreams
+            $0.compression = serverStreams ? .stream : .frame
             $0.compressionThreshold = FrameCodec.latencyCompressionThreshold
             $0.metrics = metrics
         }) { live async throws in
             let client = live.client(configure: {
-                $0.streamCompression = clientStreams
+                $0.compression = clientStreams ? .stream : .frame
                 $0.compressionThreshold = FrameCodec.latencyCompressionThreshold
             })
             var text = SampleText(seed: 5)

@@ -242,8 +242,15 @@ public enum CompressionMode: String, Sendable, CaseIterable {
     case frame
     case stream
 
-    /// Offers `FEATURE_ZLIB`.
-    public var offersZlib: Bool { self != .off }
-    /// Offers `FEATURE_DEFLATE_STREAM`.
-    public var offersStream: Bool { self == .stream }
+    /// The features offered in a handshake.
+    public var offered: [Feature] {
+        switch self {
+        case .off: []
+        case .frame: [.zlib]
+        case .stream: [.zlib, .deflateStream]
+        }
+    }
+
+    /// The features both sides use: those of the peer's that this mode offers too.
+    public func agreed(with peer: [Feature]) -> [Feature] { offered.filter(peer.contains) }
 }

@@ -8,11 +8,10 @@ import NIOPosix
 public struct RPCClientConfiguration: Sendable {
     public var maxPayload: Int = Frame.defaultMaxPayload
     public var compressionThreshold: Int = FrameCodec.defaultCompressionThreshold
-    /// Offer zlib in the handshake.
-    public var compression = true
-    /// Offer the per-connection deflate streams (`FEATURE_DEFLATE_STREAM`) in the handshake: for
-    /// slow links; off by default (on a LAN it costs more CPU than the bytes it saves).
-    public var streamCompression = false
+    /// What to offer in the handshake: zlib per frame (the default), nothing, or also the
+    /// per-connection deflate streams (`FEATURE_DEFLATE_STREAM`: for slow links; on a LAN it
+    /// costs more CPU than the bytes it saves).
+    public var compression = CompressionMode.frame
     /// Upper bound for TCP connect plus handshake.
     public var connectTimeout: Duration = .seconds(1)
     /// Sabotages this client's outbound calls (tests only).
@@ -224,10 +223,8 @@ final class RPCClientHandler: ChannelDuplexHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        var features: [Feature] = configuration.compression ? [.zlib] : []
-        if configuration.streamCompression { features.append(.deflateStream) }
         let hello = Hello(
-            protocolVersion: RPCProtocol.version, features: features, maxFrameSize: UInt32(configuration.maxPayload),
+            protocolVersion: RPCProtocol.version, features: configuration.compression.offered, maxFrameSize: UInt32(configuration.maxPayload),
             clientName: configuration.name)
         var buffer = context.channel.allocator.buffer(capacity: 32)
         _ = try? codec.encode(.hello(hello), into: &buffer)
@@ -337,8 +334,9 @@ final class RPCClientHandler: ChannelDuplexHandler {
             }
             handshakeComplete = true
             handshakeTimer?.cancel()
-            codec.compressionEnabled = configuration.compression && reply.features.contains(.zlib)
-            codec.streamEnabled = configuration.streamCompression && reply.features.contains(.deflateStream)
+            let agreed = configuration.compression.agreed(with: reply.features)
+            codec.compressionEnabled = agreed.contains(.zlib)
+            codec.streamEnabled = agreed.contains(.deflateStream)
             if reply.maxFrameSize > 0 { codec.peerMaxPayload = Int(reply.maxFrameSize) }
             handshakeDone.succeed()
         case .response(let response) where handshakeComplete:

@@ -31,11 +31,10 @@ public struct RPCServerConfiguration: Sendable {
     public var maxPayload: Int = Frame.defaultMaxPayload
     /// Replies at least this large are compressed when the client agreed to zlib.
     public var compressionThreshold: Int = FrameCodec.defaultCompressionThreshold
-    /// Offer zlib in the handshake.
-    public var compression = true
-    /// Agree to the per-connection deflate streams (`FEATURE_DEFLATE_STREAM`) when a client
-    /// offers them: for slow links; off by default (on a LAN it costs more CPU than it saves).
-    public var streamCompression = false
+    /// What to agree to when a client offers it: zlib per frame (the default), nothing, or also
+    /// the per-connection deflate streams (`FEATURE_DEFLATE_STREAM`: for slow links; on a LAN
+    /// it costs more CPU than it saves).
+    public var compression = CompressionMode.frame
     /// Sabotages inbound calls and connections (tests and `--fault-*` options only).
     public var faults: FaultInjector?
     /// Name sent in `HelloReply`, for logs.
@@ -525,9 +524,7 @@ final class RPCServerHandler: ChannelInboundHandler {
                 message: "too many client connections (limit \(configuration.clientConnectionLimit); \(reserve) of "
                     + "\(configuration.maxConnections) kept for cluster members); try again later")
         }
-        var agreed: [Feature] = configuration.compression && hello.features.contains(.zlib) ? [.zlib] : []
-        if configuration.streamCompression && hello.features.contains(.deflateStream) { agreed.append(.deflateStream) }
-        let features = agreed
+        let features = configuration.compression.agreed(with: hello.features)
         if hello.maxFrameSize > 0 { codec.peerMaxPayload = Int(hello.maxFrameSize) }
         let reply = HelloReply(
             protocolVersion: RPCProtocol.version, features: features, maxFrameSize: UInt32(clamping: configuration.maxPayload),

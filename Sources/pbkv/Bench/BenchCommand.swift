@@ -93,8 +93,7 @@ struct BenchCommand: AsyncParsableCommand {
         } else {
             var configuration = KVClientConfiguration()
             configuration.tls = try security.resolve()
-            configuration.compression = compression.mode.offersZlib
-            configuration.streamCompression = compression.mode.offersStream
+            configuration.compression = compression.mode
             targets = try (0..<clients).map { _ in
                 PBKVBenchTarget(
                     client: try KVClient(viewService: viewservice, configuration: configuration, logger: ClusterBenchCommand.quietLogger))
