@@ -70,6 +70,8 @@ public struct KVClientConfiguration: Sendable {
     /// Mutual TLS with a client certificate of the cluster CA; the view service and the
     /// primary must present server certificates covering the addresses dialed. nil: plaintext.
     public var tls: MutualTLS?
+    /// How servers are reached: TCP by default, or an `InMemoryNetwork`'s transport in tests.
+    public var transport: any RPCTransport = TCPTransport()
 
     public init() {}
 }
@@ -123,6 +125,7 @@ public actor KVClient {
         self.executor = eventLoop.executor
         self.logger = logger
         var viewServiceConfiguration = RPCClientConfiguration()
+        viewServiceConfiguration.transport = configuration.transport
         viewServiceConfiguration.tls = configuration.tls
         viewServiceConfiguration.compression = configuration.compression
         self.viewService = ViewServiceClient(
@@ -279,6 +282,7 @@ public actor KVClient {
         rpcConfiguration.compressionThreshold = configuration.compressionThreshold
         rpcConfiguration.compression = configuration.compression
         rpcConfiguration.tls = configuration.tls
+        rpcConfiguration.transport = configuration.transport
         let client = RPCClient(peer: peer, eventLoop: eventLoop, configuration: rpcConfiguration, logger: logger)
         primaryClient = client
         primaryClientAddress = address

@@ -71,7 +71,7 @@ enum FuzzTarget {
 
     // MARK: - a whole server connection
 
-    /// The server's own connection handlers (`RPCServer.addConnectionHandlers`) on an
+    /// The server's own connection handlers (`TCPListener.addConnectionHandlers`) on an
     /// `EmbeddedChannel`, serving the real method tables over `FuzzServices`. Options byte:
     /// bits 0–5 cut the client's first 1 KiB into writes of that many bytes (0: one write; the
     /// rest always goes in one write, so that an input stays fast), bit 6 moves the clock past
@@ -85,7 +85,7 @@ enum FuzzTarget {
         let services = FuzzServices()
         let channel = EmbeddedChannel()
         do {
-            try RPCServer.addConnectionHandlers(
+            try TCPListener.addConnectionHandlers(
                 to: channel.pipeline.syncOperations, configuration: configuration,
                 tables: [.viewService(services), .kv(services), .replica(services)], logger: quietLogger)
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()

@@ -17,6 +17,9 @@ public struct KVServerConfiguration: Sendable {
     public var advertise: String?
     /// The view service: its address, or every address of a replicated one.
     public var viewService: [PeerAddress]
+    /// How it listens and dials (to the view service, to its backup): TCP by default (mutual
+    /// TLS with `tls`), or an `InMemoryNetwork`'s transport in tests.
+    public var transport: any RPCTransport = TCPTransport()
     public var pingInterval: Duration = .milliseconds(100)
     /// Inbound fault injection (testing aid: `--fault-drop-requests`, `--fault-drop-replies`).
     public var faults: FaultInjector?
@@ -179,6 +182,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
         let holder = ServiceHolder()
         let metrics = configuration.metrics.map(ServerMetrics.init)
         var rpc = RPCServerConfiguration(host: configuration.listenHost, port: configuration.listenPort)
+        rpc.transport = configuration.transport
         rpc.metrics = metrics?.rpc
         rpc.tls = configuration.tls
         rpc.faults = configuration.faults
@@ -203,7 +207,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
             ) { _ in kv.ping() }
         }.get()
         kv.logger.info("server listening", metadata: [
-            "address": "\(server.localAddress)", "viewservice": "\(configuration.viewService.map(\.description).joined(separator: ","))",
+            "address": "\(server.address)", "viewservice": "\(configuration.viewService.map(\.description).joined(separator: ","))",
             "max_key_bytes": "\(configuration.replica.maxKeyBytes)", "max_value_bytes": "\(configuration.replica.maxValueBytes)",
             "max_connections": "\(configuration.maxConnections)",
         ])
@@ -340,12 +344,13 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
     }
 
     /// What this server's own connections (to the view service, to its backup) share: its name,
-    /// TLS, compression and metrics.
+    /// transport, TLS, compression and metrics.
     private static func peerConfiguration(
         me: String, configuration: KVServerConfiguration, metrics: ServerMetrics?
     ) -> RPCClientConfiguration {
         var peer = RPCClientConfiguration()
         peer.name = me
+        peer.transport = configuration.transport
         peer.tls = configuration.tls
         peer.compression = configuration.compression
         peer.metrics = metrics?.rpc

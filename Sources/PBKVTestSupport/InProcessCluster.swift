@@ -6,10 +6,12 @@ import PBKVClient
 import PBKVServer
 import PBKVViewService
 import PBKVWire
+import Synchronization
 
 /// A view service and KV servers inside the test process, each on its own event loop, talking
-/// real TCP over loopback. Servers can be killed (their loop and sockets vanish at once),
-/// restarted empty on the same address, made lossy, or cut off from the view service.
+/// real TCP over loopback, or through an `InMemoryNetwork` when started with one. Servers can be
+/// killed (their loop and connections vanish at once), restarted empty on the same address, made
+/// lossy, or cut off from the view service.
 public final class InProcessCluster: Sendable {
     /// A running in-process KV server and what it needs to be killed or restarted.
     public struct Node: Sendable {
@@ -29,6 +31,9 @@ public final class InProcessCluster: Sendable {
     /// Whether servers started here use read leases (`ReplicaConfiguration.readLeases`).
     public let readLeases: Bool
     public let viewServiceAddress: String
+    /// The network the nodes talk through; nil: TCP over loopback.
+    public let network: InMemoryNetwork?
+    private let clientCount = Atomic<Int>(0)
     private let viewService: ViewServiceServer
     private let rpcServer: RPCServer
     private let vsGroup: MultiThreadedEventLoopGroup
@@ -36,12 +41,13 @@ public final class InProcessCluster: Sendable {
     private let onShutdown: @Sendable () async -> Void
 
     private init(
-        pingInterval: Duration, deadInterval: Duration, readLeases: Bool, viewService: ViewServiceServer, rpcServer: RPCServer, vsGroup: MultiThreadedEventLoopGroup,
-        logger: Logger, onShutdown: @escaping @Sendable () async -> Void
+        pingInterval: Duration, deadInterval: Duration, readLeases: Bool, network: InMemoryNetwork?, viewService: ViewServiceServer,
+        rpcServer: RPCServer, vsGroup: MultiThreadedEventLoopGroup, logger: Logger, onShutdown: @escaping @Sendable () async -> Void
     ) {
         self.pingInterval = pingInterval
         self.deadInterval = deadInterval
         self.readLeases = readLeases
+        self.network = network
         self.viewService = viewService
         self.rpcServer = rpcServer
         self.vsGroup = vsGroup
@@ -55,20 +61,24 @@ public final class InProcessCluster: Sendable {
     /// the view service stopped (to stop what the election needed). `readLeases` is given to
     /// every server started. `metrics` measures the view
     /// service (`ViewServiceServer.start(metrics:)`; sample it with `refreshViewServiceMetrics()`).
+    /// With `network`, every node and client talks through it instead of TCP.
     public static func start(
         pingInterval: Duration = .milliseconds(100), deadPings: Int = 5, port: Int = 0, election: (any ViewServiceElection)? = nil,
-        readLeases: Bool = true, metrics: (any MetricsFactory)? = nil, logger: Logger? = nil, onShutdown: @escaping @Sendable () async -> Void = {}
+        readLeases: Bool = true, network: InMemoryNetwork? = nil, metrics: (any MetricsFactory)? = nil, logger: Logger? = nil,
+        onShutdown: @escaping @Sendable () async -> Void = {}
     ) async throws -> InProcessCluster {
         var logger = logger ?? Logger(label: "pbkv.test")
         if logger.logLevel > .warning || logger.logLevel == .info { logger.logLevel = .warning }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        var rpc = RPCServerConfiguration(host: "127.0.0.1", port: port)
+        if let network { rpc.transport = network.transport(node: "viewservice") }
         let (service, server) = try await ViewServiceServer.start(
-            rpc: RPCServerConfiguration(host: "127.0.0.1", port: port),
+            rpc: rpc,
             configuration: ViewServiceConfiguration(pingInterval: pingInterval, deadPings: deadPings), election: election,
             metrics: metrics, group: group, logger: logger)
         return InProcessCluster(
-            pingInterval: pingInterval, deadInterval: pingInterval * deadPings, readLeases: readLeases, viewService: service, rpcServer: server, vsGroup: group, logger: logger,
-            onShutdown: onShutdown)
+            pingInterval: pingInterval, deadInterval: pingInterval * deadPings, readLeases: readLeases, network: network, viewService: service,
+            rpcServer: server, vsGroup: group, logger: logger, onShutdown: onShutdown)
     }
 
     /// Starts a fresh (empty) server; `port` 0 picks a free one, another value restarts on it.
@@ -78,9 +88,10 @@ public final class InProcessCluster: Sendable {
         configure: (inout KVServerConfiguration) -> Void = { _ in }
     ) async throws -> Node {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let chosenPort = port == 0 ? try ProcessCluster.freePort() : port
+        let chosenPort = port != 0 ? port : try network?.unusedPort(host: "127.0.0.1") ?? ProcessCluster.freePort()
         var configuration = KVServerConfiguration(
             listenHost: "127.0.0.1", listenPort: chosenPort, viewService: try PeerAddress.list(parsing: viewServiceAddress))
+        configuration.transport = transport(node: "127.0.0.1:\(chosenPort)")
         configuration.pingInterval = pingInterval
         configuration.replica.leaseDeadInterval = deadInterval
         configuration.replica.readLeases = readLeases
@@ -162,9 +173,22 @@ public final class InProcessCluster: Sendable {
         }
     }
 
+    /// How `node` reaches the others: this cluster's in-memory network, or TCP.
+    public func transport(node: String) -> any RPCTransport {
+        network.map { $0.transport(node: node) } ?? TCPTransport()
+    }
+
+    /// An RPC client straight to `address` (a delayed or misdirected request), on this cluster's transport.
+    public func rpcClient(to address: String, eventLoop: any EventLoop) throws -> RPCClient {
+        var configuration = RPCClientConfiguration()
+        configuration.transport = transport(node: "direct-\(clientCount.add(1, ordering: .relaxed).newValue)")
+        return RPCClient(peer: try PeerAddress(parsing: address), eventLoop: eventLoop, configuration: configuration, logger: logger)
+    }
+
     /// A client of this cluster.
     public func client(deadline: Duration = .seconds(30), configure: (inout KVClientConfiguration) -> Void = { _ in }) throws -> KVClient {
         var configuration = KVClientConfiguration()
+        configuration.transport = transport(node: "client-\(clientCount.add(1, ordering: .relaxed).newValue)")
         configuration.deadline = deadline
         configuration.retryInterval = pingInterval
         configuration.attemptTimeout = .milliseconds(300)

@@ -95,7 +95,7 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
             }
         }.get()
         logger.info("view service listening", metadata: [
-            "address": "\(server.localAddress)", "ping_interval_ms": "\(configuration.pingInterval.milliseconds)",
+            "address": "\(server.address)", "ping_interval_ms": "\(configuration.pingInterval.milliseconds)",
             "dead_pings": "\(configuration.deadPings)",
         ])
         return (service, server)

@@ -7,8 +7,8 @@ import PBKVTestSupport
 import PBKVWire
 import Testing
 
-/// The replicated store end to end: in-process view service and servers over loopback TCP,
-/// real timing (ping interval 100 ms, 5 missed pings = dead), bounded in time.
+/// The replicated store end to end: in-process view service and servers over loopback TCP and
+/// over an in-memory network, real timing (ping interval 100 ms, 5 missed pings = dead), bounded in time.
 @Suite("Replicated KV end to end", .serialized, .timeLimit(.minutes(2)))
 struct ReplicatedKVEndToEndTests {
     /// Waits until `node` is primary and `backup` (if any) is its acknowledged backup.
@@ -21,11 +21,12 @@ struct ReplicatedKVEndToEndTests {
     }
 
     /// A direct call to one server, bypassing the client's view cache (a delayed or misdirected request).
-    func directGet(_ node: InProcessCluster.Node, key: String, timeout: Duration) async -> Result<KVReply, RPCError> {
+    func directGet(
+        _ cluster: InProcessCluster, _ node: InProcessCluster.Node, key: String, timeout: Duration
+    ) async -> Result<KVReply, RPCError> {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { Task { try? await group.shutdownGracefully() } }
-        let rpc = RPCClient(
-            peer: try! PeerAddress(parsing: node.address), eventLoop: group.next(), logger: Logger(label: "test"))
+        let rpc = try! cluster.rpcClient(to: node.address, eventLoop: group.next())
         do {
             let result = try await rpc.call(.get(key: key, id: RequestID(clientID: 42, seq: 1)), timeout: timeout)
             guard case .kv(let reply) = result else { return .failure(.protocolViolation("not a KV reply")) }
@@ -35,9 +36,9 @@ struct ReplicatedKVEndToEndTests {
         }
     }
 
-    @Test("1. Single primary, no backup: Puts and Gets", arguments: ViewServiceKind.allCases)
-    func singlePrimary(viewService: ViewServiceKind) async throws {
-        let cluster = try await InProcessCluster.start(viewService)
+    @Test("1. Single primary, no backup: Puts and Gets", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    func singlePrimary(viewService: ViewServiceKind, transport: TransportKind) async throws {
+        let cluster = try await InProcessCluster.start(viewService, transport)
         let s1 = try await cluster.startServer(name: "s1")
         try await waitForPrimary(cluster, s1)
         let client = try cluster.client()
@@ -57,9 +58,9 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("2. Add a backup: a Put right after it appears and another after 300 ms survive the primary", arguments: ViewServiceKind.allCases)
-    func addBackup(viewService: ViewServiceKind) async throws {
-        let cluster = try await InProcessCluster.start(viewService)
+    @Test("2. Add a backup: a Put right after it appears and another after 300 ms survive the primary", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    func addBackup(viewService: ViewServiceKind, transport: TransportKind) async throws {
+        let cluster = try await InProcessCluster.start(viewService, transport)
         let s1 = try await cluster.startServer(name: "s1")
         try await waitForPrimary(cluster, s1)
         let client = try cluster.client()
@@ -80,9 +81,9 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("3. Primary failure: the backup becomes primary and holds everything", arguments: ViewServiceKind.allCases)
-    func primaryFailure(viewService: ViewServiceKind) async throws {
-        let cluster = try await InProcessCluster.start(viewService)
+    @Test("3. Primary failure: the backup becomes primary and holds everything", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    func primaryFailure(viewService: ViewServiceKind, transport: TransportKind) async throws {
+        let cluster = try await InProcessCluster.start(viewService, transport)
         let s1 = try await cluster.startServer(name: "s1")
         try await waitForPrimary(cluster, s1)
         let s2 = try await cluster.startServer(name: "s2")
@@ -99,9 +100,9 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("4. Kill the last server, start a fresh one: a Get does not complete (a fresh server never serves)", arguments: ViewServiceKind.allCases)
-    func freshServerNeverServes(viewService: ViewServiceKind) async throws {
-        let cluster = try await InProcessCluster.start(viewService)
+    @Test("4. Kill the last server, start a fresh one: a Get does not complete (a fresh server never serves)", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    func freshServerNeverServes(viewService: ViewServiceKind, transport: TransportKind) async throws {
+        let cluster = try await InProcessCluster.start(viewService, transport)
         let s1 = try await cluster.startServer(name: "s1")
         try await waitForPrimary(cluster, s1)
         let s2 = try await cluster.startServer(name: "s2")
@@ -116,8 +117,8 @@ struct ReplicatedKVEndToEndTests {
         let s1again = try await cluster.restart(s1)  // same address, empty
         let shortClient = try cluster.client(deadline: .seconds(2))
         await #expect(throws: KVClientError.self) { _ = try await shortClient.get("k") }
-        let direct3 = await directGet(s3, key: "k", timeout: .milliseconds(500))
-        let direct1 = await directGet(s1again, key: "k", timeout: .milliseconds(500))
+        let direct3 = await directGet(cluster, s3, key: "k", timeout: .milliseconds(500))
+        let direct1 = await directGet(cluster, s1again, key: "k", timeout: .milliseconds(500))
         for result in [direct3, direct1] {
             if case .success(let reply) = result { #expect(reply.code == .wrongServer, "fresh server answered \(reply)") }
         }
@@ -129,9 +130,9 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("5. At-most-once PutHash chain of 100 on unreliable servers", arguments: ViewServiceKind.allCases)
-    func putHashChainUnreliable(viewService: ViewServiceKind) async throws {
-        let cluster = try await InProcessCluster.start(viewService)
+    @Test("5. At-most-once PutHash chain of 100 on unreliable servers", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    func putHashChainUnreliable(viewService: ViewServiceKind, transport: TransportKind) async throws {
+        let cluster = try await InProcessCluster.start(viewService, transport)
         let lossy = FaultPolicy(dropRequest: 0.1, dropReply: 0.1)
         let s1 = try await cluster.startServer(name: "s1", faults: lossy, seed: 11)
         try await waitForPrimary(cluster, s1)
@@ -155,9 +156,9 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("6. Put right after the backup fails, a third server becomes backup, Put right after the primary fails", arguments: ViewServiceKind.allCases)
-    func repeatedFailover(viewService: ViewServiceKind) async throws {
-        let cluster = try await InProcessCluster.start(viewService)
+    @Test("6. Put right after the backup fails, a third server becomes backup, Put right after the primary fails", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    func repeatedFailover(viewService: ViewServiceKind, transport: TransportKind) async throws {
+        let cluster = try await InProcessCluster.start(viewService, transport)
         let s1 = try await cluster.startServer(name: "s1")
         try await waitForPrimary(cluster, s1)
         let s2 = try await cluster.startServer(name: "s2")
@@ -180,8 +181,8 @@ struct ReplicatedKVEndToEndTests {
     }
 
     /// Scenarios 7 and 8: concurrent Puts to shared keys, then the primary dies.
-    func concurrentPutsThenKillPrimary(_ viewService: ViewServiceKind, faults: FaultPolicy) async throws {
-        let cluster = try await InProcessCluster.start(viewService)
+    func concurrentPutsThenKillPrimary(_ viewService: ViewServiceKind, _ transport: TransportKind, faults: FaultPolicy) async throws {
+        let cluster = try await InProcessCluster.start(viewService, transport)
         let s1 = try await cluster.startServer(name: "s1", faults: faults, seed: 21)
         try await waitForPrimary(cluster, s1)
         let s2 = try await cluster.startServer(name: "s2", faults: faults, seed: 22)
@@ -220,21 +221,21 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("7. Concurrent Puts to the same keys; kill the primary; the backup has the primary's values", arguments: ViewServiceKind.allCases)
-    func concurrentSameKeys(viewService: ViewServiceKind) async throws {
-        try await concurrentPutsThenKillPrimary(viewService, faults: .none)
+    @Test("7. Concurrent Puts to the same keys; kill the primary; the backup has the primary's values", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    func concurrentSameKeys(viewService: ViewServiceKind, transport: TransportKind) async throws {
+        try await concurrentPutsThenKillPrimary(viewService, transport, faults: .none)
     }
 
-    @Test("8. The same with request and reply drops", arguments: ViewServiceKind.allCases)
-    func concurrentSameKeysUnreliable(viewService: ViewServiceKind) async throws {
-        try await concurrentPutsThenKillPrimary(viewService, faults: FaultPolicy(dropRequest: 0.1, dropReply: 0.1))
+    @Test("8. The same with request and reply drops", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    func concurrentSameKeysUnreliable(viewService: ViewServiceKind, transport: TransportKind) async throws {
+        try await concurrentPutsThenKillPrimary(viewService, transport, faults: FaultPolicy(dropRequest: 0.1, dropReply: 0.1))
     }
 
     /// Scenarios 9 and 10: a killer restarts a random server (fresh, empty) every ~2 s, `restarts`
     /// times, while two clients write and read their own keys (or PutHash chains) and check every
     /// result until the killer is done.
-    func killerRestarts(_ viewService: ViewServiceKind, restarts wanted: Int, putHash: Bool, faults: FaultPolicy) async throws {
-        let cluster = try await InProcessCluster.start(viewService)
+    func killerRestarts(_ viewService: ViewServiceKind, _ transport: TransportKind, restarts wanted: Int, putHash: Bool, faults: FaultPolicy) async throws {
+        let cluster = try await InProcessCluster.start(viewService, transport)
         var nodes: [InProcessCluster.Node] = []
         for i in 1...3 {
             nodes.append(try await cluster.startServer(name: "s\(i)", faults: faults, seed: UInt64(30 + i)))
@@ -290,19 +291,19 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("9. Repeated failures and restarts: every Get returns the last Put", arguments: ViewServiceKind.allCases)
-    func repeatedRestarts(viewService: ViewServiceKind) async throws {
-        try await killerRestarts(viewService, restarts: 6, putHash: false, faults: .none)
+    @Test("9. Repeated failures and restarts: every Get returns the last Put", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    func repeatedRestarts(viewService: ViewServiceKind, transport: TransportKind) async throws {
+        try await killerRestarts(viewService, transport, restarts: 6, putHash: false, faults: .none)
     }
 
-    @Test("10. Repeated failures and restarts with PutHash chains and drops", arguments: ViewServiceKind.allCases)
-    func repeatedRestartsPutHashUnreliable(viewService: ViewServiceKind) async throws {
-        try await killerRestarts(viewService, restarts: 6, putHash: true, faults: FaultPolicy(dropRequest: 0.05, dropReply: 0.05))
+    @Test("10. Repeated failures and restarts with PutHash chains and drops", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    func repeatedRestartsPutHashUnreliable(viewService: ViewServiceKind, transport: TransportKind) async throws {
+        try await killerRestarts(viewService, transport, restarts: 6, putHash: true, faults: FaultPolicy(dropRequest: 0.05, dropReply: 0.05))
     }
 
-    @Test("11. An old primary cut off from the view service does not serve a stale Get", arguments: ViewServiceKind.allCases)
-    func oldPrimaryDoesNotServeStaleGet(viewService: ViewServiceKind) async throws {
-        let cluster = try await InProcessCluster.start(viewService)
+    @Test("11. An old primary cut off from the view service does not serve a stale Get", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    func oldPrimaryDoesNotServeStaleGet(viewService: ViewServiceKind, transport: TransportKind) async throws {
+        let cluster = try await InProcessCluster.start(viewService, transport)
         let s1 = try await cluster.startServer(name: "s1")
         try await waitForPrimary(cluster, s1)
         let s2 = try await cluster.startServer(name: "s2")
@@ -315,7 +316,7 @@ struct ReplicatedKVEndToEndTests {
         try await client.put("k", "new")
         #expect(try await client.get("k") == "new")
         // A request that was delayed and reaches the old primary now must not see "old".
-        let result = await directGet(s1, key: "k", timeout: .seconds(1))
+        let result = await directGet(cluster, s1, key: "k", timeout: .seconds(1))
         switch result {
         case .success(let reply):
             #expect(reply.code == .wrongServer, "old primary answered \(reply)")
@@ -328,9 +329,9 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("12. A partitioned old primary does not complete Gets when its backup is dead", arguments: ViewServiceKind.allCases)
-    func partitionedPrimaryWithDeadBackup(viewService: ViewServiceKind) async throws {
-        let cluster = try await InProcessCluster.start(viewService)
+    @Test("12. A partitioned old primary does not complete Gets when its backup is dead", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    func partitionedPrimaryWithDeadBackup(viewService: ViewServiceKind, transport: TransportKind) async throws {
+        let cluster = try await InProcessCluster.start(viewService, transport)
         let s1 = try await cluster.startServer(name: "s1")
         try await waitForPrimary(cluster, s1)
         let s2 = try await cluster.startServer(name: "s2")
@@ -342,7 +343,7 @@ struct ReplicatedKVEndToEndTests {
         // Within its read lease s1 may still answer (nobody else can be primary before it ends);
         // once the lease is over, a Get needs the dead backup and never completes.
         try await cluster.waitUntil("s1's read lease ended") { try await !s1.server.holdsReadLease() }
-        let result = await directGet(s1, key: "k", timeout: .seconds(2))
+        let result = await directGet(cluster, s1, key: "k", timeout: .seconds(2))
         switch result {
         case .success(let reply):
             #expect(reply.code == .wrongServer, "partitioned primary completed a Get: \(reply)")

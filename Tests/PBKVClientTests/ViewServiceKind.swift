@@ -1,6 +1,7 @@
 import Logging
 import PBKVEtcd
 import PBKVTestSupport
+import PBKVWire
 import Testing
 
 /// The view services the replicated KV scenarios run against.
@@ -15,14 +16,30 @@ enum ViewServiceKind: String, CaseIterable, Sendable, CustomTestStringConvertibl
     var testDescription: String { rawValue }
 }
 
+/// How the nodes of the replicated KV scenarios talk.
+enum TransportKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case tcp = "TCP"
+    /// An `InMemoryNetwork` (seeded, no sockets).
+    case inMemory = "in memory"
+
+    var testDescription: String { rawValue }
+
+    /// The network to start a cluster with (nil: TCP).
+    func network() -> InMemoryNetwork? {
+        self == .inMemory ? InMemoryNetwork(seed: 7) : nil
+    }
+}
+
 extension InProcessCluster {
-    /// An in-process cluster whose view service is of `kind`; `shutdown()` stops all of it.
-    static func start(_ kind: ViewServiceKind, logger: Logger? = nil) async throws -> InProcessCluster {
+    /// An in-process cluster whose view service is of `kind`, talking over `transport`;
+    /// `shutdown()` stops all of it.
+    static func start(_ kind: ViewServiceKind, _ transport: TransportKind = .tcp, logger: Logger? = nil) async throws -> InProcessCluster {
+        let network = transport.network()
         switch kind {
         case .single:
-            return try await start(logger: logger)
+            return try await start(network: network, logger: logger)
         case .singleWithoutLeases:
-            return try await start(readLeases: false, logger: logger)
+            return try await start(readLeases: false, network: network, logger: logger)
         case .etcd:
             let quiet = Logger(label: "pbkv.test", factory: { _ in SwiftLogNoOpLogHandler() })
             let etcd = try await EtcdCluster.start(members: 1) { await EtcdClient.isServing(endpoint: $0) }
@@ -30,7 +47,7 @@ extension InProcessCluster {
                 let client = try EtcdClient(endpoints: etcd.endpoints, logger: quiet)
                 let port = try ProcessCluster.freePort()
                 let election = EtcdElection(client: client, prefix: "e2e", advertise: "127.0.0.1:\(port)", logger: quiet)
-                return try await start(port: port, election: election, logger: logger) {
+                return try await start(port: port, election: election, network: network, logger: logger) {
                     await client.shutdown()
                     await etcd.shutdown()
                 }

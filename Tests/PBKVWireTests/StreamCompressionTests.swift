@@ -169,7 +169,7 @@ struct StreamCompressionTests {
             var configuration = RPCServerConfiguration(host: "127.0.0.1", port: 0)
             configuration.compression = serverStreams ? .stream : .frame
             let channel = EmbeddedChannel()
-            try RPCServer.addConnectionHandlers(
+            try TCPListener.addConnectionHandlers(
                 to: channel.pipeline.syncOperations, configuration: configuration,
                 tables: [.viewService(EchoViewService(log: CallLog()))], logger: quietLogger)
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()
