@@ -15,10 +15,11 @@ PY_PROTO_OUT := $(PY_CLIENT)/src/pbkv
 GRPCIO_TOOLS := grpcio-tools==1.85.1
 PY_PROTOC = $(VENV)/bin/python -m grpc_tools.protoc -I proto --python_out=$(1) --pyi_out=$(1) proto/pbkv.proto
 # The Swift message layer: protoc-c writes the schema as a FileDescriptorSet, scripts/generate_swift.py
-# (the venv's protobuf package reads it) writes Swift into $(1).
+# (the venv's protobuf package reads it) writes the codec and services into $(2), the messages into $(3).
 SWIFT_GEN_OUT := Sources/PBKVWire/Generated
+SWIFT_GEN_CORE_OUT := Sources/PBKVCore/Generated
 SWIFT_GEN = protoc-c --descriptor_set_out=$(1)/pbkv.desc --include_imports --include_source_info -Iproto proto/pbkv.proto && \
-  PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python scripts/generate_swift.py $(1)/pbkv.desc $(2) --proto proto/pbkv.proto
+  PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python scripts/generate_swift.py $(1)/pbkv.desc $(2) --messages-dir $(3) --proto proto/pbkv.proto
 
 .PHONY: deps build release test run proto proto-check clean chaos chaos-short bench bench-report-test python-venv python-proto-check python-test
 SECONDS ?= 60
@@ -75,11 +76,11 @@ python-proto-check: $(VENV)/.installed
 ## from what `make proto` makes.
 proto-check: deps $(VENV)/.installed
 	PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -m unittest discover -q -s scripts -p 'test_generate*.py'
-	@tmp=$$(mktemp -d) && (cd proto && protoc-c --c_out=$$tmp *.proto) && $(call SWIFT_GEN,$$tmp,$$tmp/swift) && \
+	@tmp=$$(mktemp -d) && (cd proto && protoc-c --c_out=$$tmp *.proto) && $(call SWIFT_GEN,$$tmp,$$tmp/swift,$$tmp/core) && \
 	  if diff -q $$tmp/pbkv.pb-c.c $(PROTO_OUT)/pbkv.pb-c.c >/dev/null && diff -q $$tmp/pbkv.pb-c.h $(PROTO_OUT)/include/pbkv.pb-c.h >/dev/null \
-	    && diff -ru $(SWIFT_GEN_OUT) $$tmp/swift; then \
-	    rm -rf $$tmp; echo "proto-check: $(PROTO_OUT) and $(SWIFT_GEN_OUT) are current"; \
-	  else rm -rf $$tmp; echo "proto-check: $(PROTO_OUT) or $(SWIFT_GEN_OUT) is stale: run make proto and commit it" >&2; exit 1; fi
+	    && diff -ru $(SWIFT_GEN_OUT) $$tmp/swift && diff -ru $(SWIFT_GEN_CORE_OUT) $$tmp/core; then \
+	    rm -rf $$tmp; echo "proto-check: $(PROTO_OUT), $(SWIFT_GEN_OUT) and $(SWIFT_GEN_CORE_OUT) are current"; \
+	  else rm -rf $$tmp; echo "proto-check: $(PROTO_OUT), $(SWIFT_GEN_OUT) or $(SWIFT_GEN_CORE_OUT) is stale: run make proto and commit it" >&2; exit 1; fi
 
 ## python-test: the Python client's tests (pytest) against a cluster of the debug `pbkv` build.
 python-test: python-venv
@@ -131,8 +132,8 @@ proto: deps $(VENV)/.installed
 	@tmp=$$(mktemp -d) && (cd proto && protoc-c --c_out=$$tmp *.proto) && \
 	  mv $$tmp/*.pb-c.h $(PROTO_OUT)/include/ && mv $$tmp/*.pb-c.c $(PROTO_OUT)/ && rmdir $$tmp
 	@echo "regenerated $(PROTO_OUT)"
-	@tmp=$$(mktemp -d) && $(call SWIFT_GEN,$$tmp,$(SWIFT_GEN_OUT)) && rm -rf $$tmp
-	@echo "regenerated $(SWIFT_GEN_OUT)"
+	@tmp=$$(mktemp -d) && $(call SWIFT_GEN,$$tmp,$(SWIFT_GEN_OUT),$(SWIFT_GEN_CORE_OUT)) && rm -rf $$tmp
+	@echo "regenerated $(SWIFT_GEN_OUT) and $(SWIFT_GEN_CORE_OUT)"
 	$(call PY_PROTOC,$(PY_PROTO_OUT))
 	@echo "regenerated $(PY_PROTO_OUT)/pbkv_pb2.py and pbkv_pb2.pyi"
 

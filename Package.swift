@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "pbkv", targets: ["pbkv"]),
+        .library(name: "PBKVCore", targets: ["PBKVCore"]),
         .library(name: "PBKVWire", targets: ["PBKVWire"]),
         .library(name: "PBKVViewService", targets: ["PBKVViewService"]),
         .library(name: "PBKVServer", targets: ["PBKVServer"]),
@@ -54,11 +55,14 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
-        // Messages as Swift values, the C codec, frames, zlib, RPC client/server, fault injection.
+        // The protocol logic, pure: messages as Swift values, PutHash, the store, the replica and
+        // view service state machines. No dependency: nothing here can do I/O, read a clock or sleep.
+        .target(name: "PBKVCore"),
+        // The C codec, frames, zlib, RPC client/server, transports (TCP, in memory), fault injection.
         .target(
             name: "PBKVWire",
             dependencies: [
-                "CPBKVProto", "CZlib", "PBKVTLS",
+                "PBKVCore", "CPBKVProto", "CZlib", "PBKVTLS",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -70,7 +74,7 @@ let package = Package(
         .target(
             name: "PBKVViewService",
             dependencies: [
-                "PBKVWire",
+                "PBKVCore", "PBKVWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -81,7 +85,7 @@ let package = Package(
         .target(
             name: "PBKVServer",
             dependencies: [
-                "PBKVWire", "PBKVViewService", "PBKVTLS",
+                "PBKVCore", "PBKVWire", "PBKVViewService", "PBKVTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -92,7 +96,7 @@ let package = Package(
         .target(
             name: "PBKVClient",
             dependencies: [
-                "PBKVWire", "PBKVViewService", "PBKVTLS",
+                "PBKVCore", "PBKVWire", "PBKVViewService", "PBKVTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -102,7 +106,7 @@ let package = Package(
         .target(
             name: "PBKVEtcd",
             dependencies: [
-                "PBKVWire", "PBKVViewService",
+                "PBKVCore", "PBKVWire", "PBKVViewService",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -127,7 +131,7 @@ let package = Package(
         .target(
             name: "PBKVTestSupport",
             dependencies: [
-                "PBKVWire", "PBKVViewService", "PBKVServer", "PBKVClient", "PBKVTLS",
+                "PBKVCore", "PBKVWire", "PBKVViewService", "PBKVServer", "PBKVClient", "PBKVTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -137,7 +141,7 @@ let package = Package(
         .executableTarget(
             name: "pbkv",
             dependencies: [
-                "PBKVWire", "PBKVViewService", "PBKVServer", "PBKVClient", "PBKVTestSupport", "PBKVEtcd", "PBKVTLS",
+                "PBKVCore", "PBKVWire", "PBKVViewService", "PBKVServer", "PBKVClient", "PBKVTestSupport", "PBKVEtcd", "PBKVTLS",
                 "PBKVObservability",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -151,7 +155,7 @@ let package = Package(
         .executableTarget(
             name: "PBKVFuzz",
             dependencies: [
-                "PBKVWire",
+                "PBKVCore", "PBKVWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -163,7 +167,7 @@ let package = Package(
         .testTarget(
             name: "PBKVWireTests",
             dependencies: [
-                "PBKVWire", "PBKVTestSupport", "CPBKVProto", "PBKVTLS",
+                "PBKVCore", "PBKVWire", "PBKVTestSupport", "CPBKVProto", "PBKVTLS",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -171,9 +175,9 @@ let package = Package(
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "PBKVViewServiceTests", dependencies: ["PBKVViewService", "PBKVTestSupport", "PBKVEtcd"]),
-        .testTarget(name: "PBKVServerTests", dependencies: ["PBKVServer", "PBKVTestSupport"]),
-        .testTarget(name: "PBKVClientTests", dependencies: ["PBKVClient", "PBKVServer", "PBKVTestSupport", "PBKVEtcd"]),
+        .testTarget(name: "PBKVViewServiceTests", dependencies: ["PBKVCore", "PBKVViewService", "PBKVTestSupport", "PBKVEtcd"]),
+        .testTarget(name: "PBKVServerTests", dependencies: ["PBKVCore", "PBKVServer", "PBKVTestSupport"]),
+        .testTarget(name: "PBKVClientTests", dependencies: ["PBKVCore", "PBKVClient", "PBKVServer", "PBKVTestSupport", "PBKVEtcd"]),
         .testTarget(
             name: "PBKVObservabilityTests",
             dependencies: [

@@ -1,8 +1,9 @@
 """Generate pbkv's Swift message layer from proto/pbkv.proto (run by `make proto`).
 
 protoc-c runs no plugins, so `make proto` asks it for the schema as a FileDescriptorSet
-(`--descriptor_set_out --include_source_info`) and this script turns that into two Swift files
-in Sources/PBKVWire/Generated:
+(`--descriptor_set_out --include_source_info`) and this script turns that into Swift files:
+the messages in Sources/PBKVCore/Generated (`--messages-dir`: the NIO-free core), the rest in
+Sources/PBKVWire/Generated (the wire module):
 
 - pbkv.messages.swift: one Swift enum per proto enum, one `Sendable, Hashable` struct per message
   (memberwise init, every argument defaulted to the proto3 default), one Swift enum per oneof,
@@ -458,8 +459,10 @@ def gen_message_codec(schema: Schema, mi: int, m) -> str:
     out += "        return c\n    }\n\n"
     out += f"    /// The Swift value of a decoded `{ct}`.\n"
     out += f"    init(_ c: {ct}) throws(MessageCodecError) {{\n"
-    if not props:
-        out += "        self.init()\n"
+    # Through the memberwise init: the messages live in another module (PBKVCore), where an
+    # initializer in an extension may not assign stored properties one by one.
+    args = []
+    throwing = False
     for p in props:
         if p.hook:
             expr = f"try {p.hook.codec}.decode(c)"
@@ -467,7 +470,12 @@ def gen_message_codec(schema: Schema, mi: int, m) -> str:
             expr = f"try {p.swift_type[:-1]}(c)"
         else:
             expr = decode_field(schema, m, p.field, p.swift_type.endswith("?"))
-        out += f"        self.{p.name.strip('`')} = {expr}\n"
+        throwing = throwing or expr.startswith("try ")
+        args.append(f"{p.name.strip('`')}: {expr.removeprefix('try ')}")
+    if not args:
+        out += "        self.init()\n"
+    else:
+        out += f"        {'try ' if throwing else ''}self.init(\n" + ",\n".join(f"            {a}" for a in args) + ")\n"
     out += "    }\n}\n"
     for o in range(len(m.oneof_decl)):  # hooked ones too: the hook's code calls them
         out += "\n" + gen_oneof_codec(schema, m, o)
@@ -565,20 +573,21 @@ def generate(file: descriptor_pb2.FileDescriptorProto, proto_path: str) -> dict[
     parts = [gen_enum_codec(schema, e) for e in file.enum_type]
     parts += [gen_message_codec(schema, i, m) for i, m in enumerate(file.message_type)]
     codec = (header + "//\n// Copy-in and copy-out between the Swift values of pbkv.messages.swift and protoc-c's C structs.\n"
-             "\nimport CPBKVProto\n\n" + "\n".join(parts))
+             "\nimport CPBKVProto\nimport PBKVCore\n\n" + "\n".join(parts))
     files = {f"{schema.package}.messages.swift": messages, f"{schema.package}.codec.swift": codec}
     if file.service:
         parts = [gen_service(schema, i, s) for i, s in enumerate(file.service)]
         files[f"{schema.package}.services.swift"] = (
             header + "//\n// Per service: the server protocol, its methods as values, the method table the RPC server\n"
-            "// dispatches with, and a typed client stub.\n\nimport NIOCore\n\n" + "\n".join(parts))
+            "// dispatches with, and a typed client stub.\n\nimport NIOCore\nimport PBKVCore\n\n" + "\n".join(parts))
     return files
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("descriptor_set", help="protoc-c --descriptor_set_out output (with --include_source_info)")
-    parser.add_argument("out_dir")
+    parser.add_argument("out_dir", help="where the codec and the services go (the wire module)")
+    parser.add_argument("--messages-dir", help="where the messages go (the NIO-free core module); default: out_dir")
     parser.add_argument("--proto", default="proto/pbkv.proto", help="the schema's path, named in the generated header")
     args = parser.parse_args(argv)
     with open(args.descriptor_set, "rb") as f:
@@ -587,9 +596,11 @@ def main(argv: list[str]) -> int:
     files = [fd for fd in fds.file if fd.name == name]
     if not files:
         raise SystemExit(f"generate_swift.py: {name} is not in {args.descriptor_set}")
-    os.makedirs(args.out_dir, exist_ok=True)
+    messages_dir = args.messages_dir or args.out_dir
     for filename, text in generate(files[0], args.proto).items():
-        with open(os.path.join(args.out_dir, filename), "w") as f:
+        directory = messages_dir if filename.endswith(".messages.swift") else args.out_dir
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, filename), "w") as f:
             f.write(re.sub(r"[ \t]+\n", "\n", text))
     return 0
 

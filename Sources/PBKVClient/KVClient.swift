@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import PBKVTLS
+import PBKVCore
 import PBKVViewService
 import PBKVWire
 

@@ -1,5 +1,6 @@
 import Logging
 import NIOConcurrencyHelpers
+import PBKVCore
 import PBKVViewService
 
 /// The leader election of the replicated view service, on etcd.

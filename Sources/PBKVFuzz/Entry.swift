@@ -25,6 +25,7 @@ public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePoi
 }
 #else
 import Foundation
+import PBKVCore
 
 /// Without libFuzzer (a plain `swift build`): runs the inputs named on the command line (files,
 /// or every file of a directory, e.g. `Fuzz/corpus`) once each through the same paths, so that a

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOEmbedded
+import PBKVCore
 import PBKVWire
 
 /// One fuzz input run through the wire code. Its first byte picks the path (modulo the number

@@ -1,4 +1,4 @@
-import PBKVWire
+import PBKVCore
 
 /// Times the primary's calls to its backup: gives each forward and transfer chunk a timeout from
 /// the round trips measured so far, feeds replies back as samples, backs off on timeouts, and

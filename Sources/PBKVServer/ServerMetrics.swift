@@ -1,4 +1,5 @@
 import CoreMetrics
+import PBKVCore
 import PBKVWire
 
 /// A KV server's own series (`--metrics`), besides the RPC layer's. State — role, view, keys,

@@ -2,6 +2,7 @@ import CoreMetrics
 import Logging
 import NIOCore
 import NIOPosix
+import PBKVCore
 import PBKVClient
 import PBKVServer
 import PBKVViewService

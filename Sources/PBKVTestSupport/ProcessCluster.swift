@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import PBKVCore
 import PBKVClient
 import PBKVTLS
 import PBKVWire

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOPosix
+import PBKVCore
 import PBKVWire
 
 /// A replicated view service for tools: an etcd cluster of its own (three members on random

@@ -1,3 +1,4 @@
+import PBKVCore
 import PBKVWire
 
 /// Deterministic text values for measurements and tests of compression: English-like prose (words

@@ -2,6 +2,7 @@ import CoreMetrics
 import Logging
 import NIOCore
 import NIOPosix
+import PBKVCore
 import PBKVWire
 
 /// Counters of what the view service has answered, for status and benchmarks.
@@ -355,14 +356,6 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
     /// The current view and counters; nil view when this process is not the leader.
     public func snapshot() async throws -> (view: View?, isLeader: Bool, stats: ViewServiceStats) {
         try await eventLoop.submit { (self.currentView(), self.currentView() != nil, self.state.value.stats) }.get()
-    }
-}
-
-extension Duration {
-    /// Whole milliseconds.
-    public var milliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
 }
 

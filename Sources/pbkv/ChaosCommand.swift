@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PBKVCore
 import PBKVEtcd
 import PBKVTestSupport
 

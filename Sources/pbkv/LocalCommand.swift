@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import PBKVCore
 import PBKVClient
 import PBKVEtcd
 import PBKVTestSupport

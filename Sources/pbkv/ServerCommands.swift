@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import NIOCore
 import NIOPosix
+import PBKVCore
 import PBKVEtcd
 import PBKVObservability
 import PBKVServer

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOPosix
+import PBKVCore
 import PBKVClient
 import PBKVTLS
 import PBKVTestSupport

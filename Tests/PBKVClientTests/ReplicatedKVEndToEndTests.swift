@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import PBKVCore
 import PBKVClient
 import PBKVServer
 import PBKVTestSupport
@@ -36,7 +37,7 @@ struct ReplicatedKVEndToEndTests {
         }
     }
 
-    @Test("1. Single primary, no backup: Puts and Gets", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    @Test("1. Single primary, no backup: Puts and Gets", arguments: scenarioClusters)
     func singlePrimary(viewService: ViewServiceKind, transport: TransportKind) async throws {
         let cluster = try await InProcessCluster.start(viewService, transport)
         let s1 = try await cluster.startServer(name: "s1")
@@ -58,7 +59,7 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("2. Add a backup: a Put right after it appears and another after 300 ms survive the primary", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    @Test("2. Add a backup: a Put right after it appears and another after 300 ms survive the primary", arguments: scenarioClusters)
     func addBackup(viewService: ViewServiceKind, transport: TransportKind) async throws {
         let cluster = try await InProcessCluster.start(viewService, transport)
         let s1 = try await cluster.startServer(name: "s1")
@@ -81,7 +82,7 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("3. Primary failure: the backup becomes primary and holds everything", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    @Test("3. Primary failure: the backup becomes primary and holds everything", arguments: scenarioClusters)
     func primaryFailure(viewService: ViewServiceKind, transport: TransportKind) async throws {
         let cluster = try await InProcessCluster.start(viewService, transport)
         let s1 = try await cluster.startServer(name: "s1")
@@ -100,7 +101,7 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("4. Kill the last server, start a fresh one: a Get does not complete (a fresh server never serves)", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    @Test("4. Kill the last server, start a fresh one: a Get does not complete (a fresh server never serves)", arguments: scenarioClusters)
     func freshServerNeverServes(viewService: ViewServiceKind, transport: TransportKind) async throws {
         let cluster = try await InProcessCluster.start(viewService, transport)
         let s1 = try await cluster.startServer(name: "s1")
@@ -130,7 +131,7 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("5. At-most-once PutHash chain of 100 on unreliable servers", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    @Test("5. At-most-once PutHash chain of 100 on unreliable servers", arguments: scenarioClusters)
     func putHashChainUnreliable(viewService: ViewServiceKind, transport: TransportKind) async throws {
         let cluster = try await InProcessCluster.start(viewService, transport)
         let lossy = FaultPolicy(dropRequest: 0.1, dropReply: 0.1)
@@ -156,7 +157,7 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("6. Put right after the backup fails, a third server becomes backup, Put right after the primary fails", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    @Test("6. Put right after the backup fails, a third server becomes backup, Put right after the primary fails", arguments: scenarioClusters)
     func repeatedFailover(viewService: ViewServiceKind, transport: TransportKind) async throws {
         let cluster = try await InProcessCluster.start(viewService, transport)
         let s1 = try await cluster.startServer(name: "s1")
@@ -221,12 +222,12 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("7. Concurrent Puts to the same keys; kill the primary; the backup has the primary's values", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    @Test("7. Concurrent Puts to the same keys; kill the primary; the backup has the primary's values", arguments: scenarioClusters)
     func concurrentSameKeys(viewService: ViewServiceKind, transport: TransportKind) async throws {
         try await concurrentPutsThenKillPrimary(viewService, transport, faults: .none)
     }
 
-    @Test("8. The same with request and reply drops", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    @Test("8. The same with request and reply drops", arguments: scenarioClusters)
     func concurrentSameKeysUnreliable(viewService: ViewServiceKind, transport: TransportKind) async throws {
         try await concurrentPutsThenKillPrimary(viewService, transport, faults: FaultPolicy(dropRequest: 0.1, dropReply: 0.1))
     }
@@ -291,17 +292,17 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("9. Repeated failures and restarts: every Get returns the last Put", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    @Test("9. Repeated failures and restarts: every Get returns the last Put", arguments: scenarioClusters)
     func repeatedRestarts(viewService: ViewServiceKind, transport: TransportKind) async throws {
         try await killerRestarts(viewService, transport, restarts: 6, putHash: false, faults: .none)
     }
 
-    @Test("10. Repeated failures and restarts with PutHash chains and drops", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    @Test("10. Repeated failures and restarts with PutHash chains and drops", arguments: scenarioClusters)
     func repeatedRestartsPutHashUnreliable(viewService: ViewServiceKind, transport: TransportKind) async throws {
         try await killerRestarts(viewService, transport, restarts: 6, putHash: true, faults: FaultPolicy(dropRequest: 0.05, dropReply: 0.05))
     }
 
-    @Test("11. An old primary cut off from the view service does not serve a stale Get", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    @Test("11. An old primary cut off from the view service does not serve a stale Get", arguments: scenarioClusters)
     func oldPrimaryDoesNotServeStaleGet(viewService: ViewServiceKind, transport: TransportKind) async throws {
         let cluster = try await InProcessCluster.start(viewService, transport)
         let s1 = try await cluster.startServer(name: "s1")
@@ -329,7 +330,7 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 
-    @Test("12. A partitioned old primary does not complete Gets when its backup is dead", arguments: ViewServiceKind.allCases, TransportKind.allCases)
+    @Test("12. A partitioned old primary does not complete Gets when its backup is dead", arguments: scenarioClusters)
     func partitionedPrimaryWithDeadBackup(viewService: ViewServiceKind, transport: TransportKind) async throws {
         let cluster = try await InProcessCluster.start(viewService, transport)
         let s1 = try await cluster.startServer(name: "s1")

@@ -1,4 +1,6 @@
+import Foundation
 import Logging
+import PBKVCore
 import PBKVEtcd
 import PBKVTestSupport
 import PBKVWire
@@ -29,6 +31,19 @@ enum TransportKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
         self == .inMemory ? InMemoryNetwork(seed: 7) : nil
     }
 }
+
+/// The clusters the replicated KV scenarios run on. By default every view service over TCP, and
+/// the single view service (read leases on) over the in-memory network; `PBKV_E2E_TRANSPORT=tcp`,
+/// `memory` or `all` runs every view service on that transport (or both), e.g. to time each.
+let scenarioClusters: [(ViewServiceKind, TransportKind)] = {
+    let viewServices = ViewServiceKind.allCases
+    switch ProcessInfo.processInfo.environment["PBKV_E2E_TRANSPORT"] {
+    case "tcp": return viewServices.map { ($0, .tcp) }
+    case "memory": return viewServices.map { ($0, .inMemory) }
+    case "all": return viewServices.map { ($0, .tcp) } + viewServices.map { ($0, .inMemory) }
+    default: return viewServices.map { ($0, .tcp) } + [(.single, .inMemory)]
+    }
+}()
 
 extension InProcessCluster {
     /// An in-process cluster whose view service is of `kind`, talking over `transport`;

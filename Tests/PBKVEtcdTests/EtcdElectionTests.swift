@@ -1,3 +1,4 @@
+import PBKVCore
 @testable import PBKVEtcd
 import PBKVTestSupport
 import PBKVViewService

@@ -1,5 +1,6 @@
 import Logging
 import NIOConcurrencyHelpers
+import PBKVCore
 import PBKVEtcd
 import PBKVTestSupport
 import PBKVViewService

@@ -1,3 +1,4 @@
+import PBKVCore
 import PBKVEtcd
 import PBKVTestSupport
 import PBKVViewService

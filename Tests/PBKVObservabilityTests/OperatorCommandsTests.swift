@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import PBKVCore
 import PBKVClient
 import PBKVTestSupport
 import PBKVWire

@@ -1,3 +1,4 @@
+import PBKVCore
 import PBKVClient
 import PBKVObservability
 import PBKVServer

@@ -2,6 +2,7 @@ import PBKVTestSupport
 import PBKVWire
 import Testing
 
+@testable import PBKVCore
 @testable import PBKVServer
 
 private let reference = RoundTripEstimator.defaultReferenceBytes

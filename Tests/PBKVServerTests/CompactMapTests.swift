@@ -1,6 +1,7 @@
 import PBKVWire
 import Testing
 
+@testable import PBKVCore
 @testable import PBKVServer
 
 /// Every record of `map`, walked as a transfer walks them, `maxEntries` at a time.

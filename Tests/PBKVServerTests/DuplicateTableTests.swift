@@ -1,6 +1,7 @@
 import PBKVWire
 import Testing
 
+@testable import PBKVCore
 @testable import PBKVServer
 
 private func op(_ kind: OpKind, _ key: String, _ value: String = "", client: UInt64, seq: UInt64) -> Operation {

@@ -1,6 +1,7 @@
 import PBKVWire
 import Testing
 
+@testable import PBKVCore
 @testable import PBKVServer
 
 @Suite("KV store: stored bytes")

@@ -3,6 +3,7 @@ import PBKVViewService
 import PBKVWire
 import Testing
 
+@testable import PBKVCore
 @testable import PBKVServer
 
 private func view(_ viewnum: UInt64, _ primary: String, _ backup: String = "", acknowledged: Bool = false) -> View {

@@ -2,6 +2,7 @@ import NIOCore
 import PBKVWire
 import Testing
 
+@testable import PBKVCore
 @testable import PBKVServer
 
 private func limitedPut(_ key: String, _ value: String, client: UInt64, seq: UInt64) -> Operation {

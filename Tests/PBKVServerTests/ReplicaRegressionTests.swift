@@ -1,6 +1,7 @@
 import PBKVWire
 import Testing
 
+@testable import PBKVCore
 @testable import PBKVServer
 
 /// Bugs found by chaos runs, pinned down on the state machine.

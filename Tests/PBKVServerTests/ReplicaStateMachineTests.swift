@@ -3,6 +3,7 @@ import PBKVViewService
 import PBKVWire
 import Testing
 
+@testable import PBKVCore
 @testable import PBKVServer
 
 // MARK: - helpers

@@ -1,3 +1,4 @@
+import PBKVCore
 import PBKVWire
 import Synchronization
 import Testing

@@ -1,4 +1,5 @@
 import Foundation
+import PBKVCore
 import PBKVViewService
 import PBKVWire
 import Testing

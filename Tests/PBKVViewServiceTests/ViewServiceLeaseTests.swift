@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import PBKVCore
 import PBKVViewService
 import PBKVWire
 import Testing

@@ -1,8 +1,9 @@
+@testable import PBKVCore
 import PBKVTestSupport
 import PBKVWire
 import Testing
 
-@testable import PBKVViewService
+import PBKVViewService
 
 /// Drives a view service state machine with a fake clock, storing every proposal in a real
 /// `ViewStore` before it counts (as the shell does), so the rules run on every store.

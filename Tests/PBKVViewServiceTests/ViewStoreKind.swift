@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import PBKVCore
 import PBKVEtcd
 import PBKVTestSupport
 import PBKVViewService

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import PBKVCore
 import PBKVWire
 import Testing
 

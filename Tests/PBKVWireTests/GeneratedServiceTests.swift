@@ -1,4 +1,5 @@
 import PBKVTLS
+import PBKVCore
 import PBKVWire
 import Testing
 

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import PBKVCore
 import PBKVWire
 import Testing
 

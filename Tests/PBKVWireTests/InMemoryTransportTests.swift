@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import PBKVTLS
+import PBKVCore
 import PBKVWire
 import Synchronization
 import Testing

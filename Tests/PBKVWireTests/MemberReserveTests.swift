@@ -1,6 +1,7 @@
 import Foundation
 import NIOPosix
 import PBKVTLS
+import PBKVCore
 import PBKVTestSupport
 import PBKVWire
 import Testing

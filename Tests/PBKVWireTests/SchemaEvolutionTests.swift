@@ -1,4 +1,5 @@
 import NIOCore
+import PBKVCore
 import PBKVWire
 import Testing
 

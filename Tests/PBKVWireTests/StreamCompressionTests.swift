@@ -2,6 +2,7 @@ import CoreMetrics
 import Logging
 import NIOCore
 import NIOEmbedded
+import PBKVCore
 import PBKVTestSupport
 import PBKVWire
 import Testing

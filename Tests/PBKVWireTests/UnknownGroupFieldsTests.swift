@@ -1,5 +1,6 @@
 import CPBKVProto
 import NIOCore
+import PBKVCore
 import PBKVWire
 import Testing
 

@@ -1,3 +1,4 @@
+import PBKVCore
 import PBKVWire
 
 /// The three-valued verdict of a linearizability check.

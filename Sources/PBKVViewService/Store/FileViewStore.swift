@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import PBKVCore
 import PBKVWire
 
 /// The default view store: one file, `DIR/view.record`, holding a `pbkv.ViewRecord`.

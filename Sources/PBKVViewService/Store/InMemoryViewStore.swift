@@ -1,3 +1,4 @@
+import PBKVCore
 import PBKVWire
 
 /// A view store that forgets everything when the process ends: for unit tests and for

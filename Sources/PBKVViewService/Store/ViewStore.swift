@@ -1,3 +1,4 @@
+import PBKVCore
 import PBKVWire
 
 /// Why a view store could not load or store a record. Each case says what to do.

@@ -1,3 +1,4 @@
+import PBKVCore
 import Synchronization
 
 /// What the fault injector does to calls and connections. Probabilities are 0...1.

@@ -1,4 +1,5 @@
 import NIOCore
+import PBKVCore
 
 /// Flags in a frame header.
 public struct FrameFlags: OptionSet, Sendable, Hashable {
@@ -40,7 +41,7 @@ public struct Frame: Sendable, Hashable {
     /// Bytes before the payload: 4 length + 1 flags.
     public static let headerSize = 5
     /// The default maximum payload size, compressed or not: 16 MiB.
-    public static let defaultMaxPayload = 16 * 1024 * 1024
+    public static let defaultMaxPayload = EncodedSize.defaultMaxFramePayload
 }
 
 /// A framing error: the connection cannot continue and is closed after a `Goodbye`.

@@ -1,5 +1,6 @@
 import CZlib
 import NIOCore
+import PBKVCore
 
 /// Why zlib could not compress or decompress a payload.
 public enum ZlibError: Error, Sendable, Hashable, CustomStringConvertible {

@@ -3,6 +3,7 @@
 // Copy-in and copy-out between the Swift values of pbkv.messages.swift and protoc-c's C structs.
 
 import CPBKVProto
+import PBKVCore
 
 extension Code {
     /// The Swift value of a decoded `Pbkv__Code`; an unknown value (a newer peer's) is refused.
@@ -54,10 +55,11 @@ extension Hello {
 
     /// The Swift value of a decoded `Pbkv__Hello`.
     init(_ c: Pbkv__Hello) throws(MessageCodecError) {
-        self.protocolVersion = c.protocol_version
-        self.features = CDecode.values(c.n_features, c.features) { Feature(rawValue: Int32(truncatingIfNeeded: $0.rawValue)) }
-        self.maxFrameSize = c.max_frame_size
-        self.clientName = try CDecode.text(c.client_name, "Hello.client_name")
+        try self.init(
+            protocolVersion: c.protocol_version,
+            features: CDecode.values(c.n_features, c.features) { Feature(rawValue: Int32(truncatingIfNeeded: $0.rawValue)) },
+            maxFrameSize: c.max_frame_size,
+            clientName: CDecode.text(c.client_name, "Hello.client_name"))
     }
 }
 
@@ -75,10 +77,11 @@ extension HelloReply {
 
     /// The Swift value of a decoded `Pbkv__HelloReply`.
     init(_ c: Pbkv__HelloReply) throws(MessageCodecError) {
-        self.protocolVersion = c.protocol_version
-        self.features = CDecode.values(c.n_features, c.features) { Feature(rawValue: Int32(truncatingIfNeeded: $0.rawValue)) }
-        self.maxFrameSize = c.max_frame_size
-        self.serverName = try CDecode.text(c.server_name, "HelloReply.server_name")
+        try self.init(
+            protocolVersion: c.protocol_version,
+            features: CDecode.values(c.n_features, c.features) { Feature(rawValue: Int32(truncatingIfNeeded: $0.rawValue)) },
+            maxFrameSize: c.max_frame_size,
+            serverName: CDecode.text(c.server_name, "HelloReply.server_name"))
     }
 }
 
@@ -94,8 +97,9 @@ extension Goodbye {
 
     /// The Swift value of a decoded `Pbkv__Goodbye`.
     init(_ c: Pbkv__Goodbye) throws(MessageCodecError) {
-        self.code = try Code(c.code, field: "Goodbye.code")
-        self.message = try CDecode.text(c.message, "Goodbye.message")
+        try self.init(
+            code: Code(c.code, field: "Goodbye.code"),
+            message: CDecode.text(c.message, "Goodbye.message"))
     }
 }
 
@@ -113,10 +117,11 @@ extension View {
 
     /// The Swift value of a decoded `Pbkv__View`.
     init(_ c: Pbkv__View) throws(MessageCodecError) {
-        self.viewnum = c.viewnum
-        self.primary = try CDecode.text(c.primary, "View.primary")
-        self.backup = try CDecode.text(c.backup, "View.backup")
-        self.acknowledged = c.acknowledged != 0
+        try self.init(
+            viewnum: c.viewnum,
+            primary: CDecode.text(c.primary, "View.primary"),
+            backup: CDecode.text(c.backup, "View.backup"),
+            acknowledged: c.acknowledged != 0)
     }
 }
 
@@ -132,8 +137,9 @@ extension PingArgs {
 
     /// The Swift value of a decoded `Pbkv__PingArgs`.
     init(_ c: Pbkv__PingArgs) throws(MessageCodecError) {
-        self.server = try CDecode.text(c.server, "PingArgs.server")
-        self.viewnum = c.viewnum
+        try self.init(
+            server: CDecode.text(c.server, "PingArgs.server"),
+            viewnum: c.viewnum)
     }
 }
 
@@ -164,9 +170,10 @@ extension ViewRecord {
 
     /// The Swift value of a decoded `Pbkv__ViewRecord`.
     init(_ c: Pbkv__ViewRecord) throws(MessageCodecError) {
-        self.formatVersion = c.format_version
-        self.view = try c.view.map { (p) throws(MessageCodecError) in try View(p.pointee) } ?? View()
-        self.previousBackup = try CDecode.text(c.previous_backup, "ViewRecord.previous_backup")
+        try self.init(
+            formatVersion: c.format_version,
+            view: c.view.map { (p) throws(MessageCodecError) in try View(p.pointee) } ?? View(),
+            previousBackup: CDecode.text(c.previous_backup, "ViewRecord.previous_backup"))
     }
 }
 
@@ -182,8 +189,9 @@ extension RequestID {
 
     /// The Swift value of a decoded `Pbkv__RequestId`.
     init(_ c: Pbkv__RequestId) throws(MessageCodecError) {
-        self.clientID = c.client_id
-        self.seq = c.seq
+        self.init(
+            clientID: c.client_id,
+            seq: c.seq)
     }
 }
 
@@ -199,8 +207,9 @@ extension GetArgs {
 
     /// The Swift value of a decoded `Pbkv__GetArgs`.
     init(_ c: Pbkv__GetArgs) throws(MessageCodecError) {
-        self.key = try CDecode.utf8(c.key, "GetArgs.key")
-        self.id = try c.id.map { (p) throws(MessageCodecError) in try RequestID(p.pointee) } ?? RequestID()
+        try self.init(
+            key: CDecode.utf8(c.key, "GetArgs.key"),
+            id: c.id.map { (p) throws(MessageCodecError) in try RequestID(p.pointee) } ?? RequestID())
     }
 }
 
@@ -217,9 +226,10 @@ extension PutArgs {
 
     /// The Swift value of a decoded `Pbkv__PutArgs`.
     init(_ c: Pbkv__PutArgs) throws(MessageCodecError) {
-        self.key = try CDecode.utf8(c.key, "PutArgs.key")
-        self.value = try CDecode.utf8(c.value, "PutArgs.value")
-        self.id = try c.id.map { (p) throws(MessageCodecError) in try RequestID(p.pointee) } ?? RequestID()
+        try self.init(
+            key: CDecode.utf8(c.key, "PutArgs.key"),
+            value: CDecode.utf8(c.value, "PutArgs.value"),
+            id: c.id.map { (p) throws(MessageCodecError) in try RequestID(p.pointee) } ?? RequestID())
     }
 }
 
@@ -236,9 +246,10 @@ extension PutHashArgs {
 
     /// The Swift value of a decoded `Pbkv__PutHashArgs`.
     init(_ c: Pbkv__PutHashArgs) throws(MessageCodecError) {
-        self.key = try CDecode.utf8(c.key, "PutHashArgs.key")
-        self.value = try CDecode.utf8(c.value, "PutHashArgs.value")
-        self.id = try c.id.map { (p) throws(MessageCodecError) in try RequestID(p.pointee) } ?? RequestID()
+        try self.init(
+            key: CDecode.utf8(c.key, "PutHashArgs.key"),
+            value: CDecode.utf8(c.value, "PutHashArgs.value"),
+            id: c.id.map { (p) throws(MessageCodecError) in try RequestID(p.pointee) } ?? RequestID())
     }
 }
 
@@ -254,8 +265,9 @@ extension KVReply {
 
     /// The Swift value of a decoded `Pbkv__KVReply`.
     init(_ c: Pbkv__KVReply) throws(MessageCodecError) {
-        self.code = try Code(c.code, field: "KVReply.code")
-        self.value = try CDecode.utf8(c.value, "KVReply.value")
+        try self.init(
+            code: Code(c.code, field: "KVReply.code"),
+            value: CDecode.utf8(c.value, "KVReply.value"))
     }
 }
 
@@ -273,10 +285,11 @@ extension Operation {
 
     /// The Swift value of a decoded `Pbkv__Operation`.
     init(_ c: Pbkv__Operation) throws(MessageCodecError) {
-        self.kind = try OpKind(c.kind, field: "Operation.kind")
-        self.key = try CDecode.utf8(c.key, "Operation.key")
-        self.value = try CDecode.utf8(c.value, "Operation.value")
-        self.id = try c.id.map { (p) throws(MessageCodecError) in try RequestID(p.pointee) } ?? RequestID()
+        try self.init(
+            kind: OpKind(c.kind, field: "Operation.kind"),
+            key: CDecode.utf8(c.key, "Operation.key"),
+            value: CDecode.utf8(c.value, "Operation.value"),
+            id: c.id.map { (p) throws(MessageCodecError) in try RequestID(p.pointee) } ?? RequestID())
     }
 }
 
@@ -294,10 +307,11 @@ extension ForwardArgs {
 
     /// The Swift value of a decoded `Pbkv__ForwardArgs`.
     init(_ c: Pbkv__ForwardArgs) throws(MessageCodecError) {
-        self.viewnum = c.viewnum
-        self.primary = try CDecode.text(c.primary, "ForwardArgs.primary")
-        self.firstIndex = c.first_index
-        self.ops = try CDecode.messages(c.n_ops, c.ops) { (m) throws(MessageCodecError) in try Operation(m) }
+        try self.init(
+            viewnum: c.viewnum,
+            primary: CDecode.text(c.primary, "ForwardArgs.primary"),
+            firstIndex: c.first_index,
+            ops: CDecode.messages(c.n_ops, c.ops) { (m) throws(MessageCodecError) in try Operation(m) })
     }
 }
 
@@ -313,8 +327,9 @@ extension ForwardReply {
 
     /// The Swift value of a decoded `Pbkv__ForwardReply`.
     init(_ c: Pbkv__ForwardReply) throws(MessageCodecError) {
-        self.code = try Code(c.code, field: "ForwardReply.code")
-        self.nextIndex = c.next_index
+        try self.init(
+            code: Code(c.code, field: "ForwardReply.code"),
+            nextIndex: c.next_index)
     }
 }
 
@@ -330,8 +345,9 @@ extension Entry {
 
     /// The Swift value of a decoded `Pbkv__Entry`.
     init(_ c: Pbkv__Entry) throws(MessageCodecError) {
-        self.key = try CDecode.utf8(c.key, "Entry.key")
-        self.value = try CDecode.utf8(c.value, "Entry.value")
+        try self.init(
+            key: CDecode.utf8(c.key, "Entry.key"),
+            value: CDecode.utf8(c.value, "Entry.value"))
     }
 }
 
@@ -350,11 +366,12 @@ extension DuplicateEntry {
 
     /// The Swift value of a decoded `Pbkv__DuplicateEntry`.
     init(_ c: Pbkv__DuplicateEntry) throws(MessageCodecError) {
-        self.clientID = c.client_id
-        self.seq = c.seq
-        self.reply = try c.reply.map { (p) throws(MessageCodecError) in try KVReply(p.pointee) } ?? KVReply()
-        self.lastUsed = c.last_used
-        self.reread = c.reread != 0
+        try self.init(
+            clientID: c.client_id,
+            seq: c.seq,
+            reply: c.reply.map { (p) throws(MessageCodecError) in try KVReply(p.pointee) } ?? KVReply(),
+            lastUsed: c.last_used,
+            reread: c.reread != 0)
     }
 }
 
@@ -377,15 +394,16 @@ extension TransferChunk {
 
     /// The Swift value of a decoded `Pbkv__TransferChunk`.
     init(_ c: Pbkv__TransferChunk) throws(MessageCodecError) {
-        self.viewnum = c.viewnum
-        self.primary = try CDecode.text(c.primary, "TransferChunk.primary")
-        self.transferID = c.transfer_id
-        self.chunkIndex = c.chunk_index
-        self.last = c.last != 0
-        self.nextIndex = c.next_index
-        self.packedEntries = try TransferChunkEntriesField.decode(c)
-        self.duplicates = try CDecode.messages(c.n_duplicates, c.duplicates) { (m) throws(MessageCodecError) in try DuplicateEntry(m) }
-        self.clock = c.clock
+        try self.init(
+            viewnum: c.viewnum,
+            primary: CDecode.text(c.primary, "TransferChunk.primary"),
+            transferID: c.transfer_id,
+            chunkIndex: c.chunk_index,
+            last: c.last != 0,
+            nextIndex: c.next_index,
+            packedEntries: TransferChunkEntriesField.decode(c),
+            duplicates: CDecode.messages(c.n_duplicates, c.duplicates) { (m) throws(MessageCodecError) in try DuplicateEntry(m) },
+            clock: c.clock)
     }
 }
 
@@ -400,7 +418,8 @@ extension TransferReply {
 
     /// The Swift value of a decoded `Pbkv__TransferReply`.
     init(_ c: Pbkv__TransferReply) throws(MessageCodecError) {
-        self.code = try Code(c.code, field: "TransferReply.code")
+        try self.init(
+            code: Code(c.code, field: "TransferReply.code"))
     }
 }
 
@@ -432,10 +451,11 @@ extension TransferProgress {
 
     /// The Swift value of a decoded `Pbkv__TransferProgress`.
     init(_ c: Pbkv__TransferProgress) throws(MessageCodecError) {
-        self.peer = try CDecode.text(c.peer, "TransferProgress.peer")
-        self.entriesDone = c.entries_done
-        self.entriesTotal = c.entries_total
-        self.chunks = c.chunks
+        try self.init(
+            peer: CDecode.text(c.peer, "TransferProgress.peer"),
+            entriesDone: c.entries_done,
+            entriesTotal: c.entries_total,
+            chunks: c.chunks)
     }
 }
 
@@ -459,16 +479,17 @@ extension ServerStatus {
 
     /// The Swift value of a decoded `Pbkv__ServerStatus`.
     init(_ c: Pbkv__ServerStatus) throws(MessageCodecError) {
-        self.server = try CDecode.text(c.server, "ServerStatus.server")
-        self.role = try CDecode.text(c.role, "ServerStatus.role")
-        self.view = try c.view.map { (p) throws(MessageCodecError) in try View(p.pointee) } ?? View()
-        self.keys = c.keys
-        self.bytes = c.bytes
-        self.duplicateRows = c.duplicate_rows
-        self.operations = c.operations
-        self.connections = c.connections
-        self.transfer = try c.transfer.map { (p) throws(MessageCodecError) in try TransferProgress(p.pointee) }
-        self.uptimeMs = c.uptime_ms
+        try self.init(
+            server: CDecode.text(c.server, "ServerStatus.server"),
+            role: CDecode.text(c.role, "ServerStatus.role"),
+            view: c.view.map { (p) throws(MessageCodecError) in try View(p.pointee) } ?? View(),
+            keys: c.keys,
+            bytes: c.bytes,
+            duplicateRows: c.duplicate_rows,
+            operations: c.operations,
+            connections: c.connections,
+            transfer: c.transfer.map { (p) throws(MessageCodecError) in try TransferProgress(p.pointee) },
+            uptimeMs: c.uptime_ms)
     }
 }
 
@@ -498,8 +519,9 @@ extension ServerSeen {
 
     /// The Swift value of a decoded `Pbkv__ServerSeen`.
     init(_ c: Pbkv__ServerSeen) throws(MessageCodecError) {
-        self.server = try CDecode.text(c.server, "ServerSeen.server")
-        self.lastPingMsAgo = c.last_ping_ms_ago
+        try self.init(
+            server: CDecode.text(c.server, "ServerSeen.server"),
+            lastPingMsAgo: c.last_ping_ms_ago)
     }
 }
 
@@ -515,8 +537,9 @@ extension ViewServiceStatus {
 
     /// The Swift value of a decoded `Pbkv__ViewServiceStatus`.
     init(_ c: Pbkv__ViewServiceStatus) throws(MessageCodecError) {
-        self.view = try c.view.map { (p) throws(MessageCodecError) in try View(p.pointee) } ?? View()
-        self.servers = try CDecode.messages(c.n_servers, c.servers) { (m) throws(MessageCodecError) in try ServerSeen(m) }
+        try self.init(
+            view: c.view.map { (p) throws(MessageCodecError) in try View(p.pointee) } ?? View(),
+            servers: CDecode.messages(c.n_servers, c.servers) { (m) throws(MessageCodecError) in try ServerSeen(m) })
     }
 }
 
@@ -533,9 +556,10 @@ extension Request {
 
     /// The Swift value of a decoded `Pbkv__Request`.
     init(_ c: Pbkv__Request) throws(MessageCodecError) {
-        self.callID = c.call_id
-        self.timeoutMs = c.timeout_ms
-        self.call = try RequestCallField.decode(c)
+        try self.init(
+            callID: c.call_id,
+            timeoutMs: c.timeout_ms,
+            call: RequestCallField.decode(c))
     }
 }
 
@@ -624,11 +648,12 @@ extension Response {
 
     /// The Swift value of a decoded `Pbkv__Response`.
     init(_ c: Pbkv__Response) throws(MessageCodecError) {
-        self.callID = c.call_id
-        self.code = try Code(c.code, field: "Response.code")
-        self.message = try CDecode.text(c.message, "Response.message")
-        self.leader = try CDecode.text(c.leader, "Response.leader")
-        self.result = try CallResult(c)
+        try self.init(
+            callID: c.call_id,
+            code: Code(c.code, field: "Response.code"),
+            message: CDecode.text(c.message, "Response.message"),
+            leader: CDecode.text(c.leader, "Response.leader"),
+            result: CallResult(c))
     }
 }
 

@@ -4,6 +4,7 @@
 // dispatches with, and a typed client stub.
 
 import NIOCore
+import PBKVCore
 
 // MARK: - pbkv.ViewService
 

@@ -4,6 +4,7 @@ import CPBKVProto
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
+import PBKVCore
 #endif
 
 /// Scratch memory for building a protobuf-c message tree from Swift values: C structs, struct

@@ -1,4 +1,5 @@
 import CPBKVProto
+import PBKVCore
 
 /// Reading protobuf-c's field representations into Swift values: what the generated
 /// copy-out code (Sources/PBKVWire/Generated/pbkv.codec.swift) calls for each kind of field.

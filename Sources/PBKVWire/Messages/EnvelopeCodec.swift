@@ -1,5 +1,6 @@
 import CPBKVProto
 import NIOCore
+import PBKVCore
 
 /// Why bytes could not be turned into an `Envelope` (or the reverse).
 public enum MessageCodecError: Error, Sendable, Hashable, CustomStringConvertible {

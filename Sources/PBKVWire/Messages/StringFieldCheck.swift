@@ -4,6 +4,7 @@ import CPBKVProto
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
+import PBKVCore
 #endif
 
 /// Finds NUL bytes in protobuf `string` fields, which protobuf-c would silently cut short.

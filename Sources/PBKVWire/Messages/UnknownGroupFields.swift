@@ -1,5 +1,6 @@
 import CPBKVProto
 import NIOCore
+import PBKVCore
 
 /// Removes the unknown fields of the group wire types from protobuf bytes before protobuf-c sees them.
 ///

@@ -1,4 +1,5 @@
 import NIOCore
+import PBKVCore
 
 /// What every transport's server side does with a decoded request: find the method table that
 /// serves it and turn the outcome into a `Response`. Decoding failures, unknown methods and

@@ -1,3 +1,5 @@
+import PBKVCore
+
 /// Why an RPC call failed. Every case says what happened and what to do about it.
 ///
 /// Keep every payload at most two `String`s (32 bytes): with a larger one (a case of two Strings

@@ -1,5 +1,6 @@
 import CoreMetrics
 import NIOCore
+import PBKVCore
 import Synchronization
 
 /// What a frame carries, for byte counts and compression ratios: the method's traffic.

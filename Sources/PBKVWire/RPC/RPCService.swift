@@ -1,4 +1,5 @@
 import Logging
+import PBKVCore
 import PBKVTLS
 import NIOCore
 

@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import PBKVCore
 import PBKVTLS
 import Synchronization
 

@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import PBKVCore
 
 /// How pbkv reaches its peers and is reached: the seam between the RPC layer (`RPCClient`,
 /// `RPCServer`, the method tables) and the network. `TCPTransport` is the real one (frames over

@@ -4,6 +4,7 @@ import Histogram
 import Synchronization
 import NIOCore
 import NIOPosix
+import PBKVCore
 import PBKVClient
 import PBKVWire
 

@@ -1,4 +1,5 @@
 import Foundation
+import PBKVCore
 import PBKVTestSupport
 
 #if canImport(Glibc)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NIOCore
+import PBKVCore
 import PBKVTestSupport
 import PBKVWire
 

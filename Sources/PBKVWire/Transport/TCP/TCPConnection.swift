@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
+import PBKVCore
 import PBKVTLS
 
 /// `TCPTransport`'s connection to one peer: calls are multiplexed on one TCP connection by

@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
+import PBKVCore
 import PBKVTLS
 import Synchronization
 

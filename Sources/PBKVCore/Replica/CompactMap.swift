@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import PBKVWire
 
 /// A key/value map of UTF-8 text kept compactly: records in slabs of contiguous memory, and a
 /// hash index of their positions. A value type with copy-on-write parts, so a copy is a

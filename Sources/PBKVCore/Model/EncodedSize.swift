@@ -21,4 +21,8 @@ public enum EncodedSize {
     /// Most bytes the envelope around a batch's items takes, sent by a primary whose address
     /// is `primaryBytes` long.
     public static func batchEnvelope(primaryBytes: Int) -> Int { batchOverhead + primaryBytes }
+
+    /// The default largest frame payload (compressed or not) of the wire protocol: 16 MiB
+    /// (`Frame.defaultMaxPayload`).
+    public static let defaultMaxFramePayload = 16 * 1024 * 1024
 }

@@ -1,4 +1,3 @@
-import PBKVWire
 
 /// The replicated state: the key/value map (a `CompactMap`: records in slabs, a hash index,
 /// cheap copy-on-write snapshots for state transfer) and the at-most-once table (one row per

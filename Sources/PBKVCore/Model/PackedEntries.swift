@@ -129,7 +129,7 @@ public struct PackedEntries: Sendable, Hashable {
     }
 
     /// Whether every byte is below 0x80, eight at a time.
-    static func isASCII(_ raw: UnsafeRawBufferPointer) -> Bool {
+    package static func isASCII(_ raw: UnsafeRawBufferPointer) -> Bool {
         guard let base = raw.baseAddress else { return true }
         var i = 0
         var bits: UInt64 = 0

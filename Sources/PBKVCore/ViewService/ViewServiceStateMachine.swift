@@ -1,4 +1,3 @@
-import PBKVWire
 
 /// Timing rules of the view service.
 public struct ViewServiceConfiguration: Sendable, Hashable {

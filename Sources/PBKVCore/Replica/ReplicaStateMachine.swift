@@ -1,4 +1,3 @@
-import PBKVWire
 
 /// What a server is in the current view.
 public enum ReplicaRole: String, Sendable, Hashable, CustomStringConvertible {
@@ -32,7 +31,7 @@ public struct ReplicaConfiguration: Sendable, Hashable {
     /// Largest frame payload between replicas (the RPC maximum, the same on every server). The
     /// largest key and value must fit in it as one forward (`validate(me:)`); batches and
     /// chunks are cut so that they always fit.
-    public var maxFrameBytes = Frame.defaultMaxPayload
+    public var maxFrameBytes = EncodedSize.defaultMaxFramePayload
     /// Most operations in one forward batch.
     public var maxBatchOperations = 512
     /// Most bytes of items (`EncodedSize.item`: keys, values and their framing) in one forward
