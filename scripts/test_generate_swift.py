@@ -64,8 +64,10 @@ class GenerateTest(unittest.TestCase):
 
     def test_codec_uses_protoc_c_names_and_checks_text(self):
         self.assertIn("demo__item_id__init(c)", self.codec)
-        self.assertIn('self.key = try CDecode.utf8(c.key, "ItemId.key")', self.codec)
-        self.assertIn('self.name = try CDecode.text(c.name, "ItemId.name")', self.codec)
+        # Decoded through the memberwise init (the messages are in another module), one `try`.
+        self.assertIn('try self.init(\n            clientID: c.client_id,\n            key: CDecode.utf8(c.key, "ItemId.key"),', self.codec)
+        self.assertIn('            name: CDecode.text(c.name, "ItemId.name"))', self.codec)
+        self.assertIn("import CPBKVProto\nimport PBKVCore\n", self.codec)
         self.assertIn("(c.pointee.n_colors, c.pointee.colors) = arena.values(colors)", self.codec)
 
 
