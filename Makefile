@@ -95,7 +95,7 @@ chaos-short:
 ## chaos: a long randomized fault run, e.g. `make chaos SECONDS=600 SEEDS=1,2`; with the view
 ## service replicated on etcd (etcd members killed too): `make chaos SECONDS=300 SEEDS=21 ETCD=1`.
 chaos: deps
-	$(SWIFT) build -c release --product pbkv
+	$(SWIFT) build -c release --product pbkv && $(SWIFT) build -c release --product pbkv-tools
 	$$($(SWIFT) build -c release --show-bin-path)/pbkv chaos --seconds $(SECONDS) --seeds $(SEEDS) $(if $(filter 1 yes true,$(ETCD)),--etcd)
 
 ## fuzz: libFuzzer with ASan over frame decoding, inflation, Envelope decoding and a server
@@ -114,7 +114,7 @@ fuzz: deps
 
 ## run: start a local cluster, show it surviving a primary kill.
 run: deps
-	$(SWIFT) build -c release --product pbkv
+	$(SWIFT) build -c release --product pbkv && $(SWIFT) build -c release --product pbkv-tools
 	$$($(SWIFT) build -c release --show-bin-path)/pbkv local
 
 ## bench: pbkv next to Redis (installs redis-server), TLS cost, failover, transfer, memory; writes

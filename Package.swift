@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "pbkv", targets: ["pbkv"]),
+        .executable(name: "pbkv-tools", targets: ["pbkv-tools"]),
         .library(name: "PBKVCore", targets: ["PBKVCore"]),
         .library(name: "PBKVWire", targets: ["PBKVWire"]),
         .library(name: "PBKVViewService", targets: ["PBKVViewService"]),
@@ -138,16 +139,39 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
+        // Option groups the two executables share: logging, TLS or --insecure, compression.
+        .target(
+            name: "PBKVCommandLine",
+            dependencies: [
+                "PBKVWire", "PBKVTLS", "PBKVObservability",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // `pbkv`: the servers, the client commands, status and certificates. It does not link the
+        // test harness: the tools are `pbkv-tools`, which `pbkv` runs for them.
         .executableTarget(
             name: "pbkv",
             dependencies: [
-                "PBKVCore", "PBKVWire", "PBKVViewService", "PBKVServer", "PBKVClient", "PBKVTestSupport", "PBKVEtcd", "PBKVTLS",
-                "PBKVObservability",
+                "PBKVCore", "PBKVWire", "PBKVViewService", "PBKVServer", "PBKVClient", "PBKVEtcd", "PBKVTLS",
+                "PBKVObservability", "PBKVCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // `pbkv-tools`: `pbkv local`, `chaos`, `bench`, `bench-cluster`, `bench-wire` (on the harness).
+        .executableTarget(
+            name: "pbkv-tools",
+            dependencies: [
+                "PBKVCore", "PBKVWire", "PBKVViewService", "PBKVServer", "PBKVClient", "PBKVTestSupport", "PBKVEtcd", "PBKVTLS",
+                "PBKVCommandLine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),

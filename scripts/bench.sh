@@ -43,7 +43,7 @@ fi
 if [ -n "${PBKV_BIN:-}" ]; then
   PBKV=$PBKV_BIN
 else
-  swift build -c release --product pbkv >/dev/null
+  swift build -c release --product pbkv >/dev/null && swift build -c release --product pbkv-tools >/dev/null
   PBKV="$(swift build -c release --show-bin-path)/pbkv"
 fi
 WORK=$(mktemp -d /tmp/pbkv-bench.XXXXXX)

@@ -116,8 +116,8 @@ public final class ProcessCluster: @unchecked Sendable {
         return ["--tls", tlsDirectory, "--tls-name", name]
     }
 
-    /// The `pbkv` binary built beside the running test binary (tests run from the build
-    /// directory, where `swift build --build-tests` also puts `pbkv`).
+    /// The `pbkv` binary built beside the running binary: a test binary (tests run from the
+    /// build directory, where `swift build --build-tests` also puts `pbkv`) or `pbkv-tools`.
     public static func builtExecutable() throws -> URL {
         let url = currentExecutable.deletingLastPathComponent().appendingPathComponent("pbkv")
         // The test bundle may sit one level deeper (`pbkvPackageTests.xctest/...`).
@@ -128,7 +128,7 @@ public final class ProcessCluster: @unchecked Sendable {
         return found
     }
 
-    /// The running `pbkv` binary (for a cluster of the same build).
+    /// The running binary.
     public static var currentExecutable: URL {
         URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
     }

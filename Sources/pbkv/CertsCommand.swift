@@ -1,4 +1,5 @@
 import ArgumentParser
+import PBKVCommandLine
 import PBKVTLS
 
 /// `pbkv certs`: a cluster CA and member certificates, without OpenSSL.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import PBKVCommandLine
 import Logging
 import NIOCore
 import NIOPosix
@@ -252,26 +253,6 @@ struct ServerCommand: AsyncParsableCommand {
         try await serviceGroup.run()
         try await group.shutdownGracefully()
     }
-}
-
-/// `--compression off|frame|stream` of every command that opens or accepts connections.
-struct CompressionOptions: ParsableArguments {
-    @Option(
-        help: ArgumentHelp(
-            """
-            What to offer in handshakes: off; frame (zlib per frame, for large frames only); stream (for \
-            slow links: also one deflate stream per connection and direction, so that small, similar \
-            messages compress well; costs CPU and ~65 KiB per connection). Used when both sides offer it.
-            """, valueName: "off|frame|stream"),
-        transform: { text in
-            guard let mode = CompressionMode(rawValue: text) else {
-                throw ValidationError("--compression must be off, frame or stream, not \"\(text)\"")
-            }
-            return mode
-        })
-    var compression: CompressionMode = .frame
-
-    var mode: CompressionMode { compression }
 }
 
 /// `--metrics HOST:PORT` of the long-running commands: Prometheus text over plain HTTP.

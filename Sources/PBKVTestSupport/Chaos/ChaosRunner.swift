@@ -29,8 +29,9 @@ public struct ChaosConfiguration: Sendable {
     public var readLeases = true
     /// Arguments every view service and server of the cluster gets (e.g. `--log-format json`).
     public var memberArguments: [String] = []
-    /// The pbkv binary to run the cluster with.
-    public var executable = ProcessCluster.currentExecutable
+    /// The pbkv binary to run the cluster with; nil: the one beside the running binary
+    /// (`ProcessCluster.builtExecutable()`).
+    public var executable: URL?
     /// Per-operation deadline of the clients; an operation still unanswered then is recorded as
     /// indeterminate (it may or may not have happened).
     public var operationDeadline: Duration = .seconds(4)
@@ -123,7 +124,7 @@ public struct ChaosRunner: Sendable {
 
     public func run() async throws -> ChaosReport {
         let cluster = try ProcessCluster(
-            executable: configuration.executable, pingIntervalMs: configuration.pingIntervalMs, tls: configuration.tls,
+            executable: configuration.executable ?? ProcessCluster.builtExecutable(), pingIntervalMs: configuration.pingIntervalMs, tls: configuration.tls,
             memberArguments: configuration.memberArguments)
         var replicated: ReplicatedViewService?
         do {

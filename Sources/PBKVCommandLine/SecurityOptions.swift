@@ -5,21 +5,23 @@ import PBKVTLS
 
 /// `--tls DIR --tls-name NAME` or `--insecure`, on every command that talks to a cluster.
 /// `PBKV_TLS_DIR`, `PBKV_TLS_NAME` and `PBKV_INSECURE=1` stand in for the flags.
-struct SecurityOptions: ParsableArguments {
+public struct SecurityOptions: ParsableArguments, Sendable {
+    public init() {}
+
     @Option(help: "Mutual TLS: the directory of the cluster CA (trusts DIR/ca.pem). Env: PBKV_TLS_DIR.")
-    var tls: String?
+    public var tls: String?
     @Option(help: "Mutual TLS: the certificate to present, DIR/NAME.pem and DIR/NAME-key.pem. Env: PBKV_TLS_NAME.")
-    var tlsName: String?
+    public var tlsName: String?
     @Flag(help: "Plaintext, unauthenticated: anyone who reaches a server can act as a member. Env: PBKV_INSECURE=1.")
-    var insecure = false
+    public var insecure = false
 
     /// What was chosen, flags first, then the environment.
-    enum Choice {
+    public enum Choice {
         case tls(directory: String, name: String)
         case insecure
     }
 
-    func choice() throws -> Choice {
+    public func choice() throws -> Choice {
         let environment = ProcessInfo.processInfo.environment
         let directory = tls ?? environment["PBKV_TLS_DIR"]
         let name = tlsName ?? environment["PBKV_TLS_NAME"]
@@ -43,7 +45,7 @@ struct SecurityOptions: ParsableArguments {
     }
 
     /// The TLS material to use (nil: plaintext). `longRunning` processes warn about plaintext.
-    func resolve(logger: Logger? = nil) throws -> MutualTLS? {
+    public func resolve(logger: Logger? = nil) throws -> MutualTLS? {
         switch try choice() {
         case .insecure:
             logger?.warning("plaintext and unauthenticated (--insecure): anyone who can reach this process can act as a cluster member")
@@ -59,12 +61,14 @@ struct SecurityOptions: ParsableArguments {
 /// For the tools that start a cluster of their own (`pbkv local`, `pbkv chaos`,
 /// `pbkv bench-cluster`): mutual TLS with a CA made for it in a temporary directory (the
 /// default), or `--insecure` / `PBKV_INSECURE=1` for plaintext.
-struct OwnClusterSecurityOptions: ParsableArguments {
+public struct OwnClusterSecurityOptions: ParsableArguments, Sendable {
+    public init() {}
+
     @Flag(help: "Run the cluster in plaintext instead of mutual TLS with a CA of its own. Env: PBKV_INSECURE=1.")
-    var insecure = false
+    public var insecure = false
 
     /// True: the cluster makes its own CA and every process uses it.
-    var tls: Bool {
+    public var tls: Bool {
         !(insecure || ["1", "true", "yes"].contains(ProcessInfo.processInfo.environment["PBKV_INSECURE"]?.lowercased() ?? ""))
     }
 }

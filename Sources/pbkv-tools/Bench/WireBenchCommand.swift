@@ -1,4 +1,5 @@
 import ArgumentParser
+import PBKVCommandLine
 import Foundation
 import NIOCore
 import PBKVCore

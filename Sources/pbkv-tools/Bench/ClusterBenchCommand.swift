@@ -1,4 +1,5 @@
 import ArgumentParser
+import PBKVCommandLine
 import Foundation
 import Logging
 import PBKVCore
@@ -255,7 +256,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     private static func withCluster(
         replicated: Bool, tls: Bool, memberArguments: [String], _ body: (ProcessCluster, ReplicatedViewService?) async throws -> Void
     ) async throws {
-        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable, tls: tls, memberArguments: memberArguments)
+        let cluster = try ProcessCluster(executable: try ProcessCluster.builtExecutable(), tls: tls, memberArguments: memberArguments)
         var viewService: ReplicatedViewService?
         do {
             if replicated {
@@ -367,7 +368,7 @@ struct ClusterBenchCommand: AsyncParsableCommand {
     static func startLonePrimary(tls: Bool, memberArguments: [String]) async throws
         -> (ProcessCluster, ClusterProcess, KVClient, ClusterProcess)
     {
-        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable, tls: tls, memberArguments: memberArguments)
+        let cluster = try ProcessCluster(executable: try ProcessCluster.builtExecutable(), tls: tls, memberArguments: memberArguments)
         do {
             let vs = try cluster.startViewService()
             let watcher = try cluster.client(logger: quietLogger)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import PBKVCommandLine
 import Foundation
 import Logging
 import PBKVCore
@@ -57,7 +58,7 @@ struct LocalCommand: AsyncParsableCommand {
             print(String(format: "[%6.2fs] ", t.inSeconds) + line)
             fflush(nil)
         }
-        let cluster = try ProcessCluster(executable: ProcessCluster.currentExecutable, pingIntervalMs: pingIntervalMs, tls: security.tls,
+        let cluster = try ProcessCluster(executable: try ProcessCluster.builtExecutable(), pingIntervalMs: pingIntervalMs, tls: security.tls,
             memberArguments: logging.memberArguments)
         var replicated: ReplicatedViewService?
         let lost: Int

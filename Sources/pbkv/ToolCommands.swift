@@ -1,0 +1,60 @@
+import ArgumentParser
+import Foundation
+import PBKVCommandLine
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The tools (`pbkv local`, `chaos`, `bench`, `bench-cluster`, `bench-wire`) live in the
+/// `pbkv-tools` binary, so that this one (the servers) does not link the test harness. `pbkv`
+/// runs it for them, git-style: `pbkv TOOL ARGS…` execs `pbkv-tools TOOL ARGS…` from the directory
+/// `pbkv` is in (both are built by `swift build`, side by side).
+enum ToolCommand {
+    static let names: Set<String> = ["local", "chaos", "bench", "bench-cluster", "bench-wire"]
+
+    /// `pbkv-tools` beside this binary.
+    static var toolsExecutable: String {
+        let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("pbkv-tools").path
+    }
+
+    /// Replaces this process with `pbkv-tools` when `arguments` name a tool; returns otherwise.
+    /// Exits with the failure status when `pbkv-tools` cannot be run.
+    static func runIfTool(_ arguments: [String]) {
+        guard arguments.count > 1, names.contains(arguments[1]) else { return }
+        let tools = toolsExecutable
+        let argv = [tools] + arguments.dropFirst()
+        var cArguments = argv.map { strdup($0) } + [nil]
+        execv(tools, &cArguments)
+        printError("pbkv: cannot run \(tools) for `pbkv \(arguments[1])`: \(String(cString: strerror(errno))); build it with `swift build` (it is built beside pbkv)")
+        exit(ExitStatus.failure.rawValue)
+    }
+}
+
+/// The help entries of the tools: `pbkv` never parses their arguments (`ToolCommand` hands
+/// them to `pbkv-tools`), but `pbkv --help` lists them.
+struct LocalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "local", abstract: "Start a local cluster, kill its primary mid-workload, verify nothing was lost. (pbkv-tools)")
+}
+
+struct ChaosCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "chaos", abstract: "Run clients against a local cluster under random faults and check the history. (pbkv-tools)")
+}
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench", abstract: "Measure throughput and latency of a running pbkv cluster. (pbkv-tools)")
+}
+
+struct ClusterBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-cluster", abstract: "Measure failover gap, state transfer and memory per key on local clusters of processes. (pbkv-tools)")
+}
+
+struct WireBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-wire", abstract: "Wire bytes and CPU per Put for plain, per-frame zlib and streaming compression. (pbkv-tools)")
+}
