@@ -131,7 +131,9 @@ struct LimitsEndToEndTests {
 
     @Test("A Put a few dozen bytes under the frame limit is refused with BAD_REQUEST naming the limit; the view stays, writes go on")
     func putUnderFrameLimitRefused() async throws {
-        let cluster = try await InProcessCluster.start()
+        // A dead interval of 2 s: decoding a 16 MiB frame holds a debug build's event loop (and
+        // its pings) for a while on a busy machine; "nothing failed over" must mean the refusal.
+        let cluster = try await InProcessCluster.start(deadPings: 20)
         let (s1, s2) = try await primaryAndBackup(cluster)
         let client = try cluster.client(deadline: .seconds(20))
         try await client.put("k", "v")
