@@ -6,6 +6,7 @@ import PBKVTLS
 import PBKVCore
 import PBKVViewService
 import PBKVWire
+import ServiceLifecycle
 import Synchronization
 
 /// How a KV server runs.
@@ -514,5 +515,14 @@ private struct LateBoundReplica: ReplicaServiceProtocol {
     func transfer(_ chunk: TransferChunk, context: RPCCallContext) -> EventLoopFuture<TransferReply> {
         holder.server?.transfer(chunk, context: context)
             ?? context.eventLoop.makeSucceededFuture(TransferReply(code: .wrongServer))
+    }
+}
+
+extension KVServer: Service {
+    /// Serves until the service group shuts down gracefully (SIGTERM, SIGINT) or the task is
+    /// cancelled, then `shutdown()`: a `KVServer` runs in a ServiceLifecycle `ServiceGroup`.
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await shutdown()
     }
 }

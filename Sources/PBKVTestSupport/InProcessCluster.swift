@@ -32,7 +32,8 @@ public final class InProcessCluster: Sendable {
     /// Whether servers started here use read leases (`ReplicaConfiguration.readLeases`).
     public let readLeases: Bool
     public let viewServiceAddress: String
-    /// The network the nodes talk through; nil: TCP over loopback.
+    /// The network the nodes talk through; nil: TCP over loopback. Its nodes (for partitions)
+    /// are "viewservice", each server's address, "client-N" and "direct-N".
     public let network: InMemoryNetwork?
     private let clientCount = Atomic<Int>(0)
     private let viewService: ViewServiceServer

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import PBKVCore
 import PBKVWire
+import ServiceLifecycle
 
 /// Counters of what the view service has answered, for status and benchmarks.
 public struct ViewServiceStats: Sendable, Hashable {
@@ -388,5 +389,15 @@ final class ViewServiceMetrics: Sendable {
             liveServers.record(status.servers.filter { $0.lastPingMsAgo < UInt64(deadAfter.milliseconds) }.count)
         }
         rpc.flush()
+    }
+}
+
+extension ViewServiceServer: Service {
+    /// Leads or follows until the service group shuts down gracefully (SIGTERM, SIGINT) or the
+    /// task is cancelled, then `stop()`. The RPC server `start` returned is closed by its owner;
+    /// a store failure ends `terminated` with the error.
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await stop()
     }
 }

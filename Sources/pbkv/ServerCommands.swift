@@ -65,17 +65,20 @@ struct ViewServiceCommand: AsyncParsableCommand {
             configuration: ViewServiceConfiguration(pingInterval: .milliseconds(pingIntervalMs), deadPings: deadPings),
             election: election, metrics: exported?.metrics.factory, group: group, logger: logger)
         exported?.metrics.addSampler { await service.refreshMetrics() }
-        let lifecycle = ShutdownOnSignal {
+        // What the view service needs, closed after it stopped (services stop in reverse order).
+        let connections = ShutdownOnSignal {
             await exported?.server.close()
-            await service.stop()
             await server.close()
             await etcdClient?.shutdown()
         }
-        // Listed first, so shut down last: it returns once `lifecycle` stopped the service.
+        // Listed first, so shut down last: it returns once the service stopped.
         let storeWatch = FailWhen(future: service.terminated)
         let serviceGroup = ServiceGroup(
             configuration: .init(
-                services: [.init(service: storeWatch, failureTerminationBehavior: .gracefullyShutdownGroup), .init(service: lifecycle)],
+                services: [
+                    .init(service: storeWatch, failureTerminationBehavior: .gracefullyShutdownGroup), .init(service: connections),
+                    .init(service: service),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         do {
             try await serviceGroup.run()
@@ -244,12 +247,10 @@ struct ServerCommand: AsyncParsableCommand {
         configuration.metrics = exported?.metrics.factory
         let server = try await KVServer.start(configuration: configuration, group: group, logger: logger)
         exported?.metrics.addSampler { await server.refreshMetrics() }
-        let lifecycle = ShutdownOnSignal {
-            await exported?.server.close()
-            await server.shutdown()
-        }
+        // The metrics endpoint closes after the server stopped (services stop in reverse order).
+        let metricsEndpoint = ShutdownOnSignal { await exported?.server.close() }
         let serviceGroup = ServiceGroup(
-            configuration: .init(services: [lifecycle], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: .init(services: [metricsEndpoint, server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await serviceGroup.run()
         try await group.shutdownGracefully()
     }
