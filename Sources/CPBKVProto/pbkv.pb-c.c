@@ -1132,6 +1132,96 @@ void   pbkv__view_service_status__free_unpacked
   assert(message->base.descriptor == &pbkv__view_service_status__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   pbkv__view_service_role_args__init
+                     (Pbkv__ViewServiceRoleArgs         *message)
+{
+  static const Pbkv__ViewServiceRoleArgs init_value = PBKV__VIEW_SERVICE_ROLE_ARGS__INIT;
+  *message = init_value;
+}
+size_t pbkv__view_service_role_args__get_packed_size
+                     (const Pbkv__ViewServiceRoleArgs *message)
+{
+  assert(message->base.descriptor == &pbkv__view_service_role_args__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t pbkv__view_service_role_args__pack
+                     (const Pbkv__ViewServiceRoleArgs *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &pbkv__view_service_role_args__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t pbkv__view_service_role_args__pack_to_buffer
+                     (const Pbkv__ViewServiceRoleArgs *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &pbkv__view_service_role_args__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Pbkv__ViewServiceRoleArgs *
+       pbkv__view_service_role_args__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Pbkv__ViewServiceRoleArgs *)
+     protobuf_c_message_unpack (&pbkv__view_service_role_args__descriptor,
+                                allocator, len, data);
+}
+void   pbkv__view_service_role_args__free_unpacked
+                     (Pbkv__ViewServiceRoleArgs *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &pbkv__view_service_role_args__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   pbkv__view_service_role__init
+                     (Pbkv__ViewServiceRole         *message)
+{
+  static const Pbkv__ViewServiceRole init_value = PBKV__VIEW_SERVICE_ROLE__INIT;
+  *message = init_value;
+}
+size_t pbkv__view_service_role__get_packed_size
+                     (const Pbkv__ViewServiceRole *message)
+{
+  assert(message->base.descriptor == &pbkv__view_service_role__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t pbkv__view_service_role__pack
+                     (const Pbkv__ViewServiceRole *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &pbkv__view_service_role__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t pbkv__view_service_role__pack_to_buffer
+                     (const Pbkv__ViewServiceRole *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &pbkv__view_service_role__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Pbkv__ViewServiceRole *
+       pbkv__view_service_role__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Pbkv__ViewServiceRole *)
+     protobuf_c_message_unpack (&pbkv__view_service_role__descriptor,
+                                allocator, len, data);
+}
+void   pbkv__view_service_role__free_unpacked
+                     (Pbkv__ViewServiceRole *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &pbkv__view_service_role__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   pbkv__request__init
                      (Pbkv__Request         *message)
 {
@@ -2872,7 +2962,89 @@ const ProtobufCMessageDescriptor pbkv__view_service_status__descriptor =
   (ProtobufCMessageInit) pbkv__view_service_status__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor pbkv__request__field_descriptors[11] =
+#define pbkv__view_service_role_args__field_descriptors NULL
+#define pbkv__view_service_role_args__field_indices_by_name NULL
+#define pbkv__view_service_role_args__number_ranges NULL
+const ProtobufCMessageDescriptor pbkv__view_service_role_args__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "pbkv.ViewServiceRoleArgs",
+  "ViewServiceRoleArgs",
+  "Pbkv__ViewServiceRoleArgs",
+  "pbkv",
+  sizeof(Pbkv__ViewServiceRoleArgs),
+  0,
+  pbkv__view_service_role_args__field_descriptors,
+  pbkv__view_service_role_args__field_indices_by_name,
+  0,  pbkv__view_service_role_args__number_ranges,
+  (ProtobufCMessageInit) pbkv__view_service_role_args__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor pbkv__view_service_role__field_descriptors[3] =
+{
+  {
+    "role",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ViewServiceRole, role),
+    &pbkv__leadership_role__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "leader",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ViewServiceRole, leader),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "detail",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__ViewServiceRole, detail),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned pbkv__view_service_role__field_indices_by_name[] = {
+  2,   /* field[2] = detail */
+  1,   /* field[1] = leader */
+  0,   /* field[0] = role */
+};
+static const ProtobufCIntRange pbkv__view_service_role__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor pbkv__view_service_role__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "pbkv.ViewServiceRole",
+  "ViewServiceRole",
+  "Pbkv__ViewServiceRole",
+  "pbkv",
+  sizeof(Pbkv__ViewServiceRole),
+  3,
+  pbkv__view_service_role__field_descriptors,
+  pbkv__view_service_role__field_indices_by_name,
+  1,  pbkv__view_service_role__number_ranges,
+  (ProtobufCMessageInit) pbkv__view_service_role__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor pbkv__request__field_descriptors[12] =
 {
   {
     "call_id",
@@ -3006,6 +3178,18 @@ static const ProtobufCFieldDescriptor pbkv__request__field_descriptors[11] =
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "view_service_role",
+    42,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Pbkv__Request, call_case),
+    offsetof(Pbkv__Request, view_service_role),
+    &pbkv__view_service_role_args__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned pbkv__request__field_indices_by_name[] = {
   0,   /* field[0] = call_id */
@@ -3018,6 +3202,7 @@ static const unsigned pbkv__request__field_indices_by_name[] = {
   10,   /* field[10] = server_status */
   1,   /* field[1] = timeout_ms */
   8,   /* field[8] = transfer */
+  11,   /* field[11] = view_service_role */
   9,   /* field[9] = view_service_status */
 };
 static const ProtobufCIntRange pbkv__request__number_ranges[5 + 1] =
@@ -3027,7 +3212,7 @@ static const ProtobufCIntRange pbkv__request__number_ranges[5 + 1] =
   { 20, 4 },
   { 30, 7 },
   { 40, 9 },
-  { 0, 11 }
+  { 0, 12 }
 };
 const ProtobufCMessageDescriptor pbkv__request__descriptor =
 {
@@ -3037,14 +3222,14 @@ const ProtobufCMessageDescriptor pbkv__request__descriptor =
   "Pbkv__Request",
   "pbkv",
   sizeof(Pbkv__Request),
-  11,
+  12,
   pbkv__request__field_descriptors,
   pbkv__request__field_indices_by_name,
   5,  pbkv__request__number_ranges,
   (ProtobufCMessageInit) pbkv__request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor pbkv__response__field_descriptors[10] =
+static const ProtobufCFieldDescriptor pbkv__response__field_descriptors[11] =
 {
   {
     "call_id",
@@ -3166,6 +3351,18 @@ static const ProtobufCFieldDescriptor pbkv__response__field_descriptors[10] =
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "view_service_role",
+    42,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Pbkv__Response, result_case),
+    offsetof(Pbkv__Response, view_service_role),
+    &pbkv__view_service_role__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned pbkv__response__field_indices_by_name[] = {
   0,   /* field[0] = call_id */
@@ -3177,6 +3374,7 @@ static const unsigned pbkv__response__field_indices_by_name[] = {
   9,   /* field[9] = server_status */
   7,   /* field[7] = transfer */
   4,   /* field[4] = view */
+  10,   /* field[10] = view_service_role */
   8,   /* field[8] = view_service_status */
 };
 static const ProtobufCIntRange pbkv__response__number_ranges[5 + 1] =
@@ -3186,7 +3384,7 @@ static const ProtobufCIntRange pbkv__response__number_ranges[5 + 1] =
   { 20, 5 },
   { 30, 6 },
   { 40, 8 },
-  { 0, 10 }
+  { 0, 11 }
 };
 const ProtobufCMessageDescriptor pbkv__response__descriptor =
 {
@@ -3196,7 +3394,7 @@ const ProtobufCMessageDescriptor pbkv__response__descriptor =
   "Pbkv__Response",
   "pbkv",
   sizeof(Pbkv__Response),
-  10,
+  11,
   pbkv__response__field_descriptors,
   pbkv__response__field_indices_by_name,
   5,  pbkv__response__number_ranges,
@@ -3407,15 +3605,49 @@ const ProtobufCEnumDescriptor pbkv__op_kind__descriptor =
   pbkv__op_kind__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCMethodDescriptor pbkv__view_service__method_descriptors[3] =
+static const ProtobufCEnumValue pbkv__leadership_role__enum_values_by_number[4] =
+{
+  { "ROLE_FOLLOWER", "PBKV__LEADERSHIP_ROLE__ROLE_FOLLOWER", 0 },
+  { "ROLE_LOADING", "PBKV__LEADERSHIP_ROLE__ROLE_LOADING", 1 },
+  { "ROLE_LEADER", "PBKV__LEADERSHIP_ROLE__ROLE_LEADER", 2 },
+  { "ROLE_FAILED", "PBKV__LEADERSHIP_ROLE__ROLE_FAILED", 3 },
+};
+static const ProtobufCIntRange pbkv__leadership_role__value_ranges[] = {
+{0, 0},{0, 4}
+};
+static const ProtobufCEnumValueIndex pbkv__leadership_role__enum_values_by_name[4] =
+{
+  { "ROLE_FAILED", 3 },
+  { "ROLE_FOLLOWER", 0 },
+  { "ROLE_LEADER", 2 },
+  { "ROLE_LOADING", 1 },
+};
+const ProtobufCEnumDescriptor pbkv__leadership_role__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "pbkv.LeadershipRole",
+  "LeadershipRole",
+  "Pbkv__LeadershipRole",
+  "pbkv",
+  4,
+  pbkv__leadership_role__enum_values_by_number,
+  4,
+  pbkv__leadership_role__enum_values_by_name,
+  1,
+  pbkv__leadership_role__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCMethodDescriptor pbkv__view_service__method_descriptors[4] =
 {
   { "Ping", &pbkv__ping_args__descriptor, &pbkv__view__descriptor },
   { "GetView", &pbkv__get_view_args__descriptor, &pbkv__view__descriptor },
   { "ViewServiceStatus", &pbkv__view_service_status_args__descriptor, &pbkv__view_service_status__descriptor },
+  { "ViewServiceRole", &pbkv__view_service_role_args__descriptor, &pbkv__view_service_role__descriptor },
 };
 const unsigned pbkv__view_service__method_indices_by_name[] = {
   1,        /* GetView */
   0,        /* Ping */
+  3,        /* ViewServiceRole */
   2         /* ViewServiceStatus */
 };
 const ProtobufCServiceDescriptor pbkv__view_service__descriptor =
@@ -3425,7 +3657,7 @@ const ProtobufCServiceDescriptor pbkv__view_service__descriptor =
   "ViewService",
   "Pbkv__ViewService",
   "pbkv",
-  3,
+  4,
   pbkv__view_service__method_descriptors,
   pbkv__view_service__method_indices_by_name
 };
@@ -3452,6 +3684,14 @@ void pbkv__view_service__view_service_status(ProtobufCService *service,
 {
   assert(service->descriptor == &pbkv__view_service__descriptor);
   service->invoke(service, 2, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void pbkv__view_service__view_service_role(ProtobufCService *service,
+                                           const Pbkv__ViewServiceRoleArgs *input,
+                                           Pbkv__ViewServiceRole_Closure closure,
+                                           void *closure_data)
+{
+  assert(service->descriptor == &pbkv__view_service__descriptor);
+  service->invoke(service, 3, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void pbkv__view_service__init (Pbkv__ViewService_Service *service,
                                Pbkv__ViewService_ServiceDestroy destroy)

@@ -105,7 +105,7 @@ extension ProcessCluster {
         var last: [String] = []
         while ContinuousClock.now < deadline {
             let processes = viewServiceProcesses
-            var roles: [ViewServiceRole] = []
+            var roles: [ProbedViewServiceRole] = []
             for process in processes { roles.append(await role(of: process.address, timeout: .milliseconds(200))) }
             last = zip(processes, roles).map { "\($0.address): \($1)" }
             let leaders = zip(processes, roles).filter { $1 == .leader }.map(\.0)
@@ -124,31 +124,31 @@ extension ProcessCluster {
         await role(of: address, timeout: timeout) == .leader
     }
 
-    /// What the view service at `address` says to a GetView now (asked directly, once).
-    public func role(of address: String, timeout: Duration) async -> ViewServiceRole {
+    /// What the view service at `address` says of itself now (`ViewServiceRole`, asked directly, once).
+    public func role(of address: String, timeout: Duration) async -> ProbedViewServiceRole {
         guard
             let client = try? rpcClient(
                 to: address, eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
                 logger: Logger(label: "pbkv.leader-probe", factory: { _ in SwiftLogNoOpLogHandler() }))
         else { return .unreachable }
         defer { _ = client.shutdown() }
-        do {
-            _ = try await client.call(.getView, timeout: timeout)
-            return .leader
-        } catch .notLeader(_, let leader) {
-            return .follower(leader: leader.isEmpty ? nil : leader)
-        } catch {
-            return .unreachable
+        guard let answer = try? await ViewServiceStub(client).viewServiceRole(timeout: timeout) else { return .unreachable }
+        switch answer.role {
+        case .leader: return .leader
+        case .follower: return .follower(leader: answer.leader.isEmpty ? nil : answer.leader)
+        case .loading, .failed: return .notServing(answer.detail.isEmpty ? "\(answer.role)" : "\(answer.role): \(answer.detail)")
         }
     }
 }
 
-/// What a view service process answers a GetView with.
-public enum ViewServiceRole: Sendable, Hashable, CustomStringConvertible {
-    /// It answered with a view.
+/// What a view service process says of itself when asked (`ViewServiceRole`).
+public enum ProbedViewServiceRole: Sendable, Hashable, CustomStringConvertible {
+    /// It leads.
     case leader
-    /// NOT_LEADER, naming the leader when it knows one.
+    /// It follows, naming the leader when it knows one.
     case follower(leader: String?)
+    /// Elected but still loading its store, or stopped by a store it cannot read.
+    case notServing(String)
     /// No answer (refused, timed out, paused).
     case unreachable
 
@@ -156,6 +156,7 @@ public enum ViewServiceRole: Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .leader: "leader"
         case .follower(let leader): "follower of \(leader ?? "nobody yet")"
+        case .notServing(let what): "not serving (\(what))"
         case .unreachable: "unreachable"
         }
     }

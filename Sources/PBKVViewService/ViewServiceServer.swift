@@ -341,6 +341,20 @@ public final class ViewServiceServer: ViewServiceProtocol, Sendable {
         }
     }
 
+    /// What this view service is now: leader, loading, follower (and whom it follows) or failed.
+    /// Answered leader or not.
+    public func viewServiceRole(context: RPCCallContext) -> EventLoopFuture<ViewServiceRole> {
+        onLoop {
+            let answer = switch self.state.value.role {
+            case .follower(let leader): ViewServiceRole(role: .follower, leader: leader ?? "")
+            case .loading: ViewServiceRole(role: .loading)
+            case .leader: ViewServiceRole(role: .leader)
+            case .failed(let error): ViewServiceRole(role: .failed, detail: "\(error)")
+            }
+            return self.eventLoop.makeSucceededFuture(answer)
+        }
+    }
+
     private func currentStatus() -> ViewServiceStatus? {
         guard case .leader(_, let machine) = state.value.role else { return nil }
         return ViewServiceStatus(view: machine.currentView, servers: machine.serversSeen(now: now))

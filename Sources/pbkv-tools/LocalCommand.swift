@@ -241,9 +241,9 @@ struct LocalCommand: AsyncParsableCommand {
     }
 
     /// What a (re)started view service answers once it knows a leader, polled for at most `limit`.
-    private static func settledRole(of address: String, in cluster: ProcessCluster, within limit: Duration) async -> ViewServiceRole {
+    private static func settledRole(of address: String, in cluster: ProcessCluster, within limit: Duration) async -> ProbedViewServiceRole {
         let deadline = ContinuousClock.now + limit
-        var role = ViewServiceRole.unreachable
+        var role = ProbedViewServiceRole.unreachable
         while ContinuousClock.now < deadline {
             role = await cluster.role(of: address, timeout: .milliseconds(200))
             if role == .leader { return role }

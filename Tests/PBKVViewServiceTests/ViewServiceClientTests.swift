@@ -68,6 +68,24 @@ struct ViewServiceClientTests {
         try await group.shutdownGracefully()
     }
 
+    @Test("Every view service answers ViewServiceRole: the leader says so, a follower names its leader")
+    func rolesOfLeaderAndFollower() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let leader = try await RunningViewService.leader(of: View(viewnum: 2, primary: "p:1", backup: ""), group: group)
+        let follower = try await RunningViewService.start(FollowerOf(leader: "\(leader.address)"), group: group)
+        let toLeader = RPCClient(peer: leader.address, eventLoop: group.next(), logger: logger)
+        let toFollower = RPCClient(peer: follower.address, eventLoop: group.next(), logger: logger)
+        #expect(try await ViewServiceStub(toLeader).viewServiceRole(timeout: .seconds(5)) == ViewServiceRole(role: .leader))
+        #expect(
+            try await ViewServiceStub(toFollower).viewServiceRole(timeout: .seconds(5))
+                == ViewServiceRole(role: .follower, leader: "\(leader.address)"))
+        try await toLeader.shutdown().get()
+        try await toFollower.shutdown().get()
+        await follower.stop()
+        await leader.stop()
+        try await group.shutdownGracefully()
+    }
+
     @Test("An unreachable first address is skipped for the next one")
     func rotatesPastDeadAddress() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)

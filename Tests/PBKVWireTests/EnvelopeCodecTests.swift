@@ -42,6 +42,11 @@ let roundTripSamples: [Sample] = {
         Sample(name: "GetView", envelope: request(.getView)),
         Sample(name: "ViewServiceStatus", envelope: request(.viewServiceStatus)),
         Sample(name: "ServerStatus", envelope: request(.serverStatus)),
+        Sample(name: "ViewServiceRole", envelope: request(.viewServiceRole)),
+        Sample(name: "ViewServiceRole result, follower", envelope: response(.viewServiceRole(ViewServiceRole(
+            role: .follower, leader: "127.0.0.1:7000")))),
+        Sample(name: "ViewServiceRole result, failed", envelope: response(.viewServiceRole(ViewServiceRole(
+            role: .failed, detail: "the stored view in /var/lib/pbkv/view.record cannot be read")))),
         Sample(name: "ViewServiceStatus result", envelope: response(.viewServiceStatus(ViewServiceStatus(
             view: View(viewnum: 3, primary: "127.0.0.1:7001", backup: "127.0.0.1:7002", acknowledged: true),
             servers: [ServerSeen(server: "127.0.0.1:7001", lastPingMsAgo: 12), ServerSeen(server: "127.0.0.1:7003", lastPingMsAgo: .max)])))),

@@ -21,7 +21,7 @@ struct GeneratedServiceTests {
 
     @Test("Every call names a method of exactly one service, as in the .proto")
     func methodNames() {
-        let served = ["Ping", "GetView", "ViewServiceStatus", "Get", "Put", "PutHash", "ServerStatus", "Forward", "Transfer"]
+        let served = ["Ping", "GetView", "ViewServiceStatus", "ViewServiceRole", "Get", "Put", "PutHash", "ServerStatus", "Forward", "Transfer"]
         #expect(Set(Call.methodNames) == Set(served))
         #expect(Call.methodNames.count == served.count)
         #expect(Call.ping(PingArgs(server: "s", viewnum: 1)).method == "Ping")

@@ -199,6 +199,7 @@ struct GoldenFrameTests {
                 case .transfer: kinds.insert("result transfer")
                 case .viewServiceStatus: kinds.insert("result view_service_status")
                 case .serverStatus: kinds.insert("result server_status")
+                case .viewServiceRole: kinds.insert("result view_service_role")
                 case nil: kinds.insert("error \(r.code)")
                 }
             }

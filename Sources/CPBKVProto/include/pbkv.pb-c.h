@@ -40,6 +40,8 @@ typedef struct Pbkv__ServerStatus Pbkv__ServerStatus;
 typedef struct Pbkv__ViewServiceStatusArgs Pbkv__ViewServiceStatusArgs;
 typedef struct Pbkv__ServerSeen Pbkv__ServerSeen;
 typedef struct Pbkv__ViewServiceStatus Pbkv__ViewServiceStatus;
+typedef struct Pbkv__ViewServiceRoleArgs Pbkv__ViewServiceRoleArgs;
+typedef struct Pbkv__ViewServiceRole Pbkv__ViewServiceRole;
 typedef struct Pbkv__Request Pbkv__Request;
 typedef struct Pbkv__Response Pbkv__Response;
 typedef struct Pbkv__Envelope Pbkv__Envelope;
@@ -128,6 +130,22 @@ typedef enum _Pbkv__OpKind {
   PBKV__OP_KIND__OP_PUT_HASH = 2
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(PBKV__OP_KIND)
 } Pbkv__OpKind;
+typedef enum _Pbkv__LeadershipRole {
+  /*
+   * not leader; `leader` names the leader when known
+   */
+  PBKV__LEADERSHIP_ROLE__ROLE_FOLLOWER = 0,
+  /*
+   * elected, reading the stored view before it answers
+   */
+  PBKV__LEADERSHIP_ROLE__ROLE_LOADING = 1,
+  PBKV__LEADERSHIP_ROLE__ROLE_LEADER = 2,
+  /*
+   * the stored view cannot be read; `detail` says why
+   */
+  PBKV__LEADERSHIP_ROLE__ROLE_FAILED = 3
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(PBKV__LEADERSHIP_ROLE)
+} Pbkv__LeadershipRole;
 
 /* --- messages --- */
 
@@ -597,6 +615,38 @@ struct  Pbkv__ViewServiceStatus
     , NULL, 0,NULL }
 
 
+/*
+ * What one view service says of itself: leading, following (and whom), or stopped by a store
+ * it cannot read. Every view service answers it, leader or not (`pbkv status --viewservice`
+ * with the addresses of a replicated set asks each one).
+ */
+struct  Pbkv__ViewServiceRoleArgs
+{
+  ProtobufCMessage base;
+};
+#define PBKV__VIEW_SERVICE_ROLE_ARGS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&pbkv__view_service_role_args__descriptor) \
+     }
+
+
+struct  Pbkv__ViewServiceRole
+{
+  ProtobufCMessage base;
+  Pbkv__LeadershipRole role;
+  /*
+   * ROLE_FOLLOWER: the leader's HOST:PORT, empty when unknown
+   */
+  char *leader;
+  /*
+   * ROLE_FAILED: the store's error
+   */
+  char *detail;
+};
+#define PBKV__VIEW_SERVICE_ROLE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&pbkv__view_service_role__descriptor) \
+    , PBKV__LEADERSHIP_ROLE__ROLE_FOLLOWER, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+
+
 typedef enum {
   PBKV__REQUEST__CALL__NOT_SET = 0,
   PBKV__REQUEST__CALL_PING = 10,
@@ -607,7 +657,8 @@ typedef enum {
   PBKV__REQUEST__CALL_FORWARD = 30,
   PBKV__REQUEST__CALL_TRANSFER = 31,
   PBKV__REQUEST__CALL_VIEW_SERVICE_STATUS = 40,
-  PBKV__REQUEST__CALL_SERVER_STATUS = 41
+  PBKV__REQUEST__CALL_SERVER_STATUS = 41,
+  PBKV__REQUEST__CALL_VIEW_SERVICE_ROLE = 42
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(PBKV__REQUEST__CALL__CASE)
 } Pbkv__Request__CallCase;
 
@@ -637,6 +688,7 @@ struct  Pbkv__Request
      */
     Pbkv__ViewServiceStatusArgs *view_service_status;
     Pbkv__ServerStatusArgs *server_status;
+    Pbkv__ViewServiceRoleArgs *view_service_role;
   };
 };
 #define PBKV__REQUEST__INIT \
@@ -651,7 +703,8 @@ typedef enum {
   PBKV__RESPONSE__RESULT_FORWARD = 30,
   PBKV__RESPONSE__RESULT_TRANSFER = 31,
   PBKV__RESPONSE__RESULT_VIEW_SERVICE_STATUS = 40,
-  PBKV__RESPONSE__RESULT_SERVER_STATUS = 41
+  PBKV__RESPONSE__RESULT_SERVER_STATUS = 41,
+  PBKV__RESPONSE__RESULT_VIEW_SERVICE_ROLE = 42
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(PBKV__RESPONSE__RESULT__CASE)
 } Pbkv__Response__ResultCase;
 
@@ -677,6 +730,7 @@ struct  Pbkv__Response
     Pbkv__TransferReply *transfer;
     Pbkv__ViewServiceStatus *view_service_status;
     Pbkv__ServerStatus *server_status;
+    Pbkv__ViewServiceRole *view_service_role;
   };
 };
 #define PBKV__RESPONSE__INIT \
@@ -1189,6 +1243,44 @@ Pbkv__ViewServiceStatus *
 void   pbkv__view_service_status__free_unpacked
                      (Pbkv__ViewServiceStatus *message,
                       ProtobufCAllocator *allocator);
+/* Pbkv__ViewServiceRoleArgs methods */
+void   pbkv__view_service_role_args__init
+                     (Pbkv__ViewServiceRoleArgs         *message);
+size_t pbkv__view_service_role_args__get_packed_size
+                     (const Pbkv__ViewServiceRoleArgs   *message);
+size_t pbkv__view_service_role_args__pack
+                     (const Pbkv__ViewServiceRoleArgs   *message,
+                      uint8_t             *out);
+size_t pbkv__view_service_role_args__pack_to_buffer
+                     (const Pbkv__ViewServiceRoleArgs   *message,
+                      ProtobufCBuffer     *buffer);
+Pbkv__ViewServiceRoleArgs *
+       pbkv__view_service_role_args__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   pbkv__view_service_role_args__free_unpacked
+                     (Pbkv__ViewServiceRoleArgs *message,
+                      ProtobufCAllocator *allocator);
+/* Pbkv__ViewServiceRole methods */
+void   pbkv__view_service_role__init
+                     (Pbkv__ViewServiceRole         *message);
+size_t pbkv__view_service_role__get_packed_size
+                     (const Pbkv__ViewServiceRole   *message);
+size_t pbkv__view_service_role__pack
+                     (const Pbkv__ViewServiceRole   *message,
+                      uint8_t             *out);
+size_t pbkv__view_service_role__pack_to_buffer
+                     (const Pbkv__ViewServiceRole   *message,
+                      ProtobufCBuffer     *buffer);
+Pbkv__ViewServiceRole *
+       pbkv__view_service_role__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   pbkv__view_service_role__free_unpacked
+                     (Pbkv__ViewServiceRole *message,
+                      ProtobufCAllocator *allocator);
 /* Pbkv__Request methods */
 void   pbkv__request__init
                      (Pbkv__Request         *message);
@@ -1323,6 +1415,12 @@ typedef void (*Pbkv__ServerSeen_Closure)
 typedef void (*Pbkv__ViewServiceStatus_Closure)
                  (const Pbkv__ViewServiceStatus *message,
                   void *closure_data);
+typedef void (*Pbkv__ViewServiceRoleArgs_Closure)
+                 (const Pbkv__ViewServiceRoleArgs *message,
+                  void *closure_data);
+typedef void (*Pbkv__ViewServiceRole_Closure)
+                 (const Pbkv__ViewServiceRole *message,
+                  void *closure_data);
 typedef void (*Pbkv__Request_Closure)
                  (const Pbkv__Request *message,
                   void *closure_data);
@@ -1351,6 +1449,10 @@ struct Pbkv__ViewService_Service
                               const Pbkv__ViewServiceStatusArgs *input,
                               Pbkv__ViewServiceStatus_Closure closure,
                               void *closure_data);
+  void (*view_service_role)(Pbkv__ViewService_Service *service,
+                            const Pbkv__ViewServiceRoleArgs *input,
+                            Pbkv__ViewServiceRole_Closure closure,
+                            void *closure_data);
 };
 typedef void (*Pbkv__ViewService_ServiceDestroy)(Pbkv__ViewService_Service *);
 void pbkv__view_service__init (Pbkv__ViewService_Service *service,
@@ -1361,7 +1463,8 @@ void pbkv__view_service__init (Pbkv__ViewService_Service *service,
     { PBKV__VIEW_SERVICE__BASE_INIT,\
       function_prefix__ ## ping,\
       function_prefix__ ## get_view,\
-      function_prefix__ ## view_service_status  }
+      function_prefix__ ## view_service_status,\
+      function_prefix__ ## view_service_role  }
 void pbkv__view_service__ping(ProtobufCService *service,
                               const Pbkv__PingArgs *input,
                               Pbkv__View_Closure closure,
@@ -1374,6 +1477,10 @@ void pbkv__view_service__view_service_status(ProtobufCService *service,
                                              const Pbkv__ViewServiceStatusArgs *input,
                                              Pbkv__ViewServiceStatus_Closure closure,
                                              void *closure_data);
+void pbkv__view_service__view_service_role(ProtobufCService *service,
+                                           const Pbkv__ViewServiceRoleArgs *input,
+                                           Pbkv__ViewServiceRole_Closure closure,
+                                           void *closure_data);
 typedef struct Pbkv__KV_Service Pbkv__KV_Service;
 struct Pbkv__KV_Service
 {
@@ -1458,6 +1565,7 @@ void pbkv__replica__transfer(ProtobufCService *service,
 extern const ProtobufCEnumDescriptor    pbkv__code__descriptor;
 extern const ProtobufCEnumDescriptor    pbkv__feature__descriptor;
 extern const ProtobufCEnumDescriptor    pbkv__op_kind__descriptor;
+extern const ProtobufCEnumDescriptor    pbkv__leadership_role__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__hello__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__hello_reply__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__goodbye__descriptor;
@@ -1483,6 +1591,8 @@ extern const ProtobufCMessageDescriptor pbkv__server_status__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__view_service_status_args__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__server_seen__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__view_service_status__descriptor;
+extern const ProtobufCMessageDescriptor pbkv__view_service_role_args__descriptor;
+extern const ProtobufCMessageDescriptor pbkv__view_service_role__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__request__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__response__descriptor;
 extern const ProtobufCMessageDescriptor pbkv__envelope__descriptor;

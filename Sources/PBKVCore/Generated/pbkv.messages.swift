@@ -88,6 +88,27 @@ public enum OpKind: Int32, Sendable, Hashable, CaseIterable, CustomStringConvert
     }
 }
 
+/// `pbkv.LeadershipRole`.
+public enum LeadershipRole: Int32, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    /// not leader; `leader` names the leader when known
+    case follower = 0
+    /// elected, reading the stored view before it answers
+    case loading = 1
+    case leader = 2
+    /// the stored view cannot be read; `detail` says why
+    case failed = 3
+
+    /// The value's name in the .proto.
+    public var description: String {
+        switch self {
+        case .follower: "ROLE_FOLLOWER"
+        case .loading: "ROLE_LOADING"
+        case .leader: "ROLE_LEADER"
+        case .failed: "ROLE_FAILED"
+        }
+    }
+}
+
 /// First frame a client sends on a new connection.
 public struct Hello: Sendable, Hashable {
     /// currently 1
@@ -485,6 +506,28 @@ public struct ViewServiceStatus: Sendable, Hashable {
     }
 }
 
+/// What one view service says of itself: leading, following (and whom), or stopped by a store
+/// it cannot read. Every view service answers it, leader or not (`pbkv status --viewservice`
+/// with the addresses of a replicated set asks each one).
+public struct ViewServiceRoleArgs: Sendable, Hashable {
+    public init() {}
+}
+
+/// `pbkv.ViewServiceRole`.
+public struct ViewServiceRole: Sendable, Hashable {
+    public var role: LeadershipRole
+    /// ROLE_FOLLOWER: the leader's HOST:PORT, empty when unknown
+    public var leader: String
+    /// ROLE_FAILED: the store's error
+    public var detail: String
+
+    public init(role: LeadershipRole = .follower, leader: String = "", detail: String = "") {
+        self.role = role
+        self.leader = leader
+        self.detail = detail
+    }
+}
+
 /// A call. The method is the field set in `call`; a field number unknown to the server
 /// arrives as "no field set" and is answered with UNKNOWN_METHOD.
 public struct Request: Sendable, Hashable {
@@ -515,9 +558,10 @@ public enum Call: Sendable, Hashable {
     case transfer(TransferChunk)
     case viewServiceStatus
     case serverStatus
+    case viewServiceRole
 
     /// Every case's name (the field's name in UpperCamelCase), indexed by `caseIndex`.
-    public static let caseNames = ["Ping", "GetView", "Get", "Put", "PutHash", "Forward", "Transfer", "ViewServiceStatus", "ServerStatus"]
+    public static let caseNames = ["Ping", "GetView", "Get", "Put", "PutHash", "Forward", "Transfer", "ViewServiceStatus", "ServerStatus", "ViewServiceRole"]
 
     /// This case's position in `caseNames` (field order in the .proto).
     public var caseIndex: Int {
@@ -531,6 +575,7 @@ public enum Call: Sendable, Hashable {
         case .transfer: 6
         case .viewServiceStatus: 7
         case .serverStatus: 8
+        case .viewServiceRole: 9
         }
     }
 
@@ -571,9 +616,10 @@ public enum CallResult: Sendable, Hashable {
     case transfer(TransferReply)
     case viewServiceStatus(ViewServiceStatus)
     case serverStatus(ServerStatus)
+    case viewServiceRole(ViewServiceRole)
 
     /// Every case's name (the field's name in UpperCamelCase), indexed by `caseIndex`.
-    public static let caseNames = ["View", "Kv", "Forward", "Transfer", "ViewServiceStatus", "ServerStatus"]
+    public static let caseNames = ["View", "Kv", "Forward", "Transfer", "ViewServiceStatus", "ServerStatus", "ViewServiceRole"]
 
     /// This case's position in `caseNames` (field order in the .proto).
     public var caseIndex: Int {
@@ -584,6 +630,7 @@ public enum CallResult: Sendable, Hashable {
         case .transfer: 3
         case .viewServiceStatus: 4
         case .serverStatus: 5
+        case .viewServiceRole: 6
         }
     }
 

@@ -41,6 +41,18 @@ extension OpKind {
     }
 }
 
+extension LeadershipRole {
+    /// The Swift value of a decoded `Pbkv__LeadershipRole`; an unknown value (a newer peer's) is refused.
+    /// protobuf-c keeps the int32 that arrived, which Swift sees as UInt32: converted bit for bit,
+    /// as any value (2^31 and above, negatives) may come from a hostile peer.
+    init(_ c: Pbkv__LeadershipRole, field: String) throws(MessageCodecError) {
+        guard let value = LeadershipRole(rawValue: Int32(truncatingIfNeeded: c.rawValue)) else {
+            throw .unknownValue(field: field, value: Int64(Int32(truncatingIfNeeded: c.rawValue)))
+        }
+        self = value
+    }
+}
+
 extension Hello {
     /// A new `Pbkv__Hello` in `arena` holding this value.
     func cMessage(_ arena: CArena) -> UnsafeMutablePointer<Pbkv__Hello> {
@@ -543,6 +555,40 @@ extension ViewServiceStatus {
     }
 }
 
+extension ViewServiceRoleArgs {
+    /// A new `Pbkv__ViewServiceRoleArgs` in `arena` holding this value.
+    func cMessage(_ arena: CArena) -> UnsafeMutablePointer<Pbkv__ViewServiceRoleArgs> {
+        let c = arena.allocate(Pbkv__ViewServiceRoleArgs.self)
+        pbkv__view_service_role_args__init(c)
+        return c
+    }
+
+    /// The Swift value of a decoded `Pbkv__ViewServiceRoleArgs`.
+    init(_ c: Pbkv__ViewServiceRoleArgs) throws(MessageCodecError) {
+        self.init()
+    }
+}
+
+extension ViewServiceRole {
+    /// A new `Pbkv__ViewServiceRole` in `arena` holding this value.
+    func cMessage(_ arena: CArena) -> UnsafeMutablePointer<Pbkv__ViewServiceRole> {
+        let c = arena.allocate(Pbkv__ViewServiceRole.self)
+        pbkv__view_service_role__init(c)
+        c.pointee.role = Pbkv__LeadershipRole(rawValue: .init(truncatingIfNeeded: role.rawValue))
+        c.pointee.leader = arena.cString(leader)
+        c.pointee.detail = arena.cString(detail)
+        return c
+    }
+
+    /// The Swift value of a decoded `Pbkv__ViewServiceRole`.
+    init(_ c: Pbkv__ViewServiceRole) throws(MessageCodecError) {
+        try self.init(
+            role: LeadershipRole(c.role, field: "ViewServiceRole.role"),
+            leader: CDecode.text(c.leader, "ViewServiceRole.leader"),
+            detail: CDecode.text(c.detail, "ViewServiceRole.detail"))
+    }
+}
+
 extension Request {
     /// A new `Pbkv__Request` in `arena` holding this value.
     func cMessage(_ arena: CArena) -> UnsafeMutablePointer<Pbkv__Request> {
@@ -594,6 +640,9 @@ extension Call {
         case .serverStatus:
             c.pointee.server_status = ServerStatusArgs().cMessage(arena)
             c.pointee.call_case = PBKV__REQUEST__CALL_SERVER_STATUS
+        case .viewServiceRole:
+            c.pointee.view_service_role = ViewServiceRoleArgs().cMessage(arena)
+            c.pointee.call_case = PBKV__REQUEST__CALL_VIEW_SERVICE_ROLE
         }
     }
 
@@ -627,6 +676,9 @@ extension Call {
         case PBKV__REQUEST__CALL_SERVER_STATUS:
             guard c.server_status != nil else { return nil }
             self = .serverStatus
+        case PBKV__REQUEST__CALL_VIEW_SERVICE_ROLE:
+            guard c.view_service_role != nil else { return nil }
+            self = .viewServiceRole
         default:
             return nil
         }
@@ -679,6 +731,9 @@ extension CallResult {
         case .serverStatus(let value):
             c.pointee.server_status = value.cMessage(arena)
             c.pointee.result_case = PBKV__RESPONSE__RESULT_SERVER_STATUS
+        case .viewServiceRole(let value):
+            c.pointee.view_service_role = value.cMessage(arena)
+            c.pointee.result_case = PBKV__RESPONSE__RESULT_VIEW_SERVICE_ROLE
         }
     }
 
@@ -703,6 +758,9 @@ extension CallResult {
         case PBKV__RESPONSE__RESULT_SERVER_STATUS:
             guard let p = c.server_status else { return nil }
             self = .serverStatus(try ServerStatus(p.pointee))
+        case PBKV__RESPONSE__RESULT_VIEW_SERVICE_ROLE:
+            guard let p = c.view_service_role else { return nil }
+            self = .viewServiceRole(try ViewServiceRole(p.pointee))
         default:
             return nil
         }

@@ -16,6 +16,8 @@ public protocol ViewServiceProtocol: Sendable {
     func getView(context: RPCCallContext) -> EventLoopFuture<View>
     /// The view and every live server, idle ones included (`pbkv status`).
     func viewServiceStatus(context: RPCCallContext) -> EventLoopFuture<ViewServiceStatus>
+    /// Leading, following or failed, answered by every view service (leader or not).
+    func viewServiceRole(context: RPCCallContext) -> EventLoopFuture<ViewServiceRole>
 }
 
 /// The methods of `pbkv.ViewService` as values: each makes its `Call` and picks its reply out of a `CallResult`.
@@ -29,6 +31,9 @@ public enum ViewServiceMethods {
     public static let viewServiceStatus = RPCMethod<ViewServiceStatusArgs, ViewServiceStatus>(
         name: "ViewServiceStatus", call: { _ in .viewServiceStatus },
         reply: { if case .viewServiceStatus(let reply) = $0 { reply } else { nil } })
+    public static let viewServiceRole = RPCMethod<ViewServiceRoleArgs, ViewServiceRole>(
+        name: "ViewServiceRole", call: { _ in .viewServiceRole },
+        reply: { if case .viewServiceRole(let reply) = $0 { reply } else { nil } })
 }
 
 extension RPCMethodTable {
@@ -46,6 +51,9 @@ extension RPCMethodTable {
             case .viewServiceStatus:
                 refused(call, context)
                     ?? service.viewServiceStatus(context: context).map { .viewServiceStatus($0) }
+            case .viewServiceRole:
+                refused(call, context)
+                    ?? service.viewServiceRole(context: context).map { .viewServiceRole($0) }
             default:
                 nil
             }
@@ -107,6 +115,22 @@ public struct ViewServiceStub: Sendable {
     {
         try await client.call(
             ViewServiceMethods.viewServiceStatus, ViewServiceStatusArgs(), timeout: timeout, compressionThreshold: compressionThreshold)
+    }
+
+    /// Leading, following or failed, answered by every view service (leader or not).
+    public func viewServiceRole(timeout: Duration, compressionThreshold: Int? = nil)
+        -> EventLoopFuture<ViewServiceRole>
+    {
+        client.call(
+            ViewServiceMethods.viewServiceRole, ViewServiceRoleArgs(), timeout: timeout, compressionThreshold: compressionThreshold)
+    }
+
+    /// Leading, following or failed, answered by every view service (leader or not).
+    public func viewServiceRole(timeout: Duration, compressionThreshold: Int? = nil)
+        async throws(RPCError) -> ViewServiceRole
+    {
+        try await client.call(
+            ViewServiceMethods.viewServiceRole, ViewServiceRoleArgs(), timeout: timeout, compressionThreshold: compressionThreshold)
     }
 }
 

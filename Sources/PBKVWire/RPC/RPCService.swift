@@ -99,6 +99,11 @@ extension ViewServiceProtocol {
     public func viewServiceStatus(context: RPCCallContext) -> EventLoopFuture<ViewServiceStatus> {
         context.eventLoop.makeFailedFuture(RPCServiceError(code: .unknownMethod, message: "this view service does not report its status"))
     }
+
+    /// Default: the method is not implemented (answered UNKNOWN_METHOD).
+    public func viewServiceRole(context: RPCCallContext) -> EventLoopFuture<ViewServiceRole> {
+        context.eventLoop.makeFailedFuture(RPCServiceError(code: .unknownMethod, message: "this view service does not report its role"))
+    }
 }
 
 extension KVServiceProtocol {

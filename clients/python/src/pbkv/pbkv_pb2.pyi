@@ -36,6 +36,13 @@ class OpKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OP_GET: _ClassVar[OpKind]
     OP_PUT: _ClassVar[OpKind]
     OP_PUT_HASH: _ClassVar[OpKind]
+
+class LeadershipRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_FOLLOWER: _ClassVar[LeadershipRole]
+    ROLE_LOADING: _ClassVar[LeadershipRole]
+    ROLE_LEADER: _ClassVar[LeadershipRole]
+    ROLE_FAILED: _ClassVar[LeadershipRole]
 OK: Code
 NO_KEY: Code
 WRONG_SERVER: Code
@@ -57,6 +64,10 @@ FEATURE_DEFLATE_STREAM: Feature
 OP_GET: OpKind
 OP_PUT: OpKind
 OP_PUT_HASH: OpKind
+ROLE_FOLLOWER: LeadershipRole
+ROLE_LOADING: LeadershipRole
+ROLE_LEADER: LeadershipRole
+ROLE_FAILED: LeadershipRole
 
 class Hello(_message.Message):
     __slots__ = ("protocol_version", "features", "max_frame_size", "client_name")
@@ -312,8 +323,22 @@ class ViewServiceStatus(_message.Message):
     servers: _containers.RepeatedCompositeFieldContainer[ServerSeen]
     def __init__(self, view: _Optional[_Union[View, _Mapping]] = ..., servers: _Optional[_Iterable[_Union[ServerSeen, _Mapping]]] = ...) -> None: ...
 
+class ViewServiceRoleArgs(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ViewServiceRole(_message.Message):
+    __slots__ = ("role", "leader", "detail")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    role: LeadershipRole
+    leader: str
+    detail: str
+    def __init__(self, role: _Optional[_Union[LeadershipRole, str]] = ..., leader: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
 class Request(_message.Message):
-    __slots__ = ("call_id", "timeout_ms", "ping", "get_view", "get", "put", "put_hash", "forward", "transfer", "view_service_status", "server_status")
+    __slots__ = ("call_id", "timeout_ms", "ping", "get_view", "get", "put", "put_hash", "forward", "transfer", "view_service_status", "server_status", "view_service_role")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
@@ -325,6 +350,7 @@ class Request(_message.Message):
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
     VIEW_SERVICE_STATUS_FIELD_NUMBER: _ClassVar[int]
     SERVER_STATUS_FIELD_NUMBER: _ClassVar[int]
+    VIEW_SERVICE_ROLE_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     timeout_ms: int
     ping: PingArgs
@@ -336,10 +362,11 @@ class Request(_message.Message):
     transfer: TransferChunk
     view_service_status: ViewServiceStatusArgs
     server_status: ServerStatusArgs
-    def __init__(self, call_id: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., ping: _Optional[_Union[PingArgs, _Mapping]] = ..., get_view: _Optional[_Union[GetViewArgs, _Mapping]] = ..., get: _Optional[_Union[GetArgs, _Mapping]] = ..., put: _Optional[_Union[PutArgs, _Mapping]] = ..., put_hash: _Optional[_Union[PutHashArgs, _Mapping]] = ..., forward: _Optional[_Union[ForwardArgs, _Mapping]] = ..., transfer: _Optional[_Union[TransferChunk, _Mapping]] = ..., view_service_status: _Optional[_Union[ViewServiceStatusArgs, _Mapping]] = ..., server_status: _Optional[_Union[ServerStatusArgs, _Mapping]] = ...) -> None: ...
+    view_service_role: ViewServiceRoleArgs
+    def __init__(self, call_id: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., ping: _Optional[_Union[PingArgs, _Mapping]] = ..., get_view: _Optional[_Union[GetViewArgs, _Mapping]] = ..., get: _Optional[_Union[GetArgs, _Mapping]] = ..., put: _Optional[_Union[PutArgs, _Mapping]] = ..., put_hash: _Optional[_Union[PutHashArgs, _Mapping]] = ..., forward: _Optional[_Union[ForwardArgs, _Mapping]] = ..., transfer: _Optional[_Union[TransferChunk, _Mapping]] = ..., view_service_status: _Optional[_Union[ViewServiceStatusArgs, _Mapping]] = ..., server_status: _Optional[_Union[ServerStatusArgs, _Mapping]] = ..., view_service_role: _Optional[_Union[ViewServiceRoleArgs, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("call_id", "code", "message", "leader", "view", "kv", "forward", "transfer", "view_service_status", "server_status")
+    __slots__ = ("call_id", "code", "message", "leader", "view", "kv", "forward", "transfer", "view_service_status", "server_status", "view_service_role")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -350,6 +377,7 @@ class Response(_message.Message):
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
     VIEW_SERVICE_STATUS_FIELD_NUMBER: _ClassVar[int]
     SERVER_STATUS_FIELD_NUMBER: _ClassVar[int]
+    VIEW_SERVICE_ROLE_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     code: Code
     message: str
@@ -360,7 +388,8 @@ class Response(_message.Message):
     transfer: TransferReply
     view_service_status: ViewServiceStatus
     server_status: ServerStatus
-    def __init__(self, call_id: _Optional[int] = ..., code: _Optional[_Union[Code, str]] = ..., message: _Optional[str] = ..., leader: _Optional[str] = ..., view: _Optional[_Union[View, _Mapping]] = ..., kv: _Optional[_Union[KVReply, _Mapping]] = ..., forward: _Optional[_Union[ForwardReply, _Mapping]] = ..., transfer: _Optional[_Union[TransferReply, _Mapping]] = ..., view_service_status: _Optional[_Union[ViewServiceStatus, _Mapping]] = ..., server_status: _Optional[_Union[ServerStatus, _Mapping]] = ...) -> None: ...
+    view_service_role: ViewServiceRole
+    def __init__(self, call_id: _Optional[int] = ..., code: _Optional[_Union[Code, str]] = ..., message: _Optional[str] = ..., leader: _Optional[str] = ..., view: _Optional[_Union[View, _Mapping]] = ..., kv: _Optional[_Union[KVReply, _Mapping]] = ..., forward: _Optional[_Union[ForwardReply, _Mapping]] = ..., transfer: _Optional[_Union[TransferReply, _Mapping]] = ..., view_service_status: _Optional[_Union[ViewServiceStatus, _Mapping]] = ..., server_status: _Optional[_Union[ServerStatus, _Mapping]] = ..., view_service_role: _Optional[_Union[ViewServiceRole, _Mapping]] = ...) -> None: ...
 
 class Envelope(_message.Message):
     __slots__ = ("hello", "hello_reply", "request", "response", "goodbye")
