@@ -177,6 +177,7 @@ extension RequestID {
         pbkv__request_id__init(c)
         c.pointee.client_id = clientID
         c.pointee.seq = seq
+        c.pointee.acked = acked
         return c
     }
 
@@ -184,6 +185,7 @@ extension RequestID {
     init(_ c: Pbkv__RequestId) throws(MessageCodecError) {
         self.clientID = c.client_id
         self.seq = c.seq
+        self.acked = c.acked
     }
 }
 
@@ -345,6 +347,7 @@ extension DuplicateEntry {
         c.pointee.reply = reply.cMessage(arena)
         c.pointee.last_used = lastUsed
         c.pointee.reread = reread ? 1 : 0
+        c.pointee.acked = acked
         return c
     }
 
@@ -355,6 +358,7 @@ extension DuplicateEntry {
         self.reply = try c.reply.map { (p) throws(MessageCodecError) in try KVReply(p.pointee) } ?? KVReply()
         self.lastUsed = c.last_used
         self.reread = c.reread != 0
+        self.acked = c.acked
     }
 }
 
