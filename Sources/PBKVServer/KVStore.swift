@@ -66,7 +66,7 @@ public struct KVStore: Sendable, Hashable {
         public var kept: [KeptReply] { older + [KeptReply(seq: seq, reply: reply)] }
 
         /// The kept entry of `seq`, if it was executed and is above `acked`.
-        func kept(_ wanted: UInt64) -> KeptReply? {
+        func keptEntry(_ wanted: UInt64) -> KeptReply? {
             if wanted == seq { return KeptReply(seq: seq, reply: reply) }
             guard wanted > acked, wanted < seq else { return nil }
             return Self.position(of: wanted, in: older).found.map { older[$0] }
@@ -139,7 +139,7 @@ public struct KVStore: Sendable, Hashable {
     /// one: pipelined requests may arrive out of order.
     public func check(_ id: RequestID) -> DuplicateCheck {
         guard let record = duplicates[id.clientID] else { return id.seq > 1 ? .expired : .new }
-        if let kept = record.kept(id.seq) {
+        if let kept = record.keptEntry(id.seq) {
             guard let reply = kept.reply else { return .new }
             return .duplicate(reply)
         }

@@ -23,9 +23,7 @@ struct PipelineEndToEndTests {
         let clients = try (0..<2).map { _ in
             try cluster.client(deadline: .seconds(20)) { $0.pipelineWindow = window }
         }
-        let stop = Mutex(false)
-        // Calls in progress per client, and the most seen at once.
-        let outstanding = Mutex((now: [0, 0], most: 0))
+        let lanesState = LanesState(clients: 2)
 
         // Each client runs `window` lanes, each one operation at a time.
         let lanes = (0..<2).flatMap { n in
@@ -34,14 +32,11 @@ struct PipelineEndToEndTests {
                 return Task {
                     var rng = SplitMix64(seed: UInt64(n * 100 + lane + 1))
                     var i = 0
-                    while !stop.withLock({ $0 }) {
+                    while !lanesState.stopped {
                         let key = keys[Int(rng.next() % UInt64(keys.count))]
                         let value = "c\(n)-\(lane)-\(i)"
                         i += 1
-                        outstanding.withLock {
-                            $0.now[n] += 1
-                            $0.most = max($0.most, $0.now[n])
-                        }
+                        lanesState.begin(client: n)
                         switch rng.next() % 3 {
                         case 0:
                             let token = recorder.invoke(client: n, kind: .get, key: key)
@@ -62,7 +57,7 @@ struct PipelineEndToEndTests {
                                 recorder.complete(token, output: .value(previous))
                             } catch { recorder.completeIndeterminate(token) }
                         }
-                        outstanding.withLock { $0.now[n] -= 1 }
+                        lanesState.end(client: n)
                     }
                 }
             }
@@ -88,7 +83,7 @@ struct PipelineEndToEndTests {
         } catch {
             Issue.record("\(error)")
         }
-        stop.withLock { $0 = true }
+        lanesState.stop()
         for lane in lanes { await lane.value }
 
         let history = recorder.history()
@@ -96,7 +91,7 @@ struct PipelineEndToEndTests {
         let result = LinearizabilityChecker().check(history)
         #expect(result.isLinearizable, "\(result)")
         #expect(history.count - indeterminate >= 300)
-        #expect(outstanding.withLock { $0.most } > 1)
+        #expect(lanesState.mostOutstanding > 1)
         for client in clients {
             let stats = await client.stats
             #expect(stats.retries > 0, "the failover made the clients retry")
@@ -117,4 +112,61 @@ struct PipelineEndToEndTests {
         await cluster.kill(s3)
         await cluster.shutdown()
     }
+
+    @Test("A pipelining client whose session was evicted: its 8 concurrent Puts are all refused unexecuted, it starts one new session, and every Put then runs once")
+    func sessionExpiredWithCallsInFlight() async throws {
+        let cluster = try await InProcessCluster.start()
+        let s1 = try await cluster.startServer(name: "s1") { $0.replica.maxSessions = 1 }
+        do {
+            _ = try await cluster.waitForView("s1 primary") { $0.primary == s1.address && $0.acknowledged }
+            let client = try cluster.client { $0.pipelineWindow = 8 }
+            try await client.put("first", "1")
+            let firstID = await client.clientID
+            // Two other sessions evict this one (1 + 1/8 rows trigger an eviction at 2).
+            for name in ["b", "c"] {
+                let other = try cluster.client()
+                try await other.put(name, name)
+                await other.close()
+            }
+            #expect(try await s1.server.storeSnapshot().duplicates[firstID] == nil)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<8 { group.addTask { try await client.put("k\(i)", "v\(i)") } }
+                try await group.waitForAll()
+            }
+            #expect(await client.stats.newSessions == 1)
+            let newID = await client.clientID
+            #expect(newID != firstID)
+            let store = try await s1.server.storeSnapshot()
+            for i in 0..<8 { #expect(store.map["k\(i)"] == "v\(i)") }
+            // 1 + 2 + 8 Puts ran, each once; the new session's row kept its seqs 1...8.
+            #expect(store.clock == 11)
+            #expect(store.duplicates[newID]?.seq == 8)
+            await client.close()
+        } catch {
+            Issue.record("\(error)")
+        }
+        await cluster.kill(s1)
+        await cluster.shutdown()
+    }
+}
+
+/// What the lanes of the pipelining test share: when to stop, and how many calls each client has
+/// in progress (and the most seen at once).
+private final class LanesState: Sendable {
+    private let state: Mutex<(stopped: Bool, now: [Int], most: Int)>
+
+    init(clients: Int) { state = Mutex((false, Array(repeating: 0, count: clients), 0)) }
+
+    var stopped: Bool { state.withLock { $0.stopped } }
+    var mostOutstanding: Int { state.withLock { $0.most } }
+    func stop() { state.withLock { $0.stopped = true } }
+
+    func begin(client: Int) {
+        state.withLock {
+            $0.now[client] += 1
+            $0.most = max($0.most, $0.now[client])
+        }
+    }
+
+    func end(client: Int) { state.withLock { $0.now[client] -= 1 } }
 }
