@@ -168,34 +168,12 @@ echo
 printf '%-24s | %9s %6s %6s | %9s %6s | %9s %6s | %7s %7s | %s\n' \
   "shape" "pbkv op/s" "p50" "p99" "SET op/s" "p50" "+WAIT1" "p50" "÷SET" "÷WAIT" "VS calls/op"
 printf '%s\n' "-------------------------+------------------------+------------------+------------------+-----------------+------------"
-for clients in 1 50; do
-  for size in 16 1024; do
-    for mix in "put=100" "get=90,put=10"; do
-      common=(--clients "$clients" --duration "$SECONDS_PER_CELL" --keys "$KEYS" --value-size "$size" --mix "$mix" --json)
-      shape="${size}B $(mix_name "$mix")"
-      p=$(bench_on plaintext "${common[@]}")
-      r=$("$PBKV" bench --redis "127.0.0.1:$R1" "${common[@]}" 2>>"$PROGRESS")
-      w=$("$PBKV" bench --redis "127.0.0.1:$R1" --redis-wait 1 "${common[@]}" 2>>"$PROGRESS")
-      record "\"section\":\"matrix\",\"shape\":\"$shape\",\"system\":\"pbkv\"" "$p"
-      record "\"section\":\"matrix\",\"shape\":\"$shape\",\"system\":\"redis\"" "$r"
-      record "\"section\":\"matrix\",\"shape\":\"$shape\",\"system\":\"redis-wait\"" "$w"
-      pt=$(json throughput <<<"$p"); rt=$(json throughput <<<"$r"); wt=$(json throughput <<<"$w")
-      printf '%-24s | %9.0f %6.0f %6.0f | %9.0f %6.0f | %9.0f %6.0f | %7.2f %7.2f | %s\n' "c=$clients $shape" \
-        "$pt" "$(json p50_us <<<"$p")" "$(json p99_us <<<"$p")" \
-        "$rt" "$(json p50_us <<<"$r")" "$wt" "$(json p50_us <<<"$w")" \
-        "$(calc "$pt / $rt")" "$(calc "$pt / $wt")" "$(json viewservice_calls_per_op <<<"$p")"
-      errors=$(json errors <<<"$p")
-      [ "$errors" != "0" ] && echo "  (pbkv errors in this cell: $errors)"
-    done
-  done
-done
-# Pipelined: every client keeps $PIPELINE writes outstanding. pbkv answers each Put once the
-# backup applied it; "+WAIT1" sends each SET followed by WAIT 1 0 and counts it when WAIT
-# answered, $PIPELINE such pairs in flight per connection (Redis runs a client's commands in
-# order, so each WAIT holds the SETs behind it until the replica acknowledged).
-for clients in 1 50; do
-  common=(--clients "$clients" --pipeline "$PIPELINE" --duration "$SECONDS_PER_CELL" --keys "$KEYS" --value-size 16 --mix put=100 --json)
-  shape="16B write-only P$PIPELINE"
+# matrix_cell CLIENTS SHAPE BENCH_ARG…: one row of the matrix — pbkv, Redis SET, Redis SET+WAIT 1
+# with the same load-generator arguments — recorded and printed.
+matrix_cell() {
+  local clients=$1 shape=$2; shift 2
+  local common=(--clients "$clients" --duration "$SECONDS_PER_CELL" --keys "$KEYS" "$@" --json)
+  local p r w pt rt wt errors
   p=$(bench_on plaintext "${common[@]}")
   r=$("$PBKV" bench --redis "127.0.0.1:$R1" "${common[@]}" 2>>"$PROGRESS")
   w=$("$PBKV" bench --redis "127.0.0.1:$R1" --redis-wait 1 "${common[@]}" 2>>"$PROGRESS")
@@ -209,6 +187,21 @@ for clients in 1 50; do
     "$(calc "$pt / $rt")" "$(calc "$pt / $wt")" "$(json viewservice_calls_per_op <<<"$p")"
   errors=$(json errors <<<"$p")
   [ "$errors" != "0" ] && echo "  (pbkv errors in this cell: $errors)"
+  return 0
+}
+for clients in 1 50; do
+  for size in 16 1024; do
+    for mix in "put=100" "get=90,put=10"; do
+      matrix_cell "$clients" "${size}B $(mix_name "$mix")" --value-size "$size" --mix "$mix"
+    done
+  done
+done
+# Pipelined: every client keeps $PIPELINE writes outstanding. pbkv answers each Put once the
+# backup applied it; "+WAIT1" sends each SET followed by WAIT 1 0 and counts it when WAIT
+# answered, $PIPELINE such pairs in flight per connection (Redis runs a client's commands in
+# order, so each WAIT holds the SETs behind it until the replica acknowledged).
+for clients in 1 50; do
+  matrix_cell "$clients" "16B write-only P$PIPELINE" --pipeline "$PIPELINE" --value-size 16 --mix put=100
 done
 echo
 echo "Cross-check with redis-benchmark (plain SET/GET, same concurrency and value size):"

@@ -8,20 +8,6 @@ private func op(_ kind: OpKind, _ key: String, _ value: String = "", client: UIn
     Operation(kind: kind, key: key, value: value, id: RequestID(clientID: client, seq: seq, acked: acked))
 }
 
-private func primaryAlone() -> ReplicaStateMachine {
-    var p = ReplicaStateMachine(me: "p")
-    _ = p.onView(View(viewnum: 1, primary: "p", backup: "", acknowledged: false))
-    _ = p.onView(View(viewnum: 1, primary: "p", backup: "", acknowledged: true))
-    return p
-}
-
-/// The reply of a request answered at once (a primary without backup).
-private func answer(_ p: inout ReplicaStateMachine, _ operation: Operation) -> KVReply? {
-    let directives = p.onClientRequest(operation, token: 1)
-    guard directives.count == 1, case .reply(1, let reply) = directives[0] else { return nil }
-    return reply
-}
-
 /// A store whose client 1 pipelined PutHashes of `h` at seqs 2...9 (acked 1), after seq 1 alone.
 private func pipelinedStore() -> (KVStore, [UInt64: KVReply]) {
     var store = KVStore()
@@ -71,7 +57,7 @@ struct PipelineWindowTests {
 
     @Test("A retry of each seq in the window gets that seq's own recorded reply (PutHash previous values)")
     func duplicatesOfEverySeq() {
-        var p = primaryAlone()
+        var p = primaryAlone(maxSessions: KVStore.defaultMaxSessions)
         #expect(answer(&p, op(.putHash, "h", "s1", seq: 1, acked: 0)) == KVReply(code: .ok, value: ""))
         var replies: [UInt64: KVReply] = [:]
         for seq in [5, 3, 9, 2, 8, 4, 7, 6] as [UInt64] {
@@ -122,7 +108,7 @@ struct PipelineWindowTests {
 
     @Test("A request beyond the window or with acked not below seq is refused with BAD_REQUEST and not run")
     func windowLimit() {
-        var p = primaryAlone()
+        var p = primaryAlone(maxSessions: KVStore.defaultMaxSessions)
         _ = answer(&p, op(.put, "k", "1", seq: 1, acked: 0))
         let clock = p.store.clock
         let beyond = answer(&p, op(.put, "k", "2", seq: 70, acked: 5))
@@ -139,7 +125,7 @@ struct PipelineWindowTests {
 
     @Test("A seq at or below acked is refused as stale, naming acked")
     func staleRefused() {
-        var p = primaryAlone()
+        var p = primaryAlone(maxSessions: KVStore.defaultMaxSessions)
         _ = answer(&p, op(.put, "k", "1", seq: 1, acked: 0))
         _ = answer(&p, op(.put, "k", "5", seq: 5, acked: 3))
         let stale = answer(&p, op(.put, "k", "3", seq: 3, acked: 1))
@@ -183,7 +169,7 @@ struct PipelineWindowTests {
     @Test("Pipelined sessions out of order: two replicas, one started from a transfer, compute the same replies, rows and evictions; rows stay within the window")
     func evictionStaysDeterministic() {
         var a = KVStore(maxSessions: 8)
-        var rng = SplitMix(seed: 11)
+        var rng = SplitMix64(seed: 11)
         // 30 clients, window 6: each has seq 1 done, then sends seqs in shuffled groups.
         var next: [UInt64: UInt64] = [:]
         var acked: [UInt64: UInt64] = [:]
@@ -262,18 +248,5 @@ struct PipelineWindowTests {
         }
         #expect(net["b"].store.clock == clockBefore + 2)
         #expect(net["b"].store.duplicates[1]?.kept.map(\.seq) == [2, 3, 4, 5, 6])
-    }
-}
-
-/// A tiny deterministic generator for the tests.
-private struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
