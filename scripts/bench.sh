@@ -7,7 +7,10 @@
 #    and runs a fixed matrix: clients {1, 50} x value size {16 B, 1 KiB} x mix {write-only, 90 %
 #    reads}. Every system is driven by the same load generator (`pbkv bench`; `--redis` for
 #    Redis, with `--redis-wait 1` for SET followed by WAIT 1), and redis-benchmark measures Redis
-#    SET/GET with the same concurrency and value size as a cross-check of that generator.
+#    SET/GET with the same concurrency and value size as a cross-check of that generator. Then
+#    the pipelined rows: 16 B write-only with $PIPELINE operations outstanding per client
+#    (`--pipeline`; for Redis on its one connection, each SET+WAIT 1 pair still in order), next
+#    to `redis-benchmark -P $PIPELINE` SET (no WAIT: redis-benchmark cannot send one per SET).
 # 3. TLS cost: a second pbkv cluster with mutual TLS (certificates made with `pbkv certs`); the
 #    16 B cells of 1 and 50 clients run against both clusters in turn (`compare_clusters`).
 # 4. `pbkv bench-cluster`: failover gap, state transfer, memory per key; Redis's memory per key
@@ -30,6 +33,7 @@ TRANSFER_KEYS=${BENCH_TRANSFER_KEYS:-1000000}
 MEMORY_KEYS=${BENCH_MEMORY_KEYS:-1000000}
 FAILOVER_TRIALS=${BENCH_FAILOVER_TRIALS:-5}
 KEYS=10000
+PIPELINE=16  # operations outstanding per client in the pipelined rows
 RESULTS_DIR=${BENCH_RESULTS_DIR:-bench/results}
 SUDO=$([ "$(id -u)" = "0" ] || echo sudo)
 
@@ -164,26 +168,40 @@ echo
 printf '%-24s | %9s %6s %6s | %9s %6s | %9s %6s | %7s %7s | %s\n' \
   "shape" "pbkv op/s" "p50" "p99" "SET op/s" "p50" "+WAIT1" "p50" "÷SET" "÷WAIT" "VS calls/op"
 printf '%s\n' "-------------------------+------------------------+------------------+------------------+-----------------+------------"
+# matrix_cell CLIENTS SHAPE BENCH_ARG…: one row of the matrix — pbkv, Redis SET, Redis SET+WAIT 1
+# with the same load-generator arguments — recorded and printed.
+matrix_cell() {
+  local clients=$1 shape=$2; shift 2
+  local common=(--clients "$clients" --duration "$SECONDS_PER_CELL" --keys "$KEYS" "$@" --json)
+  local p r w pt rt wt errors
+  p=$(bench_on plaintext "${common[@]}")
+  r=$("$PBKV" bench --redis "127.0.0.1:$R1" "${common[@]}" 2>>"$PROGRESS")
+  w=$("$PBKV" bench --redis "127.0.0.1:$R1" --redis-wait 1 "${common[@]}" 2>>"$PROGRESS")
+  record "\"section\":\"matrix\",\"shape\":\"$shape\",\"system\":\"pbkv\"" "$p"
+  record "\"section\":\"matrix\",\"shape\":\"$shape\",\"system\":\"redis\"" "$r"
+  record "\"section\":\"matrix\",\"shape\":\"$shape\",\"system\":\"redis-wait\"" "$w"
+  pt=$(json throughput <<<"$p"); rt=$(json throughput <<<"$r"); wt=$(json throughput <<<"$w")
+  printf '%-24s | %9.0f %6.0f %6.0f | %9.0f %6.0f | %9.0f %6.0f | %7.2f %7.2f | %s\n' "c=$clients $shape" \
+    "$pt" "$(json p50_us <<<"$p")" "$(json p99_us <<<"$p")" \
+    "$rt" "$(json p50_us <<<"$r")" "$wt" "$(json p50_us <<<"$w")" \
+    "$(calc "$pt / $rt")" "$(calc "$pt / $wt")" "$(json viewservice_calls_per_op <<<"$p")"
+  errors=$(json errors <<<"$p")
+  [ "$errors" != "0" ] && echo "  (pbkv errors in this cell: $errors)"
+  return 0
+}
 for clients in 1 50; do
   for size in 16 1024; do
     for mix in "put=100" "get=90,put=10"; do
-      common=(--clients "$clients" --duration "$SECONDS_PER_CELL" --keys "$KEYS" --value-size "$size" --mix "$mix" --json)
-      shape="${size}B $(mix_name "$mix")"
-      p=$(bench_on plaintext "${common[@]}")
-      r=$("$PBKV" bench --redis "127.0.0.1:$R1" "${common[@]}" 2>>"$PROGRESS")
-      w=$("$PBKV" bench --redis "127.0.0.1:$R1" --redis-wait 1 "${common[@]}" 2>>"$PROGRESS")
-      record "\"section\":\"matrix\",\"shape\":\"$shape\",\"system\":\"pbkv\"" "$p"
-      record "\"section\":\"matrix\",\"shape\":\"$shape\",\"system\":\"redis\"" "$r"
-      record "\"section\":\"matrix\",\"shape\":\"$shape\",\"system\":\"redis-wait\"" "$w"
-      pt=$(json throughput <<<"$p"); rt=$(json throughput <<<"$r"); wt=$(json throughput <<<"$w")
-      printf '%-24s | %9.0f %6.0f %6.0f | %9.0f %6.0f | %9.0f %6.0f | %7.2f %7.2f | %s\n' "c=$clients $shape" \
-        "$pt" "$(json p50_us <<<"$p")" "$(json p99_us <<<"$p")" \
-        "$rt" "$(json p50_us <<<"$r")" "$wt" "$(json p50_us <<<"$w")" \
-        "$(calc "$pt / $rt")" "$(calc "$pt / $wt")" "$(json viewservice_calls_per_op <<<"$p")"
-      errors=$(json errors <<<"$p")
-      [ "$errors" != "0" ] && echo "  (pbkv errors in this cell: $errors)"
+      matrix_cell "$clients" "${size}B $(mix_name "$mix")" --value-size "$size" --mix "$mix"
     done
   done
+done
+# Pipelined: every client keeps $PIPELINE writes outstanding. pbkv answers each Put once the
+# backup applied it; "+WAIT1" sends each SET followed by WAIT 1 0 and counts it when WAIT
+# answered, $PIPELINE such pairs in flight per connection (Redis runs a client's commands in
+# order, so each WAIT holds the SETs behind it until the replica acknowledged).
+for clients in 1 50; do
+  matrix_cell "$clients" "16B write-only P$PIPELINE" --pipeline "$PIPELINE" --value-size 16 --mix put=100
 done
 echo
 echo "Cross-check with redis-benchmark (plain SET/GET, same concurrency and value size):"
@@ -200,6 +218,14 @@ for clients in 1 50; do
     done
     echo "$line"
   done
+done
+# redis-benchmark -P: SET only, asynchronous replication (no WAIT), next to the pipelined rows.
+for clients in 1 50; do
+  n=$(( 100000 * SECONDS_PER_CELL ))
+  csv=$(redis-benchmark -p "$R1" -c "$clients" -P "$PIPELINE" -n "$n" -d 16 -r "$KEYS" -t set --csv 2>/dev/null | grep '^"SET"')
+  rate=$(cut -d'"' -f4 <<<"$csv"); p50=$(calc "$(cut -d'"' -f10 <<<"$csv") * 1000")
+  record '"section":"redis-benchmark"' "{\"clients\":$clients,\"value_size\":16,\"pipeline\":$PIPELINE,\"op\":\"SET\",\"throughput\":${rate:-0},\"p50_us\":${p50:-0}}"
+  printf '  c=%-2s    16B  SET -P %-3s %8.0f op/s p50 %4.0f µs (no WAIT)\n' "$clients" "$PIPELINE" "$rate" "$p50"
 done
 echo "load average after the matrix: $(cut -d' ' -f1-3 /proc/loadavg)"
 record '"section":"meta"' "{\"load_after_matrix\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}"

@@ -10,9 +10,10 @@ Redis, and each comparison of pbkv clusters such as plaintext vs TLS). Standard 
 Records, by "section":
   meta             date, machine, versions, settings (several lines are merged)
   matrix           one load-generator run: shape, clients, system (pbkv | redis | redis-wait),
-                   throughput, p50_us, p99_us, errors, viewservice_calls_per_op
+                   throughput, p50_us, p99_us, errors, viewservice_calls_per_op; pipeline (operations
+                   outstanding per client, absent = 1)
   compare          the same, for two or more pbkv clusters: group, title, system (cluster name)
-  redis-benchmark  clients, value_size, op (SET | GET), throughput, p50_us
+  redis-benchmark  clients, value_size, op (SET | GET), throughput, p50_us; pipeline (-P, absent = 1)
   failover, vs-failover, transfer, memory, memory-redis   as `pbkv bench-cluster --json` prints them
 """
 
@@ -90,7 +91,7 @@ def markdown(records, svg_name=None):
     if "redis_version" in meta:
         facts.append(f"Redis {meta['redis_version']}")
     if "seconds_per_cell" in meta:
-        facts.append(f"each cell {meta['seconds_per_cell']} s after 1 s warm-up, {meta.get('keys', '?')} keys, one request outstanding per client")
+        facts.append(f"each cell {meta['seconds_per_cell']} s after 1 s warm-up, {meta.get('keys', '?')} keys, one request outstanding per client (N pipelined in cells marked PN)")
     if "load_before" in meta:
         facts.append(f"load average before: {meta['load_before']}" + (f", after the matrix: {meta['load_after_matrix']}" if "load_after_matrix" in meta else ""))
     out += [f"- {fact}" for fact in facts]
@@ -140,12 +141,40 @@ def markdown(records, svg_name=None):
         out += ["", "## Cross-check: redis-benchmark", "", "Plain SET/GET with the same concurrency and value size.", "",
                 "| clients | value | op | op/s | p50 µs |", "|--:|--:|---|--:|--:|"]
         for r in checks:
-            out.append(f"| {r['clients']} | {r['value_size']} B | {r['op']} | {r['throughput']:.0f} | {r['p50_us']:.0f} |")
+            op = r["op"] + (f" -P {r['pipeline']}" if r.get("pipeline", 1) > 1 else "")
+            out.append(f"| {r['clients']} | {r['value_size']} B | {op} | {r['throughput']:.0f} | {r['p50_us']:.0f} |")
+    pipelined = pipeline_rows(records)
+    if pipelined:
+        out += ["", "## Pipelining next to redis-benchmark -P", "",
+                "pbkv with N operations outstanding per client (each Put answered once the backup applied it) over "
+                "redis-benchmark -P N SET (answered before replication: no WAIT) and over the same load generator's "
+                "SET+WAIT 1 pipelined N deep (WAIT-equivalent durability).", "",
+                "| cell | pbkv op/s | redis-benchmark -P op/s | ÷redis-benchmark | SET+WAIT 1 op/s | ÷WAIT |", "|---|--:|--:|--:|--:|--:|"]
+        for clients, shape, p, check, w in pipelined:
+            out.append("| " + " | ".join([
+                f"c={clients} {shape}", num(p, "throughput"), num(check, "throughput"),
+                ratio(p and p["throughput"], check and check["throughput"]),
+                num(w, "throughput"), ratio(p and p["throughput"], w and w["throughput"])]) + " |")
 
     cluster = cluster_lines(records)
     if cluster:
         out += ["", "## Failover, state transfer, memory (`pbkv bench-cluster`)", ""] + [f"- {line}" for line in cluster]
     return "\n".join(out) + "\n"
+
+
+def pipeline_rows(records):
+    """[(clients, shape, pbkv record, redis-benchmark -P record, redis-wait record)] for each
+    pipelined matrix cell that redis-benchmark measured with the same -P and client count."""
+    rows = []
+    for clients, shape, systems in matrix_rows(records):
+        p = systems.get("pbkv")
+        depth = p.get("pipeline", 1) if p else 1
+        if depth <= 1:
+            continue
+        check = next((r for r in records if r.get("section") == "redis-benchmark" and r.get("op") == "SET"
+                      and r.get("pipeline", 1) == depth and r["clients"] == clients), None)
+        rows.append((clients, shape, p, check, systems.get("redis-wait")))
+    return rows
 
 
 def cluster_lines(records):
@@ -290,10 +319,17 @@ def chart_rows(records):
     row of two panels per client count of the matrix and of each comparison."""
     rows = []
     matrix = matrix_rows(records)
-    for clients in ordered(c for c, _, _ in matrix):
-        cells = [(cell_label(shape), [s.get(key) for key, _ in MATRIX_SYSTEMS]) for c, shape, s in matrix if c == clients]
+
+    def depth(systems):
+        return max((r.get("pipeline", 1) for r in systems.values()), default=1)
+
+    # One row per client count, and per pipeline depth (pipelined cells have an axis of their own).
+    for clients, pipeline in ordered((c, depth(s)) for c, _, s in matrix):
+        cells = [(cell_label(shape), [s.get(key) for key, _ in MATRIX_SYSTEMS]) for c, shape, s in matrix
+                 if c == clients and depth(s) == pipeline]
         series = [(name, MATRIX_COLORS[i]) for i, (_, name) in enumerate(MATRIX_SYSTEMS)]
-        rows.append((f"pbkv next to Redis, {clients} client{'s' if clients != 1 else ''}", series, cells))
+        outstanding = f", {pipeline} outstanding each" if pipeline > 1 else ""
+        rows.append((f"pbkv next to Redis, {clients} client{'s' if clients != 1 else ''}{outstanding}", series, cells))
     for _, title, systems, group_cells in compare_groups(records):
         for clients in ordered(c for c, _, _ in group_cells):
             cells = [(cell_label(shape), [s.get(system) for system in systems]) for c, shape, s in group_cells if c == clients]

@@ -32,6 +32,10 @@ RECORDS = [
     cell("compare", 50, "16B write-only", "plaintext", 25000, 1900, 4800, group="tls", title="TLS cost"),
     cell("compare", 50, "16B write-only", "tls", 20000, 2300, 5500, group="tls", title="TLS cost"),
     {"section": "redis-benchmark", "clients": 1, "value_size": 16, "op": "SET", "throughput": 13749.0, "p50_us": 63},
+    cell("matrix", 1, "16B write-only P16", "pbkv", 30000, 500, 900, pipeline=16),
+    cell("matrix", 1, "16B write-only P16", "redis", 90000, 170, 300, pipeline=16),
+    cell("matrix", 1, "16B write-only P16", "redis-wait", 20000, 800, 1500, pipeline=16),
+    {"section": "redis-benchmark", "clients": 1, "value_size": 16, "pipeline": 16, "op": "SET", "throughput": 120000.0, "p50_us": 120},
     {"section": "failover", "view_service": "file", "trials": 5, "median_ms": 523.0, "max_ms": 537.0, "gaps_ms": [523.0]},
     {"section": "memory-redis", "keys": 1000, "value_size": 16, "rss_before": 1048576, "rss_after": 3145728, "bytes_per_key": 2097.2},
     {"section": "wire", "values": "1 KiB JSON records", "mode": "stream", "client_bytes_per_put": 251.4,
@@ -54,6 +58,10 @@ class MarkdownTests(unittest.TestCase):
         self.assertIn("| shape | plaintext op/s | p50 | p99 | tls op/s | p50 | p99 | tls÷plaintext op/s | tls÷plaintext p50 |", md)
         self.assertIn("| c=1 16B write-only | 5000 | 200 | 400 | 4000 | 250 | 500 | 0.80 | 1.25 |", md)
         self.assertIn("| 1 | 16 B | SET | 13749 | 63 |", md)
+        self.assertIn("| 1 | 16 B | SET -P 16 | 120000 | 120 |", md)
+        # Pipelined: pbkv ÷ redis-benchmark -P 16 = 30000 / 120000, ÷ SET+WAIT pipelined = 30000 / 20000.
+        self.assertIn("## Pipelining next to redis-benchmark -P", md)
+        self.assertIn("| c=1 16B write-only P16 | 30000 | 120000 | 0.25 | 20000 | 1.50 |", md)
         self.assertIn("- failover (file view service): 5 trials, gap median 523 ms, max 537 ms", md)
         self.assertIn("- memory, Redis (DEBUG POPULATE): 1000 keys of 16 B, RSS 1 MiB → 3 MiB, 2097.2 bytes per key", md)
 
@@ -78,12 +86,14 @@ class SvgTests(unittest.TestCase):
 
     def test_one_bar_per_figure_with_legend_and_axes(self):
         bars = self.bars()
-        # Matrix: 2 rows x 1 cell x 3 systems, a throughput bar and p50 + p99 bars each; TLS: 2 x 1 x 2.
-        self.assertEqual(len(bars), (2 * 3 + 2 * 2) * 3)
+        # Matrix: 3 rows (1 client, 1 client pipelined, 50 clients) x 1 cell x 3 systems, a throughput
+        # bar and p50 + p99 bars each; TLS: 2 x 1 x 2.
+        self.assertEqual(len(bars), (3 * 3 + 2 * 2) * 3)
         texts = [t.firstChild.data for t in self.doc.getElementsByTagName("text") if t.firstChild]
         for expected in ["pbkv", "Redis SET/GET", "Redis SET+WAIT 1", "plaintext", "tls",
                          "operations per second", "µs per operation", "TLS cost, 50 clients: latency",
-                         "pbkv next to Redis, 1 client: throughput", "latency: p50 (solid) inside p99 (light)"]:
+                         "pbkv next to Redis, 1 client: throughput",
+                         "pbkv next to Redis, 1 client, 16 outstanding each: throughput", "latency: p50 (solid) inside p99 (light)"]:
             self.assertIn(expected, texts)
 
     def test_bar_heights_are_proportional_on_a_nice_axis(self):

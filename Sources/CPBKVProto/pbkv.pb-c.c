@@ -1772,7 +1772,7 @@ const ProtobufCMessageDescriptor pbkv__view_record__descriptor =
   (ProtobufCMessageInit) pbkv__view_record__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor pbkv__request_id__field_descriptors[2] =
+static const ProtobufCFieldDescriptor pbkv__request_id__field_descriptors[3] =
 {
   {
     "client_id",
@@ -1798,15 +1798,28 @@ static const ProtobufCFieldDescriptor pbkv__request_id__field_descriptors[2] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "acked",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__RequestId, acked),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned pbkv__request_id__field_indices_by_name[] = {
+  2,   /* field[2] = acked */
   0,   /* field[0] = client_id */
   1,   /* field[1] = seq */
 };
 static const ProtobufCIntRange pbkv__request_id__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor pbkv__request_id__descriptor =
 {
@@ -1816,7 +1829,7 @@ const ProtobufCMessageDescriptor pbkv__request_id__descriptor =
   "Pbkv__RequestId",
   "pbkv",
   sizeof(Pbkv__RequestId),
-  2,
+  3,
   pbkv__request_id__field_descriptors,
   pbkv__request_id__field_indices_by_name,
   1,  pbkv__request_id__number_ranges,
@@ -2309,7 +2322,7 @@ const ProtobufCMessageDescriptor pbkv__entry__descriptor =
   (ProtobufCMessageInit) pbkv__entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor pbkv__duplicate_entry__field_descriptors[5] =
+static const ProtobufCFieldDescriptor pbkv__duplicate_entry__field_descriptors[6] =
 {
   {
     "client_id",
@@ -2371,8 +2384,21 @@ static const ProtobufCFieldDescriptor pbkv__duplicate_entry__field_descriptors[5
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "acked",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Pbkv__DuplicateEntry, acked),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned pbkv__duplicate_entry__field_indices_by_name[] = {
+  5,   /* field[5] = acked */
   0,   /* field[0] = client_id */
   3,   /* field[3] = last_used */
   2,   /* field[2] = reply */
@@ -2382,7 +2408,7 @@ static const unsigned pbkv__duplicate_entry__field_indices_by_name[] = {
 static const ProtobufCIntRange pbkv__duplicate_entry__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor pbkv__duplicate_entry__descriptor =
 {
@@ -2392,7 +2418,7 @@ const ProtobufCMessageDescriptor pbkv__duplicate_entry__descriptor =
   "Pbkv__DuplicateEntry",
   "pbkv",
   sizeof(Pbkv__DuplicateEntry),
-  5,
+  6,
   pbkv__duplicate_entry__field_descriptors,
   pbkv__duplicate_entry__field_indices_by_name,
   1,  pbkv__duplicate_entry__number_ranges,

@@ -24,6 +24,8 @@ public enum KVClientError: Error, Sendable, Hashable, CustomStringConvertible {
     /// (SESSION_EXPIRED): an earlier attempt may or may not have taken effect, and the server
     /// can no longer tell. The client has started a new session for later calls.
     case sessionExpired(operation: String, key: String)
+    /// `KVClientConfiguration.pipelineWindow` is outside 1 ... `RequestID.maxWindow`.
+    case invalidPipelineWindow(Int)
 
     public var description: String {
         switch self {
@@ -42,6 +44,9 @@ public enum KVClientError: Error, Sendable, Hashable, CustomStringConvertible {
             "\(operation) \"\(Self.shown(key))\" was retried after its session expired on the server (SESSION_EXPIRED: "
                 + "the duplicate table evicted it, see --max-sessions): an earlier attempt may or may not have taken "
                 + "effect; read the key to find out before repeating it"
+        case .invalidPipelineWindow(let window):
+            "pipelineWindow \(window) is out of range: use 1 (one request outstanding) to \(RequestID.maxWindow) "
+                + "(the most a server keeps per session)"
         }
     }
 
@@ -73,6 +78,11 @@ public struct KVClientConfiguration: Sendable {
     public var tls: MutualTLS?
     /// How servers are reached: TCP by default, or an `InMemoryNetwork`'s transport in tests.
     public var transport: any RPCTransport = TCPTransport()
+    /// Most operations of this client outstanding at once, 1 ... `RequestID.maxWindow` (64).
+    /// 1 (the default): one at a time, concurrent calls wait their turn. Above 1: concurrent
+    /// calls are pipelined on the one connection with consecutive sequence numbers of one
+    /// session, each retried with its own request id (see README "At-most-once").
+    public var pipelineWindow = 1
 
     public init() {}
 }
@@ -91,25 +101,29 @@ public struct KVClientStats: Sendable, Hashable {
 ///
 /// It finds the primary through the view service, caches the view, and talks only to that
 /// primary; on an error or timeout it asks the view service again, sleeps about a ping interval
-/// and retries with the same request id until success or the deadline. A client has one request
-/// outstanding at a time: concurrent calls on one `KVClient` wait their turn (open more clients
-/// for concurrency).
+/// and retries with the same request id until success or the deadline. By default a client has
+/// one request outstanding at a time: concurrent calls on one `KVClient` wait their turn. With
+/// `KVClientConfiguration.pipelineWindow` W > 1, up to W concurrent calls are in flight at once
+/// on its connection (the first request of each session still goes alone).
 public actor KVClient {
     /// The client id of the current session: random, replaced when the server answers
     /// SESSION_EXPIRED (its duplicate table evicted this session).
-    public private(set) var clientID: UInt64
+    public var clientID: UInt64 { session.clientID }
     private let configuration: KVClientConfiguration
     private nonisolated let eventLoop: any EventLoop
     private nonisolated let executor: any SerialExecutor
     private let logger: Logger
     private let viewService: ViewServiceClient
-    private var seq: UInt64 = 0
+    private var session: Session
+    private let window: Int
     private var primary: String?
     private var primaryClient: RPCClient?
     /// The view's text for `primaryClient`'s address (compared per call; never re-formatted).
     private var primaryClientAddress: String?
-    private var busy = false
-    private var waiters: [CheckedContinuation<Void, Never>] = []
+    /// Operations holding one of the `window` places (their seq may be of an older session).
+    private var inFlight = 0
+    /// Calls waiting for a place and a seq, first come first served; resumed with their id.
+    private var waiters: [CheckedContinuation<RequestID, Never>] = []
     private var closed = false
     public private(set) var stats = KVClientStats()
 
@@ -120,7 +134,11 @@ public actor KVClient {
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "pbkv.client")
     ) throws(KVClientError) {
         guard let addresses = try? PeerAddress.list(parsing: viewService) else { throw .invalidAddress(viewService) }
-        self.clientID = UInt64.random(in: 1...UInt64.max)
+        guard (1...Int(RequestID.maxWindow)).contains(configuration.pipelineWindow) else {
+            throw .invalidPipelineWindow(configuration.pipelineWindow)
+        }
+        self.session = Session()
+        self.window = configuration.pipelineWindow
         self.configuration = configuration
         self.eventLoop = eventLoopGroup.next()
         self.executor = eventLoop.executor
@@ -179,11 +197,11 @@ public actor KVClient {
     private func perform<Request: Sendable>(
         _ method: RPCMethod<Request, KVReply>, _ makeRequest: (RequestID) -> Request
     ) async throws(KVClientError) -> KVReply {
-        await acquire()
-        defer { release() }
         guard !closed else { throw .closed }
-        seq += 1
-        var request = makeRequest(RequestID(clientID: clientID, seq: seq))
+        var id = await admit()
+        defer { finish(id) }
+        guard !closed else { throw .closed }
+        var request = makeRequest(id)
         var call: Call { method.call(request) }
         stats.operations += 1
         let start = ContinuousClock.now
@@ -208,15 +226,16 @@ public actor KVClient {
                     if reply.code == .sessionExpired {
                         // The server did not run this attempt. A new session (new id, seq 1) is
                         // safe when no earlier attempt may have run, and always for a Get (a
-                        // read has no effect to repeat); otherwise the outcome is unknown.
-                        newSession()
+                        // read has no effect to repeat); otherwise the outcome is unknown. Other
+                        // calls in flight in the expired session meet the same answer and decide
+                        // for themselves; the session is replaced once.
+                        if id.clientID == session.clientID { newSession() }
                         if mayHaveRun, !call.isGet {
                             throw KVClientError.sessionExpired(operation: call.method, key: call.key)
                         }
-                        seq = 1
-                        request = makeRequest(RequestID(clientID: clientID, seq: seq))
+                        id = await reissue(id)
+                        request = makeRequest(id)
                         sent = false
-                        stats.newSessions += 1
                         continue
                     }
                     if reply.code == .badRequest {
@@ -257,10 +276,12 @@ public actor KVClient {
         }
     }
 
-    /// Starts a new session: a fresh random client id, seq restarting at 1.
+    /// Starts a new session: a fresh random client id, seq restarting at 1. Calls of the old
+    /// session still in flight keep their ids (their retries must be recognised as such).
     private func newSession() {
-        clientID = UInt64.random(in: 1...UInt64.max)
-        seq = 0
+        session = Session()
+        stats.newSessions += 1
+        wakeWaiters()
     }
 
     private func refreshView(_ lastProblem: inout String) async {
@@ -290,20 +311,70 @@ public actor KVClient {
         return client
     }
 
-    private func acquire() async {
-        if !busy {
-            busy = true
-            return
-        }
-        await withCheckedContinuation { waiters.append($0) }
+    /// A place among the `window` in flight and the next seq of the current session, waiting
+    /// for them if needed (after the callers already waiting).
+    private func admit() async -> RequestID {
+        if waiters.isEmpty, let id = issue() { return id }
+        return await withCheckedContinuation { waiters.append($0) }
     }
 
-    private func release() {
-        if waiters.isEmpty {
-            busy = false
-        } else {
-            waiters.removeFirst().resume()
+    /// The next request id if a place is free and the session's window allows its seq.
+    private func issue() -> RequestID? {
+        guard inFlight < window, session.allowsNextSeq(window: window) else { return nil }
+        inFlight += 1
+        return session.nextID(pipelining: window > 1)
+    }
+
+    /// A new id in the current session for a call whose `old` id's session expired: at once,
+    /// keeping its place, when the window allows; else after the callers already waiting.
+    private func reissue(_ old: RequestID) async -> RequestID {
+        if session.allowsNextSeq(window: window) { return session.nextID(pipelining: window > 1) }
+        finish(old)
+        return await admit()
+    }
+
+    /// `id`'s call is over (replied, failed or given up): it will never be sent again.
+    private func finish(_ id: RequestID) {
+        inFlight -= 1
+        if id.clientID == session.clientID { session.finish(id.seq) }
+        wakeWaiters()
+    }
+
+    private func wakeWaiters() {
+        while !waiters.isEmpty, let id = issue() { waiters.removeFirst().resume(returning: id) }
+    }
+}
+
+/// A client session: its id, the seqs handed out and how far the client holds every reply.
+///
+/// Pipelining rules (README "At-most-once"): seq 1 goes alone — the server refuses a seq above 1
+/// for a client id it has no row for (SESSION_EXPIRED, the row was evicted), so seq 2 is sent
+/// only once seq 1's reply proved the row exists; after that, seqs up to `acked + window` may
+/// be in flight, `acked` being the highest seq such that every call up to it is over.
+private struct Session {
+    let clientID = UInt64.random(in: 1...UInt64.max)
+    private(set) var lastSeq: UInt64 = 0
+    private(set) var acked: UInt64 = 0
+    /// Seqs above `acked + 1` whose calls are over.
+    private var finishedAbove: Set<UInt64> = []
+
+    func allowsNextSeq(window: Int) -> Bool {
+        lastSeq == 0 || (acked >= 1 && lastSeq + 1 - acked <= UInt64(window))
+    }
+
+    /// The next id; with pipelining it carries `acked` (without, 0: the server reads seq - 1).
+    mutating func nextID(pipelining: Bool) -> RequestID {
+        lastSeq += 1
+        return RequestID(clientID: clientID, seq: lastSeq, acked: pipelining ? acked : 0)
+    }
+
+    mutating func finish(_ seq: UInt64) {
+        guard seq == acked + 1 else {
+            finishedAbove.insert(seq)
+            return
         }
+        acked = seq
+        while finishedAbove.remove(acked + 1) != nil { acked += 1 }
     }
 }
 

@@ -8,7 +8,8 @@ private func op(_ kind: OpKind, _ key: String, _ value: String = "", client: UIn
     Operation(kind: kind, key: key, value: value, id: RequestID(clientID: client, seq: seq))
 }
 
-private func primaryAlone(maxSessions: Int) -> ReplicaStateMachine {
+/// A primary of view 1 without backup, acknowledged (answers at once).
+func primaryAlone(maxSessions: Int) -> ReplicaStateMachine {
     var configuration = ReplicaConfiguration()
     configuration.maxSessions = maxSessions
     var p = ReplicaStateMachine(me: "p", configuration: configuration)
@@ -18,7 +19,7 @@ private func primaryAlone(maxSessions: Int) -> ReplicaStateMachine {
 }
 
 /// The reply of a request answered at once (a primary without backup).
-private func answer(_ p: inout ReplicaStateMachine, _ operation: Operation) -> KVReply? {
+func answer(_ p: inout ReplicaStateMachine, _ operation: Operation) -> KVReply? {
     let directives = p.onClientRequest(operation, token: 1)
     guard directives.count == 1, case .reply(1, let reply) = directives[0] else { return nil }
     return reply

@@ -3,7 +3,7 @@ import PBKVCore
 import PBKVWire
 import Testing
 
-private let largestID = RequestID(clientID: .max, seq: .max)
+private let largestID = RequestID(clientID: .max, seq: .max, acked: .max)
 
 private func size(_ envelope: Envelope) -> Int { EnvelopeCodec.encode(envelope).readableBytes }
 
@@ -32,7 +32,8 @@ struct EncodedSizeTests {
                 entries: [Entry(key: key, value: value), Entry(key: key, value: value)], duplicates: [])
             #expect(size(request(.transfer(entryChunk))) <= envelope + 2 * item)
             for code in [Code.ok, .noKey, .wrongServer, .unavailable] {
-                let row = DuplicateEntry(clientID: .max, seq: .max, reply: KVReply(code: code, value: value))
+                let row = DuplicateEntry(
+                    clientID: .max, seq: .max, reply: KVReply(code: code, value: value), lastUsed: .max, reread: true, acked: .max)
                 let rowChunk = TransferChunk(
                     viewnum: .max, primary: primary, transferID: .max, chunkIndex: .max, last: true, nextIndex: .max,
                     entries: [Entry(key: key, value: value)], duplicates: [row, row])

@@ -294,10 +294,17 @@ struct  Pbkv__RequestId
   ProtobufCMessage base;
   uint64_t client_id;
   uint64_t seq;
+  /*
+   * Pipelining (several requests of one session outstanding): the client holds the reply of
+   * every seq <= acked of this session and never sends them again, so the server may forget
+   * their replies. Non-zero: acked < seq and seq - acked <= 64 (the server's window, else
+   * BAD_REQUEST). 0 (absent): one request outstanding, as before — read as seq - 1.
+   */
+  uint64_t acked;
 };
 #define PBKV__REQUEST_ID__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&pbkv__request_id__descriptor) \
-    , 0, 0 }
+    , 0, 0, 0 }
 
 
 struct  Pbkv__GetArgs
@@ -414,7 +421,8 @@ struct  Pbkv__Entry
 
 
 /*
- * One client's last request and its reply (the at-most-once table).
+ * One client's last request and its reply (the at-most-once table); a pipelining client's row
+ * is several of these.
  */
 struct  Pbkv__DuplicateEntry
 {
@@ -436,10 +444,17 @@ struct  Pbkv__DuplicateEntry
    * A Get's row: a retry of it is executed again as a new read, so no reply is kept.
    */
   protobuf_c_boolean reread;
+  /*
+   * A pipelining session's row keeps the replies of every executed seq above `acked` (see
+   * RequestId.acked): it is sent as one entry per kept seq, oldest first, each carrying the
+   * row's `acked` (a receiver that does not know the field keeps the last, the newest). 0 (an
+   * older sender): seq - 1.
+   */
+  uint64_t acked;
 };
 #define PBKV__DUPLICATE_ENTRY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&pbkv__duplicate_entry__descriptor) \
-    , 0, 0, NULL, 0, 0 }
+    , 0, 0, NULL, 0, 0, 0 }
 
 
 /*

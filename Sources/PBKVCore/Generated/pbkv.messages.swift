@@ -222,10 +222,16 @@ public struct ViewRecord: Sendable, Hashable {
 public struct RequestID: Sendable, Hashable {
     public var clientID: UInt64
     public var seq: UInt64
+    /// Pipelining (several requests of one session outstanding): the client holds the reply of
+    /// every seq <= acked of this session and never sends them again, so the server may forget
+    /// their replies. Non-zero: acked < seq and seq - acked <= 64 (the server's window, else
+    /// BAD_REQUEST). 0 (absent): one request outstanding, as before — read as seq - 1.
+    public var acked: UInt64
 
-    public init(clientID: UInt64 = 0, seq: UInt64 = 0) {
+    public init(clientID: UInt64 = 0, seq: UInt64 = 0, acked: UInt64 = 0) {
         self.clientID = clientID
         self.seq = seq
+        self.acked = acked
     }
 }
 
@@ -332,7 +338,8 @@ public struct Entry: Sendable, Hashable {
     }
 }
 
-/// One client's last request and its reply (the at-most-once table).
+/// One client's last request and its reply (the at-most-once table); a pipelining client's row
+/// is several of these.
 public struct DuplicateEntry: Sendable, Hashable {
     public var clientID: UInt64
     public var seq: UInt64
@@ -345,19 +352,26 @@ public struct DuplicateEntry: Sendable, Hashable {
     public var lastUsed: UInt64
     /// A Get's row: a retry of it is executed again as a new read, so no reply is kept.
     public var reread: Bool
+    /// A pipelining session's row keeps the replies of every executed seq above `acked` (see
+    /// RequestId.acked): it is sent as one entry per kept seq, oldest first, each carrying the
+    /// row's `acked` (a receiver that does not know the field keeps the last, the newest). 0 (an
+    /// older sender): seq - 1.
+    public var acked: UInt64
 
     public init(
         clientID: UInt64 = 0,
         seq: UInt64 = 0,
         reply: KVReply = KVReply(),
         lastUsed: UInt64 = 0,
-        reread: Bool = false
+        reread: Bool = false,
+        acked: UInt64 = 0
     ) {
         self.clientID = clientID
         self.seq = seq
         self.reply = reply
         self.lastUsed = lastUsed
         self.reread = reread
+        self.acked = acked
     }
 }
 

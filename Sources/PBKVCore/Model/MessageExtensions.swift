@@ -28,7 +28,26 @@ extension ViewRecord: CustomStringConvertible {
 }
 
 extension RequestID: CustomStringConvertible {
-    public var description: String { "\(String(clientID, radix: 16))#\(seq)" }
+    /// Most sequence numbers of one session outstanding at once (`seq - acked`): a server
+    /// refuses a request beyond it with BAD_REQUEST, which bounds its duplicate table at this
+    /// many kept replies per session. A protocol constant: every server and client agrees on it.
+    public static let maxWindow: UInt64 = 64
+
+    /// The seqs the client holds replies for: `acked`, or `seq - 1` when the request carries
+    /// none (0: one request outstanding, the meaning before pipelining).
+    public var effectiveAcked: UInt64 { acked != 0 ? acked : (seq > 0 ? seq - 1 : 0) }
+
+    /// Why the server refuses this id's window (BAD_REQUEST); nil if it is fine.
+    public var windowRefusal: String? {
+        guard acked != 0 else { return nil }
+        if acked >= seq { return "RequestId.acked (\(acked)) must be below seq (\(seq))" }
+        if seq - acked > Self.maxWindow {
+            return "seq \(seq) is \(seq - acked) past acked \(acked): at most \(Self.maxWindow) requests of one session may be outstanding (the server's window)"
+        }
+        return nil
+    }
+
+    public var description: String { "\(String(clientID, radix: 16))#\(seq)\(acked != 0 ? "^\(acked)" : "")" }
 }
 
 extension TransferChunk {

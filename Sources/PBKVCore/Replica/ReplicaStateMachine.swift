@@ -443,6 +443,8 @@ public struct ReplicaStateMachine: Sendable {
         guard op.id.clientID != 0, op.id.seq != 0 else {
             return [.reply(token, KVReply(code: .badRequest, value: "RequestId with a non-zero client_id and seq is required"))]
         }
+        // A pipelining window the duplicate table would not keep: refused before anything else.
+        if let refusal = op.id.windowRefusal { return [.reply(token, KVReply(code: .badRequest, value: refusal))] }
         // Too large to forward or store: refused by every server alike, before anything is applied.
         if let refusal = limitRefusal(op) { return [.reply(token, refusal)] }
         guard role == .primary else { return [.reply(token, KVReply(code: .wrongServer))] }
@@ -453,16 +455,17 @@ public struct ReplicaStateMachine: Sendable {
         switch store.check(op.id) {
         case .duplicate(let reply):
             // Retried: the original may still wait for the backup; answer with it, never twice.
-            if let i = pending.firstIndex(where: { $0.op.id == op.id }) {
+            // (By client id and seq: a retry may carry a later `acked`.)
+            if let i = pending.firstIndex(where: { $0.op.id.clientID == op.id.clientID && $0.op.id.seq == op.id.seq }) {
                 pending[i].tokens.append(token)
                 return []
             }
             return [.reply(token, reply)]
         case .stale:
-            // Older than this client's last request: a correct client (one request outstanding,
-            // seq increasing) no longer waits for it, so only a misbehaving one sees this. Retrying
-            // elsewhere would not help, hence not WRONG_SERVER.
-            return [.reply(token, KVReply(code: .badRequest, value: "seq is older than this client's last request: one request outstanding per client id, seq increasing"))]
+            // At or below what the client acknowledged (without pipelining: older than its last
+            // request): a correct client no longer waits for it, so only a misbehaving one sees
+            // this. Retrying elsewhere would not help, hence not WRONG_SERVER.
+            return [.reply(token, KVReply(code: .badRequest, value: "seq \(op.id.seq) is at or below what this client id acknowledged (its last request's seq - 1, or RequestId.acked when pipelining): seqs increase, and an acknowledged seq is never sent again"))]
         case .expired:
             // No row and seq > 1: the session was evicted, and this may be a retry of a request
             // that already ran. Never execute it; the client starts a new session.
@@ -682,11 +685,14 @@ struct TransferCursor: Sendable {
         clock = store.clock
         // A Get's row has no reply; it is sent as WRONG_SERVER, which a receiver that knows
         // `reread` ignores and an older one (a rolling upgrade) answers to a retried Get — a
-        // retry elsewhere, never a made-up value.
-        duplicates = store.duplicates.map {
-            DuplicateEntry(
-                clientID: $0.key, seq: $0.value.seq, reply: $0.value.reply ?? KVReply(code: .wrongServer),
-                lastUsed: $0.value.lastUsed, reread: $0.value.reply == nil)
+        // retry elsewhere, never a made-up value. A pipelining row goes as one entry per kept
+        // seq, oldest first: a receiver that does not know `acked` keeps the newest.
+        duplicates = store.duplicates.flatMap { id, row in
+            row.kept.map {
+                DuplicateEntry(
+                    clientID: id, seq: $0.seq, reply: $0.reply ?? KVReply(code: .wrongServer), lastUsed: row.lastUsed,
+                    reread: $0.reply == nil, acked: row.acked)
+            }
         }
     }
 

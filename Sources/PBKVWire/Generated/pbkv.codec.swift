@@ -196,6 +196,7 @@ extension RequestID {
         pbkv__request_id__init(c)
         c.pointee.client_id = clientID
         c.pointee.seq = seq
+        c.pointee.acked = acked
         return c
     }
 
@@ -203,7 +204,8 @@ extension RequestID {
     init(_ c: Pbkv__RequestId) throws(MessageCodecError) {
         self.init(
             clientID: c.client_id,
-            seq: c.seq)
+            seq: c.seq,
+            acked: c.acked)
     }
 }
 
@@ -373,6 +375,7 @@ extension DuplicateEntry {
         c.pointee.reply = reply.cMessage(arena)
         c.pointee.last_used = lastUsed
         c.pointee.reread = reread ? 1 : 0
+        c.pointee.acked = acked
         return c
     }
 
@@ -383,7 +386,8 @@ extension DuplicateEntry {
             seq: c.seq,
             reply: c.reply.map { (p) throws(MessageCodecError) in try KVReply(p.pointee) } ?? KVReply(),
             lastUsed: c.last_used,
-            reread: c.reread != 0)
+            reread: c.reread != 0,
+            acked: c.acked)
     }
 }
 

@@ -9,8 +9,9 @@ import PBKVCore
 import PBKVClient
 import PBKVWire
 
-/// `pbkv bench`: N concurrent clients (each its own `KVClient`, one request outstanding) for a
-/// fixed time; prints throughput and latency percentiles (HdrHistogram), errors and retries.
+/// `pbkv bench`: N concurrent clients (each its own `KVClient`, one request outstanding, or
+/// `--pipeline P` of them) for a fixed time; prints throughput and latency percentiles
+/// (HdrHistogram), errors and retries.
 /// With `--redis` the same loop drives a Redis server instead (SET/GET, optionally each SET
 /// followed by `WAIT`), so both stores are measured by one load generator; with `--fill` it
 /// writes every key once and reports the load rate.
@@ -20,8 +21,10 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(help: "The view service, HOST:PORT; a replicated one as HOST:PORT,HOST:PORT,…")
     var viewservice: String = "127.0.0.1:7000"
-    @Option(help: "Concurrent clients (one request outstanding each).")
+    @Option(help: "Concurrent clients (one request outstanding each, or --pipeline).")
     var clients: Int = 1
+    @Option(help: "Operations each client keeps outstanding: pbkv pipelines them in one session (pipelineWindow, at most 64); Redis on its one connection.")
+    var pipeline: Int = 1
     @Option(help: "Seconds to run.")
     var duration: Double = 10
     @Option(help: "Number of distinct keys.")
@@ -73,6 +76,9 @@ struct BenchCommand: AsyncParsableCommand {
         guard clients > 0, duration > 0, keys > 0, valueSize >= 0 else {
             throw ValidationError("--clients, --duration and --keys must be positive")
         }
+        guard (1...Int(RequestID.maxWindow)).contains(pipeline) else {
+            throw ValidationError("--pipeline must be 1 to \(RequestID.maxWindow) (the most a pbkv server keeps per session)")
+        }
         if redis != nil, try parseMix().putHash > 0 {
             throw ValidationError("--redis supports get and put only; drop puthash from --mix")
         }
@@ -96,6 +102,7 @@ struct BenchCommand: AsyncParsableCommand {
             var configuration = KVClientConfiguration()
             configuration.tls = try security.resolve()
             configuration.compression = compression.mode
+            configuration.pipelineWindow = pipeline
             targets = try (0..<clients).map { _ in
                 PBKVBenchTarget(
                     client: try KVClient(viewService: viewservice, configuration: configuration, logger: ClusterBenchCommand.quietLogger))
@@ -123,15 +130,18 @@ struct BenchCommand: AsyncParsableCommand {
         let warmupEnd = start + .milliseconds(Int64(warmup * 1000))
         let end = warmupEnd + .milliseconds(Int64(duration * 1000))
         let progress = Progress()
-        let title = "\(targetName) \(clients) client\(clients == 1 ? "" : "s")"
+        let title = "\(targetName) \(clients) client\(clients == 1 ? "" : "s")\(pipeline > 1 ? " ×\(pipeline) pipelined" : "")"
         let results = try await display.run(title, sample: { Self.timeSample(ops: progress.count, start: start, end: end) }) {
             try await withThrowingTaskGroup(of: (Histogram<UInt64>, Int).self) { group in
                 for (n, client) in targets.enumerated() {
-                    let loop = BenchLoop(
-                        seed: UInt64(n + 1), keyNames: keyNames, value: value, mix: mix, warmupEnd: warmupEnd, end: end,
-                        progress: progress)
-                    // Each client's loop runs on that client's own event loop: no thread hop per call.
-                    group.addTask { await client.drive(loop) }
+                    // One closed loop per operation a client keeps outstanding (its "lane").
+                    let loops = (0..<pipeline).map { lane in
+                        BenchLoop(
+                            seed: UInt64(n + 1) &+ UInt64(lane) << 32, keyNames: keyNames, value: value, mix: mix,
+                            warmupEnd: warmupEnd, end: end, progress: progress)
+                    }
+                    // Each client's loops run on that client's own event loop: no thread hop per call.
+                    group.addTask { await client.drive(loops) }
                 }
                 var merged = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
                 var errors = 0
@@ -160,11 +170,11 @@ struct BenchCommand: AsyncParsableCommand {
         let vsPerOp = operations > 0 ? Double(vsCalls) / Double(operations) : 0
         if json {
             print("{\"target\":\"\(targetName)\",\"mix\":\"\(self.mix)\"," + String(
-                format: "\"clients\":%d,\"value_size\":%d,\"seconds\":%.1f,\"ops\":%d,\"throughput\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f,\"errors\":%d,\"retries\":%d,\"viewservice_calls_per_op\":%.5f}",
-                clients, valueSize, duration, Int(count), throughput, us(50), us(90), us(99), us(99.9),
+                format: "\"clients\":%d,\"pipeline\":%d,\"value_size\":%d,\"seconds\":%.1f,\"ops\":%d,\"throughput\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f,\"errors\":%d,\"retries\":%d,\"viewservice_calls_per_op\":%.5f}",
+                clients, pipeline, valueSize, duration, Int(count), throughput, us(50), us(90), us(99), us(99.9),
                 Double(h.max) / 1000, results.1, retries, vsPerOp))
         } else {
-            print("\(targetName) bench: \(clients) clients, \(keys) keys, \(valueSize) B values, mix \(self.mix), \(duration) s")
+            print("\(targetName) bench: \(clients) clients\(pipeline > 1 ? " with \(pipeline) operations outstanding each" : ""), \(keys) keys, \(valueSize) B values, mix \(self.mix), \(duration) s")
             print(String(format: "  throughput  %.0f ops/s (%d ops)", throughput, Int(count)))
             print(String(format: "  latency µs  p50 %.0f  p90 %.0f  p99 %.0f  p99.9 %.0f  max %.0f", us(50), us(90), us(99), us(99.9), Double(h.max) / 1000))
             print("  errors \(results.1), retries \(retries), view service calls per operation \(String(format: "%.5f", vsPerOp))")
@@ -223,12 +233,13 @@ extension BenchCommand {
     }
 }
 
-/// One benchmark client: a pbkv `KVClient` or a Redis connection, one request outstanding.
+/// One benchmark client: a pbkv `KVClient` or a Redis connection.
 protocol BenchTarget: Sendable {
     /// One Put (SET for Redis), for preloading and `--fill`.
     func put(_ key: String, _ value: String) async throws
-    /// Runs `loop` with this client, isolated to it.
-    func drive(_ loop: BenchLoop) async -> (Histogram<UInt64>, Int)
+    /// Runs `loops` concurrently with this client (each isolated to it: one operation of each
+    /// outstanding at a time); their histograms merged and errors summed.
+    func drive(_ loops: [BenchLoop]) async -> (Histogram<UInt64>, Int)
     /// The client's retry and view service counters (pbkv only).
     var stats: KVClientStats? { get async }
     func close() async
@@ -238,13 +249,15 @@ protocol BenchTarget: Sendable {
 struct PBKVBenchTarget: BenchTarget {
     let client: KVClient
     func put(_ key: String, _ value: String) async throws { try await client.put(key, value) }
-    func drive(_ loop: BenchLoop) async -> (Histogram<UInt64>, Int) {
-        await client.withIsolation { client in
-            await loop.run { kind, key in
-                switch kind {
-                case .get: _ = try await client.get(key)
-                case .put: try await client.put(key, loop.value)
-                case .putHash: _ = try await client.putHash(key, loop.value)
+    func drive(_ loops: [BenchLoop]) async -> (Histogram<UInt64>, Int) {
+        await runConcurrently(loops) { loop in
+            await client.withIsolation { client in
+                await loop.run { kind, key in
+                    switch kind {
+                    case .get: _ = try await client.get(key)
+                    case .put: try await client.put(key, loop.value)
+                    case .putHash: _ = try await client.putHash(key, loop.value)
+                    }
                 }
             }
         }
@@ -276,14 +289,16 @@ struct RedisBenchTarget: BenchTarget {
         }
     }
 
-    func drive(_ loop: BenchLoop) async -> (Histogram<UInt64>, Int) {
+    func drive(_ loops: [BenchLoop]) async -> (Histogram<UInt64>, Int) {
         let waitReplicas = self.waitReplicas
-        return await client.withIsolation { client in
-            await loop.run { kind, key in
-                switch kind {
-                case .get: _ = try await client.pipeline([["GET", key]])
-                case .put: try await RedisBenchTarget.set(client, key, loop.value, waitReplicas: waitReplicas)
-                case .putHash: throw RedisBenchClient.Failure.redisError("no Redis equivalent of PutHash")
+        return await runConcurrently(loops) { loop in
+            await client.withIsolation { client in
+                await loop.run { kind, key in
+                    switch kind {
+                    case .get: _ = try await client.pipeline([["GET", key]])
+                    case .put: try await RedisBenchTarget.set(client, key, loop.value, waitReplicas: waitReplicas)
+                    case .putHash: throw RedisBenchClient.Failure.redisError("no Redis equivalent of PutHash")
+                    }
                 }
             }
         }
@@ -291,6 +306,24 @@ struct RedisBenchTarget: BenchTarget {
 
     var stats: KVClientStats? { get async { nil } }
     func close() async { await client.close() }
+}
+
+/// Runs `body` for each loop concurrently (the one loop of an unpipelined client directly) and
+/// merges the histograms and error counts.
+func runConcurrently(
+    _ loops: [BenchLoop], _ body: @escaping @Sendable (BenchLoop) async -> (Histogram<UInt64>, Int)
+) async -> (Histogram<UInt64>, Int) {
+    if loops.count == 1 { return await body(loops[0]) }
+    return await withTaskGroup(of: (Histogram<UInt64>, Int).self) { group in
+        for loop in loops { group.addTask { await body(loop) } }
+        var merged = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+        var errors = 0
+        for await (histogram, e) in group {
+            merged.add(histogram)
+            errors += e
+        }
+        return (merged, errors)
+    }
 }
 
 /// Counts operations across client tasks for the progress display.

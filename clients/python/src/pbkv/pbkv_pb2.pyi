@@ -136,12 +136,14 @@ class ViewRecord(_message.Message):
     def __init__(self, format_version: _Optional[int] = ..., view: _Optional[_Union[View, _Mapping]] = ..., previous_backup: _Optional[str] = ...) -> None: ...
 
 class RequestId(_message.Message):
-    __slots__ = ("client_id", "seq")
+    __slots__ = ("client_id", "seq", "acked")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    ACKED_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     seq: int
-    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+    acked: int
+    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., acked: _Optional[int] = ...) -> None: ...
 
 class GetArgs(_message.Message):
     __slots__ = ("key", "id")
@@ -220,18 +222,20 @@ class Entry(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class DuplicateEntry(_message.Message):
-    __slots__ = ("client_id", "seq", "reply", "last_used", "reread")
+    __slots__ = ("client_id", "seq", "reply", "last_used", "reread", "acked")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_FIELD_NUMBER: _ClassVar[int]
     REREAD_FIELD_NUMBER: _ClassVar[int]
+    ACKED_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     seq: int
     reply: KVReply
     last_used: int
     reread: bool
-    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., reply: _Optional[_Union[KVReply, _Mapping]] = ..., last_used: _Optional[int] = ..., reread: _Optional[bool] = ...) -> None: ...
+    acked: int
+    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., reply: _Optional[_Union[KVReply, _Mapping]] = ..., last_used: _Optional[int] = ..., reread: _Optional[bool] = ..., acked: _Optional[int] = ...) -> None: ...
 
 class TransferChunk(_message.Message):
     __slots__ = ("viewnum", "primary", "transfer_id", "chunk_index", "last", "next_index", "entries", "duplicates", "packed_entries", "clock")
