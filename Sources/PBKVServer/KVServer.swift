@@ -316,7 +316,7 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
                 after(delay) { self.sendForward(to: target, args) }
             case .transfer(let target, let chunk, let delay):
                 after(delay) { self.sendTransfer(to: target, chunk) }
-            case .fetchView:
+            case .pingNow:
                 ping()
             case .roleChanged(let from, let to, let view):
                 logger.info("role changed", metadata: [

@@ -130,7 +130,7 @@ struct ReplicaNetwork {
             switch directive {
             case .reply: replies.append(directive)
             case .forward, .transfer: inFlight.append(Call(from: from, directive: directive))
-            case .fetchView, .roleChanged, .transferCompleted: break
+            case .pingNow, .roleChanged, .transferCompleted: break
             }
         }
         return directives
@@ -350,7 +350,7 @@ struct ReplicaForwardingTests {
             net.deliver()
                 == [
                     .transferCompleted(to: "b", entries: 10, chunks: 5),
-                    .fetchView,
+                    .pingNow,
                     .forward(to: "b", ForwardArgs(viewnum: 2, primary: "p", firstIndex: 0, ops: [late]), delay: .zero),
                 ])
         #expect(net["p"].pingViewnum == 2)
@@ -406,7 +406,7 @@ struct ReplicaForwardingTests {
         #expect(chunk.chunkIndex == 0 && chunk.last && chunk.nextIndex == 2)
         #expect(net.replies == [.reply(1, ok)])
         // The operation was applied before the snapshot: the transfer completes it.
-        #expect(net.deliver() == [.transferCompleted(to: "b", entries: 2, chunks: 1), .fetchView, .reply(2, ok)])
+        #expect(net.deliver() == [.transferCompleted(to: "b", entries: 2, chunks: 1), .pingNow, .reply(2, ok)])
         #expect(net["b"].store == net["p"].store)
     }
 }
@@ -422,7 +422,7 @@ struct ReplicaBackupAcceptanceTests {
         #expect(b.onForward(ForwardArgs(viewnum: 2, primary: "x", firstIndex: 0, ops: [op])) == (ForwardReply(code: .wrongServer), []))
         #expect(b.onForward(ForwardArgs(viewnum: 1, primary: "p", firstIndex: 0, ops: [op])) == (ForwardReply(code: .wrongServer), []))
         // A sender ahead of us: we should look at the view.
-        #expect(b.onForward(ForwardArgs(viewnum: 3, primary: "p", firstIndex: 0, ops: [op])) == (ForwardReply(code: .wrongServer), [.fetchView]))
+        #expect(b.onForward(ForwardArgs(viewnum: 3, primary: "p", firstIndex: 0, ops: [op])) == (ForwardReply(code: .wrongServer), [.pingNow]))
         let strangerChunk = TransferChunk(
             viewnum: 2, primary: "x", transferID: 9, chunkIndex: 0, last: true, nextIndex: 0,
             entries: [Entry(key: "k", value: "evil")], duplicates: [])

@@ -135,8 +135,9 @@ public enum ReplicaDirective: Sendable, Hashable {
     case forward(to: String, ForwardArgs, delay: Duration)
     /// Send a state chunk to the backup (after `delay`), then report with `onTransferOutcome`.
     case transfer(to: String, TransferChunk, delay: Duration)
-    /// Ping the view service now rather than at the next tick (the view probably changed).
-    case fetchView
+    /// Ping the view service now rather than at the next tick (the view probably changed); the
+    /// answer is a ping like any other (it acknowledges the view the server holds).
+    case pingNow
     /// The role changed (for logs).
     case roleChanged(from: ReplicaRole, to: ReplicaRole, view: View)
     /// A state transfer to the backup completed (for logs).
@@ -547,7 +548,7 @@ public struct ReplicaStateMachine: Sendable {
             default:
                 // WRONG_SERVER (the backup's view differs from ours) or anything else: re-read
                 // the view; retry until it changes.
-                return [.fetchView] + sendNextBatch(delay: configuration.retryDelay)
+                return [.pingNow] + sendNextBatch(delay: configuration.retryDelay)
             }
         }
     }
@@ -582,19 +583,19 @@ public struct ReplicaStateMachine: Sendable {
             // operations stream.
             let directives: [ReplicaDirective] = [
                 .transferCompleted(to: target, entries: transfer.entriesSent, chunks: Int(transfer.nextChunk)),
-                .fetchView,
+                .pingNow,
             ] + acknowledgePending(below: transfer.snapshotIndex)
             link = .streaming(target: target, inFlight: nil)
             acknowledgedViewnum = view.viewnum
             return directives + sendNextBatch(delay: .zero)
         case .replied(let reply) where reply.code == .wrongServer && !transfer.accepted:
             // The backup has not seen this view yet (it learns it at its next ping).
-            return [.fetchView, .transfer(to: target, transfer.inFlight[position], delay: configuration.retryDelay)]
+            return [.pingNow, .transfer(to: target, transfer.inFlight[position], delay: configuration.retryDelay)]
         case .failed where !transfer.accepted:
             return [.transfer(to: target, transfer.inFlight[position], delay: configuration.retryDelay)]
         case .replied(let reply):
             // Out of order, or refused after accepting: start over with a fresh snapshot.
-            return (reply.code == .wrongServer ? [.fetchView] : [])
+            return (reply.code == .wrongServer ? [.pingNow] : [])
                 + startTransfer(to: target, delay: configuration.retryDelay)
         case .failed:
             return startTransfer(to: target, delay: configuration.retryDelay)
@@ -607,7 +608,7 @@ public struct ReplicaStateMachine: Sendable {
     public mutating func onForward(_ args: ForwardArgs) -> (ForwardReply, [ReplicaDirective]) {
         guard role == .backup, args.primary == view.primary, args.viewnum == view.viewnum else {
             // Not my primary (as far as I know). If it is ahead of me, I should look.
-            return (ForwardReply(code: .wrongServer), args.viewnum > view.viewnum ? [.fetchView] : [])
+            return (ForwardReply(code: .wrongServer), args.viewnum > view.viewnum ? [.pingNow] : [])
         }
         guard var session, session.complete, session.primary == args.primary else {
             return (ForwardReply(code: .notReady), [])
@@ -637,7 +638,7 @@ public struct ReplicaStateMachine: Sendable {
     /// A primary sent a piece of its state.
     public mutating func onTransfer(_ chunk: TransferChunk) -> (TransferReply, [ReplicaDirective]) {
         guard role == .backup, chunk.primary == view.primary, chunk.viewnum == view.viewnum else {
-            return (TransferReply(code: .wrongServer), chunk.viewnum > view.viewnum ? [.fetchView] : [])
+            return (TransferReply(code: .wrongServer), chunk.viewnum > view.viewnum ? [.pingNow] : [])
         }
         if var session, session.primary == chunk.primary, session.transferID == chunk.transferID {
             if chunk.chunkIndex < session.nextChunk { return (TransferReply(code: .ok), []) }  // duplicate
