@@ -521,8 +521,8 @@ public struct ViewServiceStatus: Sendable, Hashable {
 }
 
 /// What one view service says of itself: leading, following (and whom), or stopped by a store
-/// it cannot read. Every view service answers it, leader or not (`pbkv status --viewservice`
-/// with the addresses of a replicated set asks each one).
+/// it cannot read. Every view service answers it, leader or not (`pbkv local --etcd` and the
+/// test harness ask each of a replicated set).
 public struct ViewServiceRoleArgs: Sendable, Hashable {
     public init() {}
 }
