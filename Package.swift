@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// `make fuzz` builds with PBKV_FUZZ=1: the wire code and the fuzz target are then compiled for
+// `make fuzz` builds with PBKV_FUZZ=1: the core, the wire code and the fuzz target are then compiled for
 // libFuzzer (coverage feedback, AddressSanitizer), everything else as usual. Without it, PBKVFuzz
 // is a plain program that replays fuzz inputs.
 let fuzzing = Context.environment["PBKV_FUZZ"] == "1"
@@ -58,7 +58,8 @@ let package = Package(
         ),
         // The protocol logic, pure: messages as Swift values, PutHash, the store, the replica and
         // view service state machines. No dependency: nothing here can do I/O, read a clock or sleep.
-        .target(name: "PBKVCore"),
+        // Built for the fuzzer too: the messages and `PackedEntries` are what a peer's bytes reach.
+        .target(name: "PBKVCore", swiftSettings: fuzzSettings),
         // The C codec, frames, zlib, RPC client/server, transports (TCP, in memory), fault injection.
         .target(
             name: "PBKVWire",
