@@ -85,6 +85,16 @@ public struct KVClientConfiguration: Sendable {
     public var pipelineWindow = 1
 
     public init() {}
+
+    /// What the client's connections (to the view service, to the primary) share: transport,
+    /// TLS and compression.
+    var connections: RPCClientConfiguration {
+        var rpc = RPCClientConfiguration()
+        rpc.transport = transport
+        rpc.tls = tls
+        rpc.compression = compression
+        return rpc
+    }
 }
 
 /// Counters of what a client did, for benchmarks and tests.
@@ -143,10 +153,7 @@ public actor KVClient {
         self.eventLoop = eventLoopGroup.next()
         self.executor = eventLoop.executor
         self.logger = logger
-        var viewServiceConfiguration = RPCClientConfiguration()
-        viewServiceConfiguration.transport = configuration.transport
-        viewServiceConfiguration.tls = configuration.tls
-        viewServiceConfiguration.compression = configuration.compression
+        let viewServiceConfiguration = configuration.connections
         self.viewService = ViewServiceClient(
             addresses: addresses, eventLoop: eventLoop, configuration: viewServiceConfiguration, logger: logger)
     }
@@ -300,11 +307,8 @@ public actor KVClient {
         if let primaryClient, primaryClientAddress == address { return primaryClient }
         guard let peer = try? PeerAddress(parsing: address) else { return nil }
         if let old = primaryClient { _ = old.shutdown() }
-        var rpcConfiguration = RPCClientConfiguration()
+        var rpcConfiguration = configuration.connections
         rpcConfiguration.compressionThreshold = configuration.compressionThreshold
-        rpcConfiguration.compression = configuration.compression
-        rpcConfiguration.tls = configuration.tls
-        rpcConfiguration.transport = configuration.transport
         let client = RPCClient(peer: peer, eventLoop: eventLoop, configuration: rpcConfiguration, logger: logger)
         primaryClient = client
         primaryClientAddress = address
