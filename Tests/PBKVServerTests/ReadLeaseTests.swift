@@ -42,11 +42,15 @@ struct ReadLeaseTests {
         let sentAt = clock.now
         var net = leasedPrimary(sentAt: sentAt)
         #expect(net["p"].leaseEnd == sentAt + length)
-        // Within the lease: answered at once from the store, nothing forwarded.
+        // Within the lease: answered at once from the store (and streamed to the backup,
+        // which answers nobody).
         clock.advance(by: length - .nanoseconds(1))
-        let inside = net.nodes["p"]!.onClientRequest(op(.get, "k", seq: 1), token: 1, now: clock.now)
-        #expect(inside == [.reply(1, KVReply(code: .ok, value: "v1"))])
-        #expect(net.inFlight.isEmpty)
+        let repliesBefore = net.replies.count
+        let inside = net.request("p", op(.get, "k", seq: 1), token: 1, now: clock.now)
+        #expect(inside.first == .reply(1, KVReply(code: .ok, value: "v1")))
+        #expect(net.inFlight.count == 1)
+        net.settle()
+        #expect(net.replies.dropFirst(repliesBefore) == [.reply(1, KVReply(code: .ok, value: "v1"))])
         // At its end: the Get goes through the backup, answered only once the backup has it.
         clock.advance(by: .nanoseconds(1))
         let atEnd = net.request("p", op(.get, "k", seq: 2), token: 2, now: clock.now)
@@ -110,8 +114,8 @@ struct ReadLeaseTests {
         let heldHash = net.request("p", op(.get, "h", client: 5, seq: 1), token: 4, now: now)
         #expect(!heldHash.contains { if case .reply = $0 { true } else { false } })
         // Another key is read from committed state at once.
-        #expect(net.request("p", op(.get, "other", client: 6, seq: 1), token: 5, now: now)
-            == [.reply(5, KVReply(code: .noKey))])
+        #expect(net.request("p", op(.get, "other", client: 6, seq: 1), token: 5, now: now).first
+            == .reply(5, KVReply(code: .noKey)))
         // If the primary died now, the promoted backup would not have "v2", and no reader saw it.
         #expect(net["b"].store.map["k"] == "v1")
         #expect(!net.replies.contains(.reply(3, KVReply(code: .ok, value: "v2"))))
@@ -119,28 +123,55 @@ struct ReadLeaseTests {
         #expect(net.replies.contains(.reply(3, KVReply(code: .ok, value: "v2"))))
         #expect(net["b"].store.map["k"] == "v2")
         // Acknowledged: now read locally.
-        #expect(net.request("p", op(.get, "k", client: 4, seq: 2), token: 6, now: now)
-            == [.reply(6, KVReply(code: .ok, value: "v2"))])
-        #expect(net.inFlight.isEmpty)
+        #expect(net.request("p", op(.get, "k", client: 4, seq: 2), token: 6, now: now).first
+            == .reply(6, KVReply(code: .ok, value: "v2")))
     }
 
     @Test("A retried Get after a local answer is read again; the session's next Put is new")
     func duplicateTable() {
         var net = leasedPrimary()
         let now = Duration.milliseconds(10)
-        #expect(net.request("p", op(.get, "k", client: 7, seq: 1), token: 1, now: now)
-            == [.reply(1, KVReply(code: .ok, value: "v1"))])
+        #expect(net.request("p", op(.get, "k", client: 7, seq: 1), token: 1, now: now).first
+            == .reply(1, KVReply(code: .ok, value: "v1")))
         net.request("p", op(.put, "k", "v2", client: 8, seq: 1), token: 2, now: now)
         net.settle()
         // The retry (same id) is a new read at a new point: it sees the later write.
-        #expect(net.request("p", op(.get, "k", client: 7, seq: 1), token: 3, now: now)
-            == [.reply(3, KVReply(code: .ok, value: "v2"))])
+        #expect(net.request("p", op(.get, "k", client: 7, seq: 1), token: 3, now: now).first
+            == .reply(3, KVReply(code: .ok, value: "v2")))
         net.request("p", op(.put, "k", "v3", client: 7, seq: 2), token: 4, now: now)
         net.settle()
         #expect(net.replies.last == .reply(4, KVReply(code: .ok)))
         #expect(net["b"].store.map["k"] == "v3")
-        // The backup never saw client 7's Gets, yet it accepted the Put and knows the session.
         #expect(net["b"].store.duplicates[7]?.seq == 2)
+        // Both applied the same operations, the Gets answered on the lease included.
+        #expect(net["b"].store.duplicates == net["p"].store.duplicates)
+        #expect(net["b"].store.clock == net["p"].store.clock)
+    }
+
+    @Test("Gets answered on the lease evict the same sessions on both replicas: a retried first PutHash is not run on the primary alone")
+    func leaseGetsEvictAlike() {
+        // Room for 2 sessions (evicted down to 2 once there are 4 rows).
+        var configuration = ReplicaConfiguration()
+        configuration.maxSessions = 2
+        var net = leasedPrimary(configuration: configuration)
+        let now = Duration.milliseconds(10)
+        // Client 1's first request, a PutHash, runs; its reply is lost and the client retries.
+        net.request("p", op(.putHash, "h", "a", client: 1, seq: 1), token: 1, now: now)
+        net.settle()
+        // Meanwhile read-only clients come and go, answered on the lease.
+        for client in UInt64(20)..<23 {
+            #expect(net.request("p", op(.get, "k", client: client, seq: 1), token: ReplyToken(client), now: now).first
+                == .reply(ReplyToken(client), KVReply(code: .ok, value: "v1")))
+        }
+        net.settle()
+        #expect(net["p"].store.duplicates.keys.sorted() == net["b"].store.duplicates.keys.sorted())
+        #expect(net["p"].store.duplicates[1] == nil)
+        // The retry: both replicas decide alike (here: both execute it again, client 1's row
+        // being gone on both), so they hold the same value.
+        net.request("p", op(.putHash, "h", "a", client: 1, seq: 1), token: 2, now: now)
+        net.settle()
+        #expect(net["p"].store.map["h"] == net["b"].store.map["h"])
+        #expect(net["p"].store.duplicates == net["b"].store.duplicates)
     }
 
     @Test("A paused primary that wakes after the view moved on does not answer from its state")

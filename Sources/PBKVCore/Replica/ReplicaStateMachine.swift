@@ -165,8 +165,9 @@ public enum ReplicaCallOutcome<Reply: Sendable & Hashable>: Sendable, Hashable {
 /// Read leases (`ReplicaConfiguration.readLeases`): a ping answered with a view naming this
 /// server primary (`onView(_:pingSentAt:)`) grants a lease until `pingSentAt + leaseLength`.
 /// While it lasts (`onClientRequest(_:token:now:)` compares `now`), a Get of a key with no
-/// write waiting for the backup is answered from the store at once; any other Get goes through
-/// the backup as before. Time is an input like everything else: a `Duration` on the shell's
+/// write waiting for the backup is answered from the store at once (and still streamed to the
+/// backup, unanswered, so that both apply the same operations); any other Get is answered only
+/// once the backup has it, as before. Time is an input like everything else: a `Duration` on the shell's
 /// monotonic clock.
 public struct ReplicaStateMachine: Sendable {
     public let me: String
@@ -479,13 +480,16 @@ public struct ReplicaStateMachine: Sendable {
         let reply = store.apply(op)
         if case .none = link { return [.reply(token, reply)] }
         // On a lease, a Get of a key without a write waiting for the backup reads committed
-        // state: answered now, not forwarded. (It is applied here only: the primary's duplicate
-        // table and clock move ahead of the backup's, see the README's "Read leases".)
-        if op.kind == .get, pendingWrites[op.key] == nil, let now, holdsLease(at: now) { return [.reply(token, reply)] }
+        // state: answered now. It still goes to the backup, in stream order and with nobody
+        // waiting for it, so that both replicas apply the same operations in the same order:
+        // their duplicate tables, clocks and evictions stay identical (see the README's "Read
+        // leases").
+        let answeredOnLease = op.kind == .get && pendingWrites[op.key] == nil && now.map { holdsLease(at: $0) } == true
         if op.kind != .get { pendingWrites[op.key, default: 0] += 1 }
-        pending.append(PendingOperation(index: nextIndex, op: op, reply: reply, tokens: [token]))
+        pending.append(PendingOperation(index: nextIndex, op: op, reply: reply, tokens: answeredOnLease ? [] : [token]))
         nextIndex += 1
-        return sendNextBatch(delay: .zero)
+        let sends = sendNextBatch(delay: .zero)
+        return answeredOnLease ? [.reply(token, reply)] + sends : sends
     }
 
     /// BAD_REQUEST naming the limit when `op`'s key or value is larger than allowed; nil if it fits.
