@@ -132,10 +132,15 @@ public actor KVClient {
     private var primaryClientAddress: String?
     /// Operations holding one of the `window` places (their seq may be of an older session).
     private var inFlight = 0
-    /// Calls waiting for a place and a seq, first come first served; resumed with their id.
-    private var waiters: [CheckedContinuation<RequestID, Never>] = []
+    /// Calls waiting for a place and a seq, first come first served; resumed with their id,
+    /// or with nil when their task is cancelled or the client closed.
+    private var waiters: [(ticket: UInt64, continuation: CheckedContinuation<RequestID?, Never>)] = []
+    private var lastWaiterTicket: UInt64 = 0
     private var closed = false
     public private(set) var stats = KVClientStats()
+    /// Calls waiting for their turn: for a place in the pipelining window, or, with a window of
+    /// 1, for the call ahead of them to end.
+    public var callsWaiting: Int { waiters.count }
 
     /// A client of the view service at `viewService`: `HOST:PORT`, or several addresses of a
     /// replicated view service separated by commas.
@@ -192,9 +197,13 @@ public actor KVClient {
         return try await viewService.getView(timeout: configuration.viewServiceTimeout)
     }
 
-    /// Closes connections; later calls fail with `.closed`.
+    /// Closes connections; calls waiting for their turn, calls in flight and later calls fail
+    /// with `.closed`.
     public func close() async {
         closed = true
+        let waiting = waiters
+        waiters = []
+        for waiter in waiting { waiter.continuation.resume(returning: nil) }
         try? await viewService.shutdown().get()
         try? await primaryClient?.shutdown().get()
     }
@@ -205,8 +214,10 @@ public actor KVClient {
         _ method: RPCMethod<Request, KVReply>, _ makeRequest: (RequestID) -> Request
     ) async throws(KVClientError) -> KVReply {
         guard !closed else { throw .closed }
-        var id = await admit()
-        defer { finish(id) }
+        guard var id = await admit() else { throw notAdmitted(method, makeRequest) }
+        // Whether `id` holds one of the window's places (given back when the call ends).
+        var holdsPlace = true
+        defer { if holdsPlace { finish(id) } }
         guard !closed else { throw .closed }
         var request = makeRequest(id)
         var call: Call { method.call(request) }
@@ -217,6 +228,8 @@ public actor KVClient {
         // Whether an attempt of this call reached the RPC layer: it may have run on a server.
         var sent = false
         while true {
+            // Closed meanwhile: the connections are gone, retrying until the deadline cannot help.
+            if closed { throw .closed }
             if !first {
                 stats.retries += 1
                 if Task.isCancelled { throw .cancelled(operation: call.method, key: call.key) }
@@ -240,7 +253,11 @@ public actor KVClient {
                         if mayHaveRun, !call.isGet {
                             throw KVClientError.sessionExpired(operation: call.method, key: call.key)
                         }
-                        id = await reissue(id)
+                        guard let newID = await reissue(id) else {
+                            holdsPlace = false
+                            throw notAdmitted(method, makeRequest)
+                        }
+                        id = newID
                         request = makeRequest(id)
                         sent = false
                         continue
@@ -316,10 +333,33 @@ public actor KVClient {
     }
 
     /// A place among the `window` in flight and the next seq of the current session, waiting
-    /// for them if needed (after the callers already waiting).
-    private func admit() async -> RequestID {
+    /// for them if needed (after the callers already waiting). nil: the task was cancelled or
+    /// the client closed while it waited; it holds no place then.
+    private func admit() async -> RequestID? {
         if waiters.isEmpty, let id = issue() { return id }
-        return await withCheckedContinuation { waiters.append($0) }
+        lastWaiterTicket += 1
+        let ticket = lastWaiterTicket
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                if closed || Task.isCancelled { return continuation.resume(returning: nil) }
+                waiters.append((ticket, continuation))
+            }
+        } onCancel: {
+            Task { await self.cancelWaiter(ticket) }
+        }
+    }
+
+    /// A waiting call's task was cancelled: it stops waiting (if still waiting).
+    private func cancelWaiter(_ ticket: UInt64) {
+        guard let index = waiters.firstIndex(where: { $0.ticket == ticket }) else { return }
+        waiters.remove(at: index).continuation.resume(returning: nil)
+    }
+
+    /// The error of a call that got no place: the client closed, or its task was cancelled.
+    private func notAdmitted<Request>(_ method: RPCMethod<Request, KVReply>, _ makeRequest: (RequestID) -> Request) -> KVClientError {
+        if closed { return .closed }
+        let call = method.call(makeRequest(RequestID(clientID: 0, seq: 0)))
+        return .cancelled(operation: call.method, key: call.key)
     }
 
     /// The next request id if a place is free and the session's window allows its seq.
@@ -330,8 +370,9 @@ public actor KVClient {
     }
 
     /// A new id in the current session for a call whose `old` id's session expired: at once,
-    /// keeping its place, when the window allows; else after the callers already waiting.
-    private func reissue(_ old: RequestID) async -> RequestID {
+    /// keeping its place, when the window allows; else after the callers already waiting (nil,
+    /// holding no place, if cancelled or closed meanwhile).
+    private func reissue(_ old: RequestID) async -> RequestID? {
         if session.allowsNextSeq(window: window) { return session.nextID(pipelining: window > 1) }
         finish(old)
         return await admit()
@@ -345,7 +386,7 @@ public actor KVClient {
     }
 
     private func wakeWaiters() {
-        while !waiters.isEmpty, let id = issue() { waiters.removeFirst().resume(returning: id) }
+        while !waiters.isEmpty, let id = issue() { waiters.removeFirst().continuation.resume(returning: id) }
     }
 }
 

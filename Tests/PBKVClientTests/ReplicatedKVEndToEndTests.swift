@@ -356,20 +356,3 @@ struct ReplicatedKVEndToEndTests {
         await cluster.shutdown()
     }
 }
-
-/// What a caller controls: cancellation ends a call at once, not at its deadline.
-@Suite("KVClient cancellation", .timeLimit(.minutes(1)))
-struct KVClientCancellationTests {
-    @Test("A cancelled call with no primary to reach ends with .cancelled, not after its 30 s deadline")
-    func cancellationIsNotSwallowed() async throws {
-        let cluster = try await InProcessCluster.start()
-        let client = try cluster.client(deadline: .seconds(30))
-        let call = Task { try await client.get("k") }
-        // Let it fail an attempt or two (no server has pinged: no primary), then cancel it.
-        try await cluster.waitUntil("the client retried") { await client.stats.retries >= 1 }
-        call.cancel()
-        await #expect(throws: KVClientError.cancelled(operation: "Get", key: "k")) { _ = try await call.value }
-        await client.close()
-        await cluster.shutdown()
-    }
-}

@@ -1,3 +1,4 @@
+import Dispatch
 import NIOCore
 import NIOPosix
 import PBKVTLS
@@ -120,6 +121,42 @@ struct InMemoryTransportTests {
         }
         try await client.shutdown().get()
         try await group.shutdownGracefully()
+    }
+
+    @Test("A call started before the client heard of the listener's close connects again (refused here), not sent to the closed one")
+    func callRacingTheClose() async throws {
+        let network = InMemoryNetwork()
+        let serverGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let clientGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        var serverConfiguration = RPCServerConfiguration(host: "127.0.0.1", port: 0)
+        serverConfiguration.transport = network.transport(node: "server")
+        let server = try await RPCServer.start(
+            configuration: serverConfiguration, group: serverGroup, tables: [.viewService(EchoViewService(log: CallLog()))],
+            logger: quietLogger)
+        var configuration = RPCClientConfiguration()
+        configuration.transport = network.transport(node: "client")
+        let peer = PeerAddress(host: "127.0.0.1", port: server.port)
+        let clientLoop = clientGroup.next()
+        let client = RPCClient(peer: peer, eventLoop: clientLoop, configuration: configuration, logger: quietLogger)
+        #expect(try await client.call(.getView, timeout: .seconds(5)) == .view(EchoViewService.fixedView))
+        // The client's loop is held: the call below is queued on it ahead of the close's notice.
+        let gate = DispatchSemaphore(value: 0)
+        clientLoop.execute { gate.wait() }
+        let racing: EventLoopFuture<CallResult> = client.call(.getView, timeout: .seconds(10))
+        await server.close()
+        gate.signal()
+        do {
+            _ = try await racing.get()
+            Issue.record("a call to a closed listener succeeded")
+        } catch let error as RPCError {
+            guard case .connectionRefused = error else {
+                Issue.record("expected connectionRefused (nothing listens any more), got \(error)")
+                return
+            }
+        }
+        try await client.shutdown().get()
+        try await clientGroup.shutdownGracefully()
+        try await serverGroup.shutdownGracefully()
     }
 
     @Test("A request larger than the server's frame limit is not sent: requestTooLarge")

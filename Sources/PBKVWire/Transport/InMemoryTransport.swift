@@ -369,7 +369,13 @@ final class InMemoryConnection: RPCConnection {
     }
 
     private func connect() -> Result<Open, RPCError> {
-        if let open = state.value.open { return .success(open) }
+        if let open = state.value.open {
+            guard open.listener.isClosed else { return .success(open) }
+            // Closed, and its notice not yet run here: the calls in flight are lost, and this
+            // one connects again (to a listener restarted at the address, if any) rather than
+            // being sent to the closed one and failing with them.
+            drop(.connectionLost(peer: "\(peer)"))
+        }
         let address = "\(peer)"
         guard let listener = transport.network.listener(at: address) else {
             return .failure(.connectionRefused(peer: address, reason: "nothing listens at \(address) in this in-memory network"))
