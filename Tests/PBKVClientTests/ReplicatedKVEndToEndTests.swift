@@ -26,15 +26,18 @@ struct ReplicatedKVEndToEndTests {
         _ cluster: InProcessCluster, _ node: InProcessCluster.Node, key: String, timeout: Duration
     ) async -> Result<KVReply, RPCError> {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { Task { try? await group.shutdownGracefully() } }
         let rpc = try! cluster.rpcClient(to: node.address, eventLoop: group.next())
+        let outcome: Result<KVReply, RPCError>
         do {
             let result = try await rpc.call(.get(key: key, id: RequestID(clientID: 42, seq: 1)), timeout: timeout)
-            guard case .kv(let reply) = result else { return .failure(.protocolViolation("not a KV reply")) }
-            return .success(reply)
+            if case .kv(let reply) = result { outcome = .success(reply) } else { outcome = .failure(.protocolViolation("not a KV reply")) }
         } catch {
-            return .failure(error)
+            outcome = .failure(error)
         }
+        // The client first, so that a late reply is never handed to a loop that has shut down.
+        try? await rpc.shutdown().get()
+        try? await group.shutdownGracefully()
+        return outcome
     }
 
     @Test("1. Single primary, no backup: Puts and Gets", arguments: scenarioClusters)
@@ -320,7 +323,9 @@ struct ReplicatedKVEndToEndTests {
         let result = await directGet(cluster, s1, key: "k", timeout: .seconds(1))
         switch result {
         case .success(let reply):
-            #expect(reply.code == .wrongServer, "old primary answered \(reply)")
+            let status = try await s1.server.status()
+            let leased = try await s1.server.holdsReadLease()
+            #expect(reply.code == .wrongServer, "old primary answered \(reply) (role \(status.role), view \(status.view), lease \(leased))")
         case .failure(let error):
             #expect(error == .timeout(method: "Get", peer: s1.address), "unexpected \(error)")
         }

@@ -122,10 +122,10 @@ public final class InMemoryNetwork: Sendable {
         }
     }
 
-    /// Delivers a message from `from` to `to` by running `deliver` on `loop`, after its latency;
-    /// does nothing if the message is lost or cut.
-    func send(from: String, to: String, on loop: any EventLoop, _ deliver: @escaping @Sendable () -> Void) {
-        let delay: Duration? = state.withLock { state in
+    /// The fate of a message from `from` to `to`: nil when it is lost or cut, else its latency
+    /// (the caller delivers it after that long).
+    func route(from: String, to: String) -> Duration? {
+        state.withLock { state in
             if state.isolated.contains(from) || state.isolated.contains(to) || state.cut.contains(Link(from: from, to: to)) {
                 state.counts.cut += 1
                 return nil
@@ -139,12 +139,6 @@ public final class InMemoryNetwork: Sendable {
             guard range.upperBound > range.lowerBound else { return range.lowerBound }
             let span = (range.upperBound - range.lowerBound).timeAmount.nanoseconds
             return range.lowerBound + .nanoseconds(Int64(state.rng.next() % UInt64(span + 1)))
-        }
-        guard let delay else { return }
-        if delay == .zero {
-            loop.execute(deliver)
-        } else {
-            loop.scheduleTask(in: delay.timeAmount, deliver)
         }
     }
 
@@ -202,6 +196,29 @@ public struct InMemoryTransport: RPCTransport {
     }
 }
 
+/// Where messages for one endpoint are put on its event loop, while the endpoint is open.
+/// Closing it comes before the endpoint's event loop shuts down, and a message is enqueued
+/// under the lock that closing takes: nothing is ever enqueued on a loop that has shut down
+/// (which NIO reports as an error, and will make a crash).
+final class InMemoryMailbox: Sendable {
+    private let isOpen = Mutex(true)
+
+    /// Runs `work` on `loop` after `delay`, unless this mailbox is closed.
+    func post(on loop: any EventLoop, after delay: Duration, _ work: @escaping @Sendable () -> Void) {
+        isOpen.withLock { isOpen in
+            guard isOpen else { return }
+            if delay == .zero {
+                loop.execute(work)
+            } else {
+                loop.scheduleTask(in: delay.timeAmount, work)
+            }
+        }
+    }
+
+    /// Nothing is posted from now on.
+    func close() { isOpen.withLock { $0 = false } }
+}
+
 /// The server side of an in-memory network: answers calls with its method tables; knows the
 /// connections made to it, so that closing it fails their calls in flight as a closed socket would.
 final class InMemoryListener: RPCListener {
@@ -221,6 +238,8 @@ final class InMemoryListener: RPCListener {
     private let dispatch: RPCDispatch
     private let logger: Logger
     private let state = Mutex(State())
+    /// Requests are delivered through it; closed with the listener.
+    let mailbox = InMemoryMailbox()
 
     init(
         network: InMemoryNetwork, node: String, configuration: RPCServerConfiguration, group: any EventLoopGroup,
@@ -264,6 +283,7 @@ final class InMemoryListener: RPCListener {
             defer { state.connections = [:] }
             return Array(state.connections.values)
         }
+        mailbox.close()
         network.unregister(address, self)
         for notify in lost { notify() }
     }
@@ -319,6 +339,8 @@ final class InMemoryConnection: RPCConnection {
 
     let peer: PeerAddress
     let eventLoop: any EventLoop
+    /// Replies and notices are delivered through it; closed by `shutdown()`, before the loop stops.
+    private let mailbox = InMemoryMailbox()
     private let transport: InMemoryTransport
     private let configuration: RPCClientConfiguration
     private let logger: Logger
@@ -344,7 +366,8 @@ final class InMemoryConnection: RPCConnection {
     }
 
     func shutdown() -> EventLoopFuture<Void> {
-        eventLoop.submit {
+        mailbox.close()
+        return eventLoop.submit {
             self.state.value.shutDown = true
             self.drop(RPCError.shutdown)
         }
@@ -383,7 +406,7 @@ final class InMemoryConnection: RPCConnection {
         let loop = eventLoop
         let lost: @Sendable () -> Void = { [weak self] in
             guard let self else { return }
-            loop.execute { self.listenerClosed(listener) }
+            self.mailbox.post(on: loop, after: .zero) { self.listenerClosed(listener) }
         }
         guard let (ticket, serverLoop) = listener.accept(lost: lost) else {
             return .failure(.connectionRefused(peer: address, reason: "the server closed the connection at once"))
@@ -429,9 +452,11 @@ final class InMemoryConnection: RPCConnection {
         let listener = open.listener
         let serverLoop = open.loop
         let loop = eventLoop
-        network.send(from: node, to: peerNode, on: serverLoop) {
+        guard let requestDelay = network.route(from: node, to: peerNode) else { return }
+        listener.mailbox.post(on: serverLoop, after: requestDelay) {
             listener.receive(request, on: serverLoop, peer: authentication, replyLimit: replyLimit) { reply in
-                network.send(from: peerNode, to: node, on: loop) { self.receive(reply) }
+                guard let replyDelay = network.route(from: peerNode, to: node) else { return }
+                self.mailbox.post(on: loop, after: replyDelay) { self.receive(reply) }
             }
         }
     }
