@@ -47,6 +47,8 @@ struct BenchCommand: AsyncParsableCommand {
     var fill = false
     @Flag(help: "Show no progress on standard error (a bar on a terminal, a few lines otherwise).")
     var noProgress = false
+    @Option(help: "Also report the CPU time per operation of these processes, NAME=PID,… (e.g. primary=4242,backup=4243; Linux), next to this load generator's own.")
+    var cpuOf: String?
 
     struct Mix {
         var get = 0
@@ -70,9 +72,23 @@ struct BenchCommand: AsyncParsableCommand {
         return m
     }
 
+    /// `--cpu-of`: the named processes, in the order given.
+    func parseCPUOf() throws -> [(name: String, pid: Int32)] {
+        guard let cpuOf else { return [] }
+        return try cpuOf.split(separator: ",").map { part in
+            let nameAndPID = part.split(separator: "=")
+            guard nameAndPID.count == 2, let pid = Int32(nameAndPID[1]), pid > 0,
+                nameAndPID[0].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" })
+            else { throw ValidationError("--cpu-of: expected NAME=PID (NAME of letters, digits and _), got \"\(part)\"") }
+            guard ProcessCPU.seconds(pid: pid) != nil else { throw ValidationError("--cpu-of: no process \(pid) (/proc/\(pid)/stat unreadable)") }
+            return (String(nameAndPID[0]), pid)
+        }
+    }
+
     func validate() throws {
         if redis == nil { _ = try security.choice() }
         _ = try parseMix()
+        _ = try parseCPUOf()
         guard clients > 0, duration > 0, keys > 0, valueSize >= 0 else {
             throw ValidationError("--clients, --duration and --keys must be positive")
         }
@@ -130,6 +146,15 @@ struct BenchCommand: AsyncParsableCommand {
         let warmupEnd = start + .milliseconds(Int64(warmup * 1000))
         let end = warmupEnd + .milliseconds(Int64(duration * 1000))
         let progress = Progress()
+        // CPU seconds used between the end of the warm-up and the end: this process, then --cpu-of's.
+        let watched = try parseCPUOf()
+        let cpuUsed = Task { () -> [Double] in
+            func sample() -> [Double] { [ProcessCPU.ownSeconds()] + watched.map { ProcessCPU.seconds(pid: $0.pid) ?? .nan } }
+            try? await Task.sleep(until: warmupEnd, clock: .continuous)
+            let before = sample()
+            try? await Task.sleep(until: end, clock: .continuous)
+            return zip(sample(), before).map { $0 - $1 }
+        }
         let title = "\(targetName) \(clients) client\(clients == 1 ? "" : "s")\(pipeline > 1 ? " ×\(pipeline) pipelined" : "")"
         let results = try await display.run(title, sample: { Self.timeSample(ops: progress.count, start: start, end: end) }) {
             try await withThrowingTaskGroup(of: (Histogram<UInt64>, Int).self) { group in
@@ -168,16 +193,20 @@ struct BenchCommand: AsyncParsableCommand {
         let throughput = count / duration
         func us(_ p: Double) -> Double { Double(h.valueAtPercentile(p)) / 1000 }
         let vsPerOp = operations > 0 ? Double(vsCalls) / Double(operations) : 0
+        let cpuNames = ["client"] + watched.map(\.name)
+        let cpuPerOp = await cpuUsed.value.map { count > 0 ? $0 * 1e6 / count : 0 }
         if json {
+            let cpuFields = zip(cpuNames, cpuPerOp).map { String(format: ",\"cpu_us_per_op_%@\":%.2f", $0, $1) }.joined()
             print("{\"target\":\"\(targetName)\",\"mix\":\"\(self.mix)\"," + String(
-                format: "\"clients\":%d,\"pipeline\":%d,\"value_size\":%d,\"seconds\":%.1f,\"ops\":%d,\"throughput\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f,\"errors\":%d,\"retries\":%d,\"viewservice_calls_per_op\":%.5f}",
+                format: "\"clients\":%d,\"pipeline\":%d,\"value_size\":%d,\"seconds\":%.1f,\"ops\":%d,\"throughput\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f,\"errors\":%d,\"retries\":%d,\"viewservice_calls_per_op\":%.5f",
                 clients, pipeline, valueSize, duration, Int(count), throughput, us(50), us(90), us(99), us(99.9),
-                Double(h.max) / 1000, results.1, retries, vsPerOp))
+                Double(h.max) / 1000, results.1, retries, vsPerOp) + cpuFields + "}")
         } else {
             print("\(targetName) bench: \(clients) clients\(pipeline > 1 ? " with \(pipeline) operations outstanding each" : ""), \(keys) keys, \(valueSize) B values, mix \(self.mix), \(duration) s")
             print(String(format: "  throughput  %.0f ops/s (%d ops)", throughput, Int(count)))
             print(String(format: "  latency µs  p50 %.0f  p90 %.0f  p99 %.0f  p99.9 %.0f  max %.0f", us(50), us(90), us(99), us(99.9), Double(h.max) / 1000))
             print("  errors \(results.1), retries \(retries), view service calls per operation \(String(format: "%.5f", vsPerOp))")
+            print("  CPU µs per operation  " + zip(cpuNames, cpuPerOp).map { String(format: "%@ %.1f", $0, $1) }.joined(separator: "  "))
         }
     }
 }

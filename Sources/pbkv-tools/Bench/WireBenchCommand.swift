@@ -100,7 +100,7 @@ struct WireBenchCommand: ParsableCommand {
         var wire = ByteBuffer()
         var clientBytes = 0
         var forwardBytes = 0
-        let started = Self.cpuSeconds()
+        let started = ProcessCPU.ownSeconds()
         for i in 0..<operations {
             let n = UInt64(i + 1)
             let id = RequestID(clientID: 0x5EED_1234_ABCD_0001, seq: n)
@@ -115,7 +115,7 @@ struct WireBenchCommand: ParsableCommand {
             forwardBytes += try Self.send(
                 .response(Response(callID: n, result: .forward(ForwardReply(code: .ok, nextIndex: n + 1)))), &backup, &primaryToBackup, &wire, mode)
         }
-        let cpu = Self.cpuSeconds() - started
+        let cpu = ProcessCPU.ownSeconds() - started
         let count = Double(operations)
         return Row(
             values: name, mode: mode, clientBytes: Double(clientBytes) / count, forwardBytes: Double(forwardBytes) / count,
@@ -165,18 +165,6 @@ struct WireBenchCommand: ParsableCommand {
         let grown = Self.residentBytes() - before
         withExtendedLifetime(kept) {}
         return Double(grown) / Double(kept.count)
-    }
-
-    private static func cpuSeconds() -> Double {
-        var usage = rusage()
-        #if canImport(Glibc)
-        getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
-        #else
-        getrusage(RUSAGE_SELF, &usage)
-        #endif
-        let user = Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6
-        let system = Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
-        return user + system
     }
 
     /// This process's resident set, from /proc/self/statm (0 where there is none).
