@@ -25,7 +25,7 @@ public struct SecurityOptions: ParsableArguments, Sendable {
         let environment = ProcessInfo.processInfo.environment
         let directory = tls ?? environment["PBKV_TLS_DIR"]
         let name = tlsName ?? environment["PBKV_TLS_NAME"]
-        let insecure = self.insecure || ["1", "true", "yes"].contains(environment["PBKV_INSECURE"]?.lowercased() ?? "")
+        let insecure = self.insecure || insecureByEnvironment
         switch (directory, name) {
         case (let directory?, let name?):
             if self.insecure { throw ValidationError("--insecure and --tls exclude each other: choose one") }
@@ -68,7 +68,10 @@ public struct OwnClusterSecurityOptions: ParsableArguments, Sendable {
     public var insecure = false
 
     /// True: the cluster makes its own CA and every process uses it.
-    public var tls: Bool {
-        !(insecure || ["1", "true", "yes"].contains(ProcessInfo.processInfo.environment["PBKV_INSECURE"]?.lowercased() ?? ""))
-    }
+    public var tls: Bool { !(insecure || insecureByEnvironment) }
+}
+
+/// `PBKV_INSECURE=1` (or `true`, `yes`) in the environment: plaintext, as with `--insecure`.
+private var insecureByEnvironment: Bool {
+    ["1", "true", "yes"].contains(ProcessInfo.processInfo.environment["PBKV_INSECURE"]?.lowercased() ?? "")
 }

@@ -8,9 +8,7 @@ import PBKVTestSupport
 /// `pbkv chaos`: clients against a real cluster under a seeded nemesis; checks linearizability
 /// and that nothing acknowledged was lost. Exit status 1 on a violation.
 struct ChaosCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "chaos",
-        abstract: "Run clients against a local cluster under random faults and check the history.")
+    static let configuration = Tool.chaos.configuration
 
     @Option(help: "Seconds of workload per seed.")
     var seconds: Double = 20

@@ -18,8 +18,7 @@ import Glibc
 /// With `--etcd` the view service is replicated (three processes on a three-member etcd) and
 /// its leader is killed first.
 struct LocalCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "local", abstract: "Start a local cluster, kill its primary mid-workload, verify nothing was lost.")
+    static let configuration = Tool.local.configuration
 
     @Option(help: "Number of Puts in the workload.")
     var operations: Int = 300

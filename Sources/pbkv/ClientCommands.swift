@@ -45,6 +45,20 @@ struct ClientOptions: ParsableArguments {
             throw ExitStatus.failure
         }
     }
+
+    /// Runs `body` with a new client, then closes it; an error is printed and ends the command
+    /// with the failure status.
+    func withClient<Result>(_ body: (KVClient) async throws -> Result) async throws -> Result {
+        let client = try makeClient()
+        do {
+            let result = try await body(client)
+            await client.close()
+            return result
+        } catch {
+            printError("pbkv: \(error)")
+            throw ExitStatus.failure
+        }
+    }
 }
 
 /// `pbkv get KEY`: prints the value; exit 1 if the key is absent.
@@ -54,19 +68,11 @@ struct GetCommand: AsyncParsableCommand {
     @OptionGroup var options: ClientOptions
 
     func run() async throws {
-        let client = try options.makeClient()
-        defer { Task { await client.close() } }
-        do {
-            if let value = try await client.get(key) {
-                print(value)
-            } else {
-                printError("pbkv: key \"\(key)\" is absent")
-                throw ExitStatus.absent
-            }
-        } catch let error as KVClientError {
-            printError("pbkv: \(error)")
-            throw ExitStatus.failure
+        guard let value = try await options.withClient({ try await $0.get(key) }) else {
+            printError("pbkv: key \"\(key)\" is absent")
+            throw ExitStatus.absent
         }
+        print(value)
     }
 }
 
@@ -78,15 +84,8 @@ struct PutCommand: AsyncParsableCommand {
     @OptionGroup var options: ClientOptions
 
     func run() async throws {
-        let client = try options.makeClient()
-        do {
-            try await client.put(key, value)
-            print("OK")
-        } catch {
-            printError("pbkv: \(error)")
-            throw ExitStatus.failure
-        }
-        await client.close()
+        try await options.withClient { try await $0.put(key, value) }
+        print("OK")
     }
 }
 
@@ -99,14 +98,7 @@ struct PutHashCommand: AsyncParsableCommand {
     @OptionGroup var options: ClientOptions
 
     func run() async throws {
-        let client = try options.makeClient()
-        do {
-            print(try await client.putHash(key, value))
-        } catch {
-            printError("pbkv: \(error)")
-            throw ExitStatus.failure
-        }
-        await client.close()
+        print(try await options.withClient { try await $0.putHash(key, value) })
     }
 }
 

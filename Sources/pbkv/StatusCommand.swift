@@ -68,7 +68,8 @@ struct StatusCommand: AsyncParsableCommand {
     }
 }
 
-/// One line of `pbkv status`: what the view service and the server itself say.
+/// One line of `pbkv status`: what the view service and the server itself say. In JSON its
+/// fields are snake_case (`in_view`, `ops_per_second`, …).
 struct ServerRow: Encodable {
     var server: String
     /// Its place in the view: primary, backup or idle.
@@ -92,17 +93,6 @@ struct ServerRow: Encodable {
         var entriesDone: UInt64
         var entriesTotal: UInt64?
         var chunks: UInt32
-    }
-
-    enum CodingKeys: String, CodingKey {
-        case server, inView = "in_view", lastPingMsAgo = "last_ping_ms_ago", role, viewnum, keys, bytes
-        case duplicateRows = "duplicate_rows", operations, opsPerSecond = "ops_per_second", connections, transfer, error
-    }
-}
-
-extension ServerRow.Transfer {
-    enum CodingKeys: String, CodingKey {
-        case peer, direction, entriesDone = "entries_done", entriesTotal = "entries_total", chunks
     }
 }
 
@@ -195,6 +185,7 @@ enum ClusterStatus {
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
         let document = Document(
             view: .init(viewnum: view.viewnum, primary: view.primary, backup: view.backup, acknowledged: view.acknowledged),
             servers: rows)

@@ -11,7 +11,7 @@ import Glibc
 /// runs it for them, git-style: `pbkv TOOL ARGS…` execs `pbkv-tools TOOL ARGS…` from the directory
 /// `pbkv` is in (both are built by `swift build`, side by side).
 enum ToolCommand {
-    static let names: Set<String> = ["local", "chaos", "bench", "bench-cluster", "bench-wire"]
+    static let names = Set(Tool.allCases.map(\.rawValue))
 
     /// `pbkv-tools` beside this binary.
     static var toolsExecutable: String {
@@ -34,27 +34,18 @@ enum ToolCommand {
 
 /// The help entries of the tools: `pbkv` never parses their arguments (`ToolCommand` hands
 /// them to `pbkv-tools`), but `pbkv --help` lists them.
-struct LocalCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "local", abstract: "Start a local cluster, kill its primary mid-workload, verify nothing was lost. (pbkv-tools)")
+protocol ToolHelpEntry: ParsableCommand {
+    static var tool: Tool { get }
 }
 
-struct ChaosCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "chaos", abstract: "Run clients against a local cluster under random faults and check the history. (pbkv-tools)")
+extension ToolHelpEntry {
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(commandName: tool.rawValue, abstract: tool.abstract + " (pbkv-tools)")
+    }
 }
 
-struct BenchCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "bench", abstract: "Measure throughput and latency of a running pbkv cluster. (pbkv-tools)")
-}
-
-struct ClusterBenchCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "bench-cluster", abstract: "Measure failover gap, state transfer and memory per key on local clusters of processes. (pbkv-tools)")
-}
-
-struct WireBenchCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "bench-wire", abstract: "Wire bytes and CPU per Put for plain, per-frame zlib and streaming compression. (pbkv-tools)")
-}
+struct LocalCommand: ToolHelpEntry { static let tool = Tool.local }
+struct ChaosCommand: ToolHelpEntry { static let tool = Tool.chaos }
+struct BenchCommand: ToolHelpEntry { static let tool = Tool.bench }
+struct ClusterBenchCommand: ToolHelpEntry { static let tool = Tool.benchCluster }
+struct WireBenchCommand: ToolHelpEntry { static let tool = Tool.benchWire }

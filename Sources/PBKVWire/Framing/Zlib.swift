@@ -39,14 +39,11 @@ final class ZlibDeflater {
         var rc: Int32 = Z_OK
         input.withUnsafeReadableBytes { inBytes in
             _ = output.writeWithUnsafeMutableBytes(minimumWritableBytes: bound) { outBytes in
-                stream.next_in = UnsafeMutablePointer(mutating: inBytes.baseAddress?.assumingMemoryBound(to: Bytef.self))
-                stream.avail_in = uInt(inBytes.count)
-                stream.next_out = outBytes.baseAddress!.assumingMemoryBound(to: Bytef.self)
-                stream.avail_out = uInt(bound)
+                stream.setInput(inBytes)
+                stream.setOutput(outBytes, room: bound)
                 rc = deflate(&stream, Z_FINISH)
                 let written = bound - Int(stream.avail_out)
-                stream.next_in = nil
-                stream.next_out = nil
+                stream.detachBuffers()
                 return rc == Z_STREAM_END ? written : 0
             }
         }
@@ -72,24 +69,12 @@ final class ZlibInflater {
     /// output beyond `declaredSize` is a zlib bomb or a lie and is refused.
     func decompress(_ input: ByteBuffer, declaredSize: Int, allocator: ByteBufferAllocator) throws(ZlibError) -> ByteBuffer {
         inflateReset(&stream)
-        var output = allocator.buffer(capacity: declaredSize + 1)
-        var rc: Int32 = Z_OK
-        var produced = 0
-        // One spare byte of room: if inflate fills it, the data is longer than declared.
-        input.withUnsafeReadableBytes { inBytes in
-            _ = output.writeWithUnsafeMutableBytes(minimumWritableBytes: declaredSize + 1) { outBytes in
-                stream.next_in = UnsafeMutablePointer(mutating: inBytes.baseAddress?.assumingMemoryBound(to: Bytef.self))
-                stream.avail_in = uInt(inBytes.count)
-                stream.next_out = outBytes.baseAddress!.assumingMemoryBound(to: Bytef.self)
-                stream.avail_out = uInt(declaredSize + 1)
-                rc = inflate(&stream, Z_FINISH)
-                produced = declaredSize + 1 - Int(stream.avail_out)
-                stream.next_in = nil
-                stream.next_out = nil
-                return min(produced, declaredSize)
+        let (output, produced, rc) = try stream.inflateBounded(declaredSize: declaredSize, allocator: allocator) { stream in
+            input.withUnsafeReadableBytes { inBytes in
+                stream.setInput(inBytes)
+                return inflate(&stream, Z_FINISH)
             }
         }
-        if produced > declaredSize { throw .tooLarge(limit: declaredSize) }
         switch rc {
         case Z_STREAM_END:
             guard produced == declaredSize else { throw .sizeMismatch(declared: declaredSize, actual: produced) }
@@ -97,8 +82,7 @@ final class ZlibInflater {
         case Z_BUF_ERROR:
             throw .corrupt("stream truncated")
         default:
-            let message = stream.msg.map { String(cString: $0) } ?? "inflate returned \(rc)"
-            throw .corrupt(message)
+            throw stream.inflateFailure(rc)
         }
     }
 }
@@ -144,21 +128,18 @@ final class ZlibStreamDeflater {
         var rc: Int32 = Z_OK
         var full = false
         input.withUnsafeReadableBytes { inBytes in
-            stream.next_in = UnsafeMutablePointer(mutating: inBytes.baseAddress?.assumingMemoryBound(to: Bytef.self))
-            stream.avail_in = uInt(inBytes.count)
+            stream.setInput(inBytes)
             repeat {
                 // deflateBound is for a whole stream; the flush adds a few bytes. Loop while the room ran out.
                 let room = Int(deflateBound(&stream, uLong(stream.avail_in))) + 64
                 _ = output.writeWithUnsafeMutableBytes(minimumWritableBytes: room) { outBytes in
-                    stream.next_out = outBytes.baseAddress!.assumingMemoryBound(to: Bytef.self)
-                    stream.avail_out = uInt(room)
+                    stream.setOutput(outBytes, room: room)
                     rc = deflate(&stream, Z_SYNC_FLUSH)
                     full = stream.avail_out == 0
                     return room - Int(stream.avail_out)
                 }
             } while rc == Z_OK && full
-            stream.next_in = nil
-            stream.next_out = nil
+            stream.detachBuffers()
         }
         // Z_BUF_ERROR: nothing to do (an empty input right after a flush) — no bytes, a valid piece.
         guard rc == Z_OK || rc == Z_BUF_ERROR else { throw .corrupt("deflate failed with code \(rc)") }
@@ -192,34 +173,22 @@ final class ZlibStreamInflater {
     func decompress(_ input: ByteBuffer, declaredSize: Int, allocator: ByteBufferAllocator) throws(ZlibError) -> ByteBuffer {
         guard !failed else { throw .corrupt("an earlier frame of this stream was refused") }
         failed = true  // until this piece is proven good
-        var output = allocator.buffer(capacity: declaredSize + 1)
-        var rc: Int32 = Z_OK
-        var produced = 0
         var leftover = 0
-        _ = output.writeWithUnsafeMutableBytes(minimumWritableBytes: declaredSize + 1) { outBytes in
-            // One spare byte of room: if inflate fills it, the piece is longer than declared.
-            stream.next_out = outBytes.baseAddress!.assumingMemoryBound(to: Bytef.self)
-            stream.avail_out = uInt(declaredSize + 1)
-            input.withUnsafeReadableBytes { inBytes in
-                stream.next_in = UnsafeMutablePointer(mutating: inBytes.baseAddress?.assumingMemoryBound(to: Bytef.self))
-                stream.avail_in = uInt(inBytes.count)
-                rc = inflate(&stream, Z_SYNC_FLUSH)
+        let (output, produced, rc) = try stream.inflateBounded(declaredSize: declaredSize, allocator: allocator) { stream in
+            var rc = input.withUnsafeReadableBytes { inBytes in
+                stream.setInput(inBytes)
+                return inflate(&stream, Z_SYNC_FLUSH)
+            }
+            leftover = Int(stream.avail_in)
+            if (rc == Z_OK || rc == Z_BUF_ERROR) && leftover == 0 && stream.avail_out > 0 {
+                rc = DeflateStream.syncTrailer.withUnsafeBytes { trailer in
+                    stream.setInput(trailer)
+                    return inflate(&stream, Z_SYNC_FLUSH)
+                }
                 leftover = Int(stream.avail_in)
             }
-            if (rc == Z_OK || rc == Z_BUF_ERROR) && leftover == 0 && stream.avail_out > 0 {
-                DeflateStream.syncTrailer.withUnsafeBufferPointer { trailer in
-                    stream.next_in = UnsafeMutablePointer(mutating: trailer.baseAddress)
-                    stream.avail_in = uInt(trailer.count)
-                    rc = inflate(&stream, Z_SYNC_FLUSH)
-                    leftover = Int(stream.avail_in)
-                }
-            }
-            produced = declaredSize + 1 - Int(stream.avail_out)
-            stream.next_in = nil
-            stream.next_out = nil
-            return min(produced, declaredSize)
+            return rc
         }
-        if produced > declaredSize { throw .tooLarge(limit: declaredSize) }
         switch rc {
         case Z_OK, Z_BUF_ERROR:
             guard leftover == 0 else { throw .corrupt("the piece does not end on a sync flush") }
@@ -229,9 +198,54 @@ final class ZlibStreamInflater {
         case Z_STREAM_END:
             throw .corrupt("the piece ends the deflate stream (a final block); a connection's stream never ends")
         default:
-            let message = stream.msg.map { String(cString: $0) } ?? "inflate returned \(rc)"
-            throw .corrupt(message)
+            throw stream.inflateFailure(rc)
         }
+    }
+}
+
+extension z_stream {
+    /// Points the stream's input at `bytes` (valid only while they are).
+    fileprivate mutating func setInput(_ bytes: UnsafeRawBufferPointer) {
+        next_in = UnsafeMutablePointer(mutating: bytes.baseAddress?.assumingMemoryBound(to: Bytef.self))
+        avail_in = uInt(bytes.count)
+    }
+
+    /// Points the stream's output at the first `room` bytes of `bytes` (valid only while they are).
+    fileprivate mutating func setOutput(_ bytes: UnsafeMutableRawBufferPointer, room: Int) {
+        next_out = bytes.baseAddress!.assumingMemoryBound(to: Bytef.self)
+        avail_out = uInt(room)
+    }
+
+    /// Forgets the buffers of the last call, so that no pointer outlives them.
+    fileprivate mutating func detachBuffers() {
+        next_in = nil
+        next_out = nil
+    }
+
+    /// Inflates into a new buffer of exactly `declaredSize` bytes: `run` sets the input and calls
+    /// `inflate`, returning its code. The output has one spare byte of room; if inflate fills it,
+    /// the data is longer than declared (a zlib bomb or a lie) and is refused. Returns the buffer,
+    /// the bytes inflate produced and its code.
+    fileprivate mutating func inflateBounded(
+        declaredSize: Int, allocator: ByteBufferAllocator, _ run: (inout z_stream) -> Int32
+    ) throws(ZlibError) -> (output: ByteBuffer, produced: Int, rc: Int32) {
+        var output = allocator.buffer(capacity: declaredSize + 1)
+        var rc: Int32 = Z_OK
+        var produced = 0
+        _ = output.writeWithUnsafeMutableBytes(minimumWritableBytes: declaredSize + 1) { outBytes in
+            setOutput(outBytes, room: declaredSize + 1)
+            rc = run(&self)
+            produced = declaredSize + 1 - Int(avail_out)
+            detachBuffers()
+            return min(produced, declaredSize)
+        }
+        if produced > declaredSize { throw .tooLarge(limit: declaredSize) }
+        return (output, produced, rc)
+    }
+
+    /// The error of a failed `inflate`: zlib's own message, or its code.
+    fileprivate func inflateFailure(_ rc: Int32) -> ZlibError {
+        .corrupt(msg.map { String(cString: $0) } ?? "inflate returned \(rc)")
     }
 }
 

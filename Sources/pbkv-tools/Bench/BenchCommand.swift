@@ -16,8 +16,7 @@ import PBKVWire
 /// followed by `WAIT`), so both stores are measured by one load generator; with `--fill` it
 /// writes every key once and reports the load rate.
 struct BenchCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "bench", abstract: "Measure throughput and latency of a running pbkv cluster.")
+    static let configuration = Tool.bench.configuration
 
     @Option(help: "The view service, HOST:PORT; a replicated one as HOST:PORT,HOST:PORT,…")
     var viewservice: String = "127.0.0.1:7000"

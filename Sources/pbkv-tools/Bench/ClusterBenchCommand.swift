@@ -20,9 +20,7 @@ import Glibc
 /// (with and without compression), the primary's memory per key, and the replicated view
 /// service's own failover (`vs-failover`, on etcd). `make bench` runs it.
 struct ClusterBenchCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "bench-cluster",
-        abstract: "Measure failover gap, state transfer and memory per key on local clusters of processes.")
+    static let configuration = Tool.benchCluster.configuration
 
     @Option(help: "Sections to run, comma separated: failover, transfer, memory, vs-failover.")
     var sections: String = "failover,transfer,memory"

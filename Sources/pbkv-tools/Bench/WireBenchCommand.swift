@@ -15,9 +15,7 @@ import Glibc
 /// per-connection deflate streams — with the very codecs the connections use, in process (no
 /// network, so the figures are exact and repeatable).
 struct WireBenchCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "bench-wire",
-        abstract: "Wire bytes and CPU per Put for plain, per-frame zlib and streaming compression (in process).")
+    static let configuration = Tool.benchWire.configuration
 
     @Option(help: "Puts per row.")
     var operations = 20_000
