@@ -11,6 +11,8 @@
 #    the pipelined rows: 16 B write-only with $PIPELINE operations outstanding per client
 #    (`--pipeline`; for Redis on its one connection, each SET+WAIT 1 pair still in order), next
 #    to `redis-benchmark -P $PIPELINE` SET (no WAIT: redis-benchmark cannot send one per SET).
+#    Every cell also reports the CPU time per operation of each server process (`--cpu-of`: pbkv
+#    primary, backup, view service; Redis primary and replica) and of the load generator.
 # 3. TLS cost: a second pbkv cluster with mutual TLS (certificates made with `pbkv certs`); the
 #    16 B cells of 1 and 50 clients run against both clusters in turn (`compare_clusters`).
 # 4. `pbkv bench-cluster`: failover gap, state transfer, memory per key; Redis's memory per key
@@ -86,7 +88,7 @@ wait_until() { # wait_until SECONDS COMMAND...: polls COMMAND every 0.1 s
 # own CA (`pbkv certs`, in $WORK/certs). The server flags go to both servers, each @PORT@ in them
 # replaced by a fresh port per server (e.g. `--metrics 127.0.0.1:@PORT@`). Then
 # `pbkv_on NAME COMMAND ARG…` runs a client command (view, put, bench…) against the cluster.
-declare -A CLUSTER_VS=() CLUSTER_SECURITY=()
+declare -A CLUSTER_VS=() CLUSTER_SECURITY=() CLUSTER_CPU_OF=()
 CERTS="$WORK/certs"
 start_pbkv_cluster() {
   local name=$1 mode=$2; shift 2
@@ -112,6 +114,7 @@ start_pbkv_cluster() {
   CLUSTER_VS[$name]=$vs
   # The security flags are split into words on purpose (no spaces: $WORK is /tmp/pbkv-bench.XXXXXX).
   "$PBKV" viewservice --listen "$vs" --data-dir "$WORK/$name-vs" ${security[vs]} >"$WORK/$name-vs.log" 2>&1 & PIDS+=($!)
+  CLUSTER_CPU_OF[$name]="vs=$!"
   wait_until 10 pbkv_on "$name" view --timeout 1
   local arg role=primary
   local -a args
@@ -123,6 +126,7 @@ start_pbkv_cluster() {
     done
     "$PBKV" server --listen "${!member}" --viewservice "$vs" ${security[$member]} "${args[@]}" \
       >"$WORK/$name-$member.log" 2>&1 & PIDS+=($!)
+    CLUSTER_CPU_OF[$name]+=",$role=$!"
     wait_until 10 view_has "$name" "$role" "${!member}"
     role=backup
   done
@@ -153,7 +157,9 @@ redis_start() { # redis_start PORT [replicaof-port]
   PIDS+=($!)
 }
 redis_start "$R1"
+REDIS_CPU_OF="primary=$!"
 redis_start "$R2" "$R1"
+REDIS_CPU_OF+=",replica=$!"
 wait_until 10 bash -c "redis-cli -p $R2 info replication | grep -q 'master_link_status:up'"
 
 REDIS_VERSION=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
@@ -174,9 +180,9 @@ matrix_cell() {
   local clients=$1 shape=$2; shift 2
   local common=(--clients "$clients" --duration "$SECONDS_PER_CELL" --keys "$KEYS" "$@" --json)
   local p r w pt rt wt errors
-  p=$(bench_on plaintext "${common[@]}")
-  r=$("$PBKV" bench --redis "127.0.0.1:$R1" "${common[@]}" 2>>"$PROGRESS")
-  w=$("$PBKV" bench --redis "127.0.0.1:$R1" --redis-wait 1 "${common[@]}" 2>>"$PROGRESS")
+  p=$(bench_on plaintext "${common[@]}" --cpu-of "${CLUSTER_CPU_OF[plaintext]}")
+  r=$("$PBKV" bench --redis "127.0.0.1:$R1" "${common[@]}" --cpu-of "$REDIS_CPU_OF" 2>>"$PROGRESS")
+  w=$("$PBKV" bench --redis "127.0.0.1:$R1" --redis-wait 1 "${common[@]}" --cpu-of "$REDIS_CPU_OF" 2>>"$PROGRESS")
   record "\"section\":\"matrix\",\"shape\":\"$shape\",\"system\":\"pbkv\"" "$p"
   record "\"section\":\"matrix\",\"shape\":\"$shape\",\"system\":\"redis\"" "$r"
   record "\"section\":\"matrix\",\"shape\":\"$shape\",\"system\":\"redis-wait\"" "$w"
@@ -185,6 +191,10 @@ matrix_cell() {
     "$pt" "$(json p50_us <<<"$p")" "$(json p99_us <<<"$p")" \
     "$rt" "$(json p50_us <<<"$r")" "$wt" "$(json p50_us <<<"$w")" \
     "$(calc "$pt / $rt")" "$(calc "$pt / $wt")" "$(json viewservice_calls_per_op <<<"$p")"
+  printf '%-24s   CPU µs/op: pbkv primary %.1f backup %.1f client %.1f | Redis SET primary %.1f replica %.1f | +WAIT1 primary %.1f replica %.1f\n' "" \
+    "$(json cpu_us_per_op_primary <<<"$p")" "$(json cpu_us_per_op_backup <<<"$p")" "$(json cpu_us_per_op_client <<<"$p")" \
+    "$(json cpu_us_per_op_primary <<<"$r")" "$(json cpu_us_per_op_replica <<<"$r")" \
+    "$(json cpu_us_per_op_primary <<<"$w")" "$(json cpu_us_per_op_replica <<<"$w")"
   errors=$(json errors <<<"$p")
   [ "$errors" != "0" ] && echo "  (pbkv errors in this cell: $errors)"
   return 0

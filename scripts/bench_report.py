@@ -81,6 +81,13 @@ def num(record, field, fmt="{:.0f}"):
     return fmt.format(record[field]) if record and field in record else "–"
 
 
+def cpu_sum(record, processes):
+    """The CPU µs per operation of the named processes together; None if one is missing."""
+    if not record or any(f"cpu_us_per_op_{name}" not in record for name in processes):
+        return None
+    return sum(record[f"cpu_us_per_op_{name}"] for name in processes)
+
+
 def markdown(records, svg_name=None):
     """The results as markdown: a header, one table per part of the run."""
     meta = meta_of(records)
@@ -115,6 +122,30 @@ def markdown(records, svg_name=None):
                 num(w, "throughput"), num(w, "p50_us"), num(w, "p99_us"),
                 ratio(p and p["throughput"], r and r["throughput"]), ratio(p and p["throughput"], w and w["throughput"]),
                 num(p, "viewservice_calls_per_op", "{:.5f}"), num(p, "errors", "{}")]) + " |")
+
+    cpu_rows = [(clients, shape, s) for clients, shape, s in rows
+                if any("cpu_us_per_op_primary" in (s.get(system) or {}) for system in ("pbkv", "redis", "redis-wait"))]
+    if cpu_rows:
+        out += ["", "## CPU per operation", "",
+                "CPU time (user + system) per operation in µs over each cell's measured window, per process "
+                "(`pbkv bench --cpu-of`); \"server ÷ Redis\" is pbkv's primary + backup over Redis's primary + replica "
+                "for SET+WAIT 1. The load generator's own CPU is in the client columns (pbkv's client library, or the "
+                "same generator's Redis protocol code).", "",
+                "| shape | pbkv primary | backup | view service | client | Redis SET primary | replica | client "
+                "| +WAIT 1 primary | replica | client | server ÷ Redis |",
+                "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+        for clients, shape, s in cpu_rows:
+            p, r, w = s.get("pbkv"), s.get("redis"), s.get("redis-wait")
+
+            out.append("| " + " | ".join([
+                f"c={clients} {shape}",
+                num(p, "cpu_us_per_op_primary", "{:.1f}"), num(p, "cpu_us_per_op_backup", "{:.1f}"),
+                num(p, "cpu_us_per_op_vs", "{:.2f}"), num(p, "cpu_us_per_op_client", "{:.1f}"),
+                num(r, "cpu_us_per_op_primary", "{:.1f}"), num(r, "cpu_us_per_op_replica", "{:.1f}"),
+                num(r, "cpu_us_per_op_client", "{:.1f}"),
+                num(w, "cpu_us_per_op_primary", "{:.1f}"), num(w, "cpu_us_per_op_replica", "{:.1f}"),
+                num(w, "cpu_us_per_op_client", "{:.1f}"),
+                ratio(cpu_sum(p, ("primary", "backup")), cpu_sum(w, ("primary", "replica")))]) + " |")
 
     for _, title, systems, cells in compare_groups(records):
         base, others = systems[0], systems[1:]

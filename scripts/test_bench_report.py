@@ -23,9 +23,12 @@ RECORDS = [
     cell("matrix", 1, "16B write-only", "pbkv", 5000, 190, 400),
     cell("matrix", 1, "16B write-only", "redis", 12500, 80, 150),
     cell("matrix", 1, "16B write-only", "redis-wait", 8000, 115, 300),
-    cell("matrix", 50, "16B write-only", "pbkv", 25000, 1900, 4800),
-    cell("matrix", 50, "16B write-only", "redis", 40000, 1100, 2200),
-    cell("matrix", 50, "16B write-only", "redis-wait", 32000, 1350, 3400),
+    cell("matrix", 50, "16B write-only", "pbkv", 25000, 1900, 4800, cpu_us_per_op_client=40.5, cpu_us_per_op_vs=0.21,
+         cpu_us_per_op_primary=36.0, cpu_us_per_op_backup=9.0),
+    cell("matrix", 50, "16B write-only", "redis", 40000, 1100, 2200, cpu_us_per_op_client=20.0,
+         cpu_us_per_op_primary=10.0, cpu_us_per_op_replica=4.0),
+    cell("matrix", 50, "16B write-only", "redis-wait", 32000, 1350, 3400, cpu_us_per_op_client=25.0,
+         cpu_us_per_op_primary=12.0, cpu_us_per_op_replica=3.0),
     {"section": "meta", "load_after_matrix": "2.00 1.50 1.20"},
     cell("compare", 1, "16B write-only", "plaintext", 5000, 200, 400, group="tls", title="TLS cost"),
     cell("compare", 1, "16B write-only", "tls", 4000, 250, 500, group="tls", title="TLS cost"),
@@ -62,6 +65,10 @@ class MarkdownTests(unittest.TestCase):
         # Pipelined: pbkv ÷ redis-benchmark -P 16 = 30000 / 120000, ÷ SET+WAIT pipelined = 30000 / 20000.
         self.assertIn("## Pipelining next to redis-benchmark -P", md)
         self.assertIn("| c=1 16B write-only P16 | 30000 | 120000 | 0.25 | 20000 | 1.50 |", md)
+        # CPU: only the cell that has figures; server ÷ Redis = (36 + 9) / (12 + 3).
+        self.assertIn("## CPU per operation", md)
+        self.assertIn("| c=50 16B write-only | 36.0 | 9.0 | 0.21 | 40.5 | 10.0 | 4.0 | 20.0 | 12.0 | 3.0 | 25.0 | 3.00 |", md)
+        self.assertNotIn("| c=1 16B write-only | – |", md)
         self.assertIn("- failover (file view service): 5 trials, gap median 523 ms, max 537 ms", md)
         self.assertIn("- memory, Redis (DEBUG POPULATE): 1000 keys of 16 B, RSS 1 MiB → 3 MiB, 2097.2 bytes per key", md)
 
