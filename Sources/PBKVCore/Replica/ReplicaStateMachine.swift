@@ -225,6 +225,11 @@ public struct ReplicaStateMachine: Sendable {
     }
     private var link = BackupLink.none
     private var pending: [PendingOperation] = []
+    /// Entries of `pending` that a client waits for (all but the Gets answered on a lease).
+    private var pendingAwaited = 0
+    /// Gets answered on a lease go to the backup only with something a client waits for, or
+    /// once this many wait: they keep the replicas' tables alike, and nobody needs them soon.
+    static let leaseGetsPerForward = 64
     /// Writes (Put, PutHash) in `pending`, by key: a Get of such a key must not be answered from
     /// the store, which already holds a write the backup has not acknowledged.
     private var pendingWrites: [String: Int] = [:]
@@ -415,6 +420,7 @@ public struct ReplicaStateMachine: Sendable {
         for op in pending {
             guard op.index < end else { break }
             for token in op.tokens { directives.append(.reply(token, op.reply)) }
+            if !op.tokens.isEmpty { pendingAwaited -= 1 }
             if op.op.kind != .get {
                 if pendingWrites[op.op.key, default: 0] <= 1 {
                     pendingWrites[op.op.key] = nil
@@ -430,6 +436,7 @@ public struct ReplicaStateMachine: Sendable {
 
     private mutating func dropAllPending() {
         pending.removeAll()
+        pendingAwaited = 0
         pendingWrites.removeAll()
     }
 
@@ -481,12 +488,13 @@ public struct ReplicaStateMachine: Sendable {
         if case .none = link { return [.reply(token, reply)] }
         // On a lease, a Get of a key without a write waiting for the backup reads committed
         // state: answered now. It still goes to the backup, in stream order and with nobody
-        // waiting for it, so that both replicas apply the same operations in the same order:
-        // their duplicate tables, clocks and evictions stay identical (see the README's "Read
-        // leases").
+        // waiting for it (with the next write, or once `leaseGetsPerForward` of them wait), so
+        // that both replicas apply the same operations in the same order: their duplicate
+        // tables, clocks and evictions stay identical (see the README's "Read leases").
         let answeredOnLease = op.kind == .get && pendingWrites[op.key] == nil && now.map { holdsLease(at: $0) } == true
         if op.kind != .get { pendingWrites[op.key, default: 0] += 1 }
         pending.append(PendingOperation(index: nextIndex, op: op, reply: reply, tokens: answeredOnLease ? [] : [token]))
+        if !answeredOnLease { pendingAwaited += 1 }
         nextIndex += 1
         let sends = sendNextBatch(delay: .zero)
         return answeredOnLease ? [.reply(token, reply)] + sends : sends
@@ -509,10 +517,13 @@ public struct ReplicaStateMachine: Sendable {
         return nil
     }
 
-    /// Sends unacknowledged operations to a streaming backup if nothing is in flight: as many
-    /// as fit in `batchBudget` (at least one, which the key and value limits let fit in a frame).
+    /// Sends unacknowledged operations to a streaming backup if nothing is in flight and a client
+    /// waits for one of them (or `leaseGetsPerForward` Gets answered on a lease wait): as many as
+    /// fit in `batchBudget` (at least one, which the key and value limits let fit in a frame).
     private mutating func sendNextBatch(delay: Duration) -> [ReplicaDirective] {
-        guard case .streaming(let target, let inFlight) = link, inFlight == nil, let first = pending.first else { return [] }
+        guard case .streaming(let target, let inFlight) = link, inFlight == nil, let first = pending.first,
+            pendingAwaited > 0 || pending.count >= Self.leaseGetsPerForward
+        else { return [] }
         var ops: [Operation] = []
         var bytes = 0
         for p in pending {
