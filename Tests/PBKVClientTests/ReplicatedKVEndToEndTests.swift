@@ -319,16 +319,16 @@ struct ReplicatedKVEndToEndTests {
         try await cluster.waitForView("s2 took over") { $0.primary == s2.address }
         try await client.put("k", "new")
         #expect(try await client.get("k") == "new")
-        // A request that was delayed and reaches the old primary now must not see "old".
+        // A request that was delayed and reaches the old primary now must not see "old". Its
+        // lease is over, so it forwards the Get to s2, which refuses (it is primary of a later
+        // view), and retries until it learns a view it cannot reach: no answer at all.
         let result = await directGet(cluster, s1, key: "k", timeout: .seconds(1))
-        switch result {
-        case .success(let reply):
+        if case .success(let reply) = result {
             let status = try await s1.server.status()
             let leased = try await s1.server.holdsReadLease()
-            #expect(reply.code == .wrongServer, "old primary answered \(reply) (role \(status.role), view \(status.view), lease \(leased))")
-        case .failure(let error):
-            #expect(error == .timeout(method: "Get", peer: s1.address), "unexpected \(error)")
+            Issue.record("old primary answered \(reply) (role \(status.role), view \(status.view), lease \(leased))")
         }
+        #expect(result == .failure(.timeout(method: "Get", peer: s1.address)))
         await client.close()
         await cluster.kill(s1)
         await cluster.kill(s2)
@@ -349,13 +349,9 @@ struct ReplicatedKVEndToEndTests {
         // Within its read lease s1 may still answer (nobody else can be primary before it ends);
         // once the lease is over, a Get needs the dead backup and never completes.
         try await cluster.waitUntil("s1's read lease ended") { try await !s1.server.holdsReadLease() }
+        // It cannot learn that it was deposed either: the Get waits for the backup until it times out.
         let result = await directGet(cluster, s1, key: "k", timeout: .seconds(2))
-        switch result {
-        case .success(let reply):
-            #expect(reply.code == .wrongServer, "partitioned primary completed a Get: \(reply)")
-        case .failure(let error):
-            #expect(error == .timeout(method: "Get", peer: s1.address), "unexpected \(error)")
-        }
+        #expect(result == .failure(.timeout(method: "Get", peer: s1.address)), "partitioned primary answered: \(result)")
         await client.close()
         await cluster.kill(s1)
         await cluster.shutdown()
