@@ -154,27 +154,18 @@ struct BenchCommand: AsyncParsableCommand {
             try? await Task.sleep(until: end, clock: .continuous)
             return zip(sample(), before).map { $0 - $1 }
         }
+        // One closed loop per operation a client keeps outstanding (its "lanes").
+        let clientLoops = targets.enumerated().map { n, client in
+            (client, (0..<pipeline).map { lane in
+                BenchLoop(
+                    seed: UInt64(n + 1) &+ UInt64(lane) << 32, keyNames: keyNames, value: value, mix: mix,
+                    warmupEnd: warmupEnd, end: end, progress: progress)
+            })
+        }
         let title = "\(targetName) \(clients) client\(clients == 1 ? "" : "s")\(pipeline > 1 ? " ×\(pipeline) pipelined" : "")"
         let results = try await display.run(title, sample: { Self.timeSample(ops: progress.count, start: start, end: end) }) {
-            try await withThrowingTaskGroup(of: (Histogram<UInt64>, Int).self) { group in
-                for (n, client) in targets.enumerated() {
-                    // One closed loop per operation a client keeps outstanding (its "lane").
-                    let loops = (0..<pipeline).map { lane in
-                        BenchLoop(
-                            seed: UInt64(n + 1) &+ UInt64(lane) << 32, keyNames: keyNames, value: value, mix: mix,
-                            warmupEnd: warmupEnd, end: end, progress: progress)
-                    }
-                    // Each client's loops run on that client's own event loop: no thread hop per call.
-                    group.addTask { await client.drive(loops) }
-                }
-                var merged = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
-                var errors = 0
-                for try await (h, e) in group {
-                    merged.add(h)
-                    errors += e
-                }
-                return (merged, errors)
-            }
+            // Each client's loops run on that client's own event loop: no thread hop per call.
+            await runConcurrently(clientLoops) { client, loops in await client.drive(loops) }
         }
         var retries = 0
         var vsCalls = 0
@@ -336,15 +327,15 @@ struct RedisBenchTarget: BenchTarget {
     func close() async { await client.close() }
 }
 
-/// Runs `body` for each loop concurrently (the one loop of an unpipelined client directly) and
-/// merges the histograms and error counts.
-func runConcurrently(
-    _ loops: [BenchLoop], _ body: @escaping @Sendable (BenchLoop) async -> (Histogram<UInt64>, Int)
+/// Runs `body` for each item (clients, or the loops of one client) concurrently (a single one
+/// directly) and merges the histograms and error counts.
+func runConcurrently<Item: Sendable>(
+    _ items: [Item], _ body: @escaping @Sendable (Item) async -> (Histogram<UInt64>, Int)
 ) async -> (Histogram<UInt64>, Int) {
-    if loops.count == 1 { return await body(loops[0]) }
+    if items.count == 1 { return await body(items[0]) }
     return await withTaskGroup(of: (Histogram<UInt64>, Int).self) { group in
-        for loop in loops { group.addTask { await body(loop) } }
-        var merged = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+        for item in items { group.addTask { await body(item) } }
+        var merged = latencyHistogram()
         var errors = 0
         for await (histogram, e) in group {
             merged.add(histogram)
@@ -352,6 +343,11 @@ func runConcurrently(
         }
         return (merged, errors)
     }
+}
+
+/// An empty histogram of latencies in nanoseconds, up to 60 s at three significant digits.
+func latencyHistogram() -> Histogram<UInt64> {
+    Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
 }
 
 /// Counts operations across client tasks for the progress display.
@@ -379,7 +375,7 @@ struct BenchLoop: Sendable {
     func run(
         isolation: isolated (any Actor)? = #isolation, _ perform: (Kind, String) async throws -> Void
     ) async -> (Histogram<UInt64>, Int) {
-        var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+        var histogram = latencyHistogram()
         var rng = SplitMix64(seed: seed)
         let total = UInt64(mix.get + mix.put + mix.putHash)
         var errors = 0
