@@ -28,9 +28,6 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
-        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
-        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
-        .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
         // The etcd JSON gateway client (replicated view service); brings swift-nio-ssl, -http2, -extras.
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         // Metrics: the swift-metrics API in the libraries, Prometheus text on `--metrics HOST:PORT`.
@@ -45,15 +42,16 @@ let package = Package(
             linkerSettings: [.linkedLibrary("protobuf-c")]
         ),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // The system's libcrypto (OpenSSL 3), for making certificates and reading a peer's identity.
+        // (swift-certificates would build a second BoringSSL, ~2.5 minutes of a clean build here.)
+        .systemLibrary(name: "CLibCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         // Mutual TLS between members: the cluster CA, certificates and the identity they state.
         .target(
             name: "PBKVTLS",
             dependencies: [
+                "CLibCrypto",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                .product(name: "X509", package: "swift-certificates"),
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
         // The protocol logic, pure: messages as Swift values, PutHash, the store, the replica and
@@ -216,7 +214,7 @@ let package = Package(
         .testTarget(name: "PBKVTestSupportTests", dependencies: ["PBKVTestSupport"]),
         .testTarget(
             name: "PBKVTLSTests",
-            dependencies: ["PBKVTLS", .product(name: "X509", package: "swift-certificates")]),
+            dependencies: ["PBKVTLS"]),
         .testTarget(
             name: "PBKVEtcdTests",
             dependencies: [

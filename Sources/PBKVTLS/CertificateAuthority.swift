@@ -1,7 +1,5 @@
-import Crypto
+import CLibCrypto
 import Foundation
-import SwiftASN1
-import X509
 
 /// Why a certificate command or TLS set-up failed. Each case says what to do.
 public enum ClusterCertificateError: Error, Sendable, Hashable, CustomStringConvertible {
@@ -30,11 +28,12 @@ public enum ClusterCertificateError: Error, Sendable, Hashable, CustomStringConv
 }
 
 /// A cluster's certificate authority in a directory: `ca.pem` and `ca-key.pem`, and the
-/// certificates it issues there as `NAME.pem` / `NAME-key.pem` (keys mode 0600). ECDSA P-256.
+/// certificates it issues there as `NAME.pem` / `NAME-key.pem` (keys mode 0600). ECDSA P-256,
+/// signed with SHA-256 by the system's libcrypto (OpenSSL 3).
 public struct CertificateAuthority: Sendable {
     public let directory: String
-    private let certificate: Certificate
-    private let key: P256.Signing.PrivateKey
+    private let certificatePEM: String
+    private let keyPEM: String
 
     public static func certificatePath(_ directory: String, _ name: String) -> String { directory + "/\(name).pem" }
     public static func keyPath(_ directory: String, _ name: String) -> String { directory + "/\(name)-key.pem" }
@@ -54,28 +53,26 @@ public struct CertificateAuthority: Sendable {
         } catch {
             throw .unwritable(path: directory, reason: "\(error)")
         }
-        let key = P256.Signing.PrivateKey()
-        let subject: DistinguishedName
-        let certificate: Certificate
+        let keyPEM: String
+        let certificatePEM: String
         do {
-            subject = try DistinguishedName { CommonName(name) }
-            let now = Date()
-            certificate = try Certificate(
-                version: .v3, serialNumber: .init(), publicKey: .init(key.publicKey),
-                notValidBefore: now.addingTimeInterval(-300), notValidAfter: now.addingTimeInterval(Double(days) * 86_400),
-                issuer: subject, subject: subject, signatureAlgorithm: .ecdsaWithSHA256,
-                extensions: try Certificate.Extensions {
-                    Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
-                    Critical(KeyUsage(keyCertSign: true, cRLSign: true))
-                    SubjectKeyIdentifier(hash: Certificate.PublicKey(key.publicKey))
-                },
-                issuerPrivateKey: .init(key))
+            let key = try OpenSSLPrivateKey.generateP256()
+            let certificate = try Self.sign(
+                commonName: name, key: key, issuer: nil, issuerKey: key, days: days,
+                extensions: [
+                    (NID_basic_constraints, "critical,CA:TRUE,pathlen:0"),
+                    (NID_key_usage, "critical,keyCertSign,cRLSign"),
+                    (NID_subject_key_identifier, "hash"),
+                ],
+                alternativeNames: [])
+            keyPEM = try key.pem()
+            certificatePEM = try certificate.pem()
         } catch {
             throw .invalid("cannot make the CA certificate: \(error)")
         }
-        try write(key.pemRepresentation, to: keyFile, mode: 0o600)
-        try write(try pem(certificate), to: certPath, mode: 0o644)
-        return CertificateAuthority(directory: directory, certificate: certificate, key: key)
+        try write(keyPEM, to: keyFile, mode: 0o600)
+        try write(certificatePEM, to: certPath, mode: 0o644)
+        return CertificateAuthority(directory: directory, certificatePEM: certificatePEM, keyPEM: keyPEM)
     }
 
     /// Opens the CA in `directory`.
@@ -85,22 +82,22 @@ public struct CertificateAuthority: Sendable {
         let certText = try Self.read(certPath, hint: "run `pbkv certs init \(directory)` first")
         let keyText = try Self.read(keyFile, hint: "the CA's private key must sit next to ca.pem")
         do {
-            certificate = try Certificate(pemEncoded: certText)
+            _ = try OpenSSLCertificate(pem: certText)
         } catch {
             throw .unreadable(path: certPath, reason: "\(error)")
         }
         do {
-            key = try P256.Signing.PrivateKey(pemRepresentation: keyText)
+            _ = try OpenSSLPrivateKey(pem: keyText)
         } catch {
             throw .unreadable(path: keyFile, reason: "\(error)")
         }
-        self.directory = directory
+        self.init(directory: directory, certificatePEM: certText, keyPEM: keyText)
     }
 
-    private init(directory: String, certificate: Certificate, key: P256.Signing.PrivateKey) {
+    private init(directory: String, certificatePEM: String, keyPEM: String) {
         self.directory = directory
-        self.certificate = certificate
-        self.key = key
+        self.certificatePEM = certificatePEM
+        self.keyPEM = keyPEM
     }
 
     /// Issues `NAME.pem` and `NAME-key.pem` in the CA's directory. A server certificate lists
@@ -116,7 +113,7 @@ public struct CertificateAuthority: Sendable {
         if role == .client && !hosts.isEmpty {
             throw .invalid("--host is for server certificates; a client certificate speaks for no address")
         }
-        var names: [GeneralName] = []
+        var names: [(Int32, [UInt8])] = []
         var seenHosts: Set<String> = []
         for address in hosts {
             guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]),
@@ -124,49 +121,83 @@ public struct CertificateAuthority: Sendable {
             else {
                 throw .invalid("--host \(address): expected HOST:PORT, e.g. 10.0.0.5:7001")
             }
-            names.append(.uniformResourceIdentifier(MemberIdentity.serverPrefix + address))
+            names.append((GEN_URI, Array((MemberIdentity.serverPrefix + address).utf8)))
             var host = String(address[..<colon])
             if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
             guard seenHosts.insert(host).inserted else { continue }
             if let ip = Self.ipBytes(host) {
-                names.append(.ipAddress(ASN1OctetString(contentBytes: ArraySlice(ip))))
+                names.append((GEN_IPADD, ip))
             } else {
-                names.append(.dnsName(host))
+                names.append((GEN_DNS, Array(host.utf8)))
             }
         }
-        if role == .client { names.append(.uniformResourceIdentifier(MemberIdentity.clientPrefix + name)) }
-        let key = P256.Signing.PrivateKey()
-        let issued: Certificate
+        if role == .client { names.append((GEN_URI, Array((MemberIdentity.clientPrefix + name).utf8))) }
+        let keyPEM: String
+        let certificatePEM: String
         do {
-            let now = Date()
-            issued = try Certificate(
-                version: .v3, serialNumber: .init(), publicKey: .init(key.publicKey),
-                notValidBefore: now.addingTimeInterval(-300), notValidAfter: now.addingTimeInterval(Double(days) * 86_400),
-                issuer: certificate.subject, subject: try DistinguishedName { CommonName(name) },
-                signatureAlgorithm: .ecdsaWithSHA256,
-                extensions: try Certificate.Extensions {
-                    Critical(BasicConstraints.notCertificateAuthority)
-                    Critical(KeyUsage(digitalSignature: true, keyEncipherment: true))
-                    try ExtendedKeyUsage(role == .server ? [.serverAuth, .clientAuth] : [.clientAuth])
-                    SubjectAlternativeNames(names)
-                },
-                issuerPrivateKey: .init(self.key))
+            let authority = try OpenSSLCertificate(pem: self.certificatePEM)
+            let authorityKey = try OpenSSLPrivateKey(pem: self.keyPEM)
+            let key = try OpenSSLPrivateKey.generateP256()
+            let issued = try Self.sign(
+                commonName: name, key: key, issuer: authority, issuerKey: authorityKey, days: days,
+                extensions: [
+                    (NID_basic_constraints, "critical,CA:FALSE"),
+                    (NID_key_usage, "critical,digitalSignature"),
+                    (NID_ext_key_usage, role == .server ? "serverAuth,clientAuth" : "clientAuth"),
+                    (NID_subject_key_identifier, "hash"),
+                    (NID_authority_key_identifier, "keyid:always"),
+                ],
+                alternativeNames: names)
+            keyPEM = try key.pem()
+            certificatePEM = try issued.pem()
         } catch {
             throw .invalid("cannot make the certificate for \(name): \(error)")
         }
-        try Self.write(key.pemRepresentation, to: Self.keyPath(directory, name), mode: 0o600)
-        try Self.write(try Self.pem(issued), to: Self.certificatePath(directory, name), mode: 0o644)
+        try Self.write(keyPEM, to: Self.keyPath(directory, name), mode: 0o600)
+        try Self.write(certificatePEM, to: Self.certificatePath(directory, name), mode: 0o644)
+    }
+
+    /// A v3 certificate for `key` named `commonName`, valid from 5 minutes ago for `days` days,
+    /// with a random 159-bit serial, signed by `issuerKey` (self-signed when `issuer` is nil).
+    private static func sign(
+        commonName: String, key: OpenSSLPrivateKey, issuer: OpenSSLCertificate?, issuerKey: OpenSSLPrivateKey, days: Int,
+        extensions: [(nid: Int32, value: String)], alternativeNames: [(type: Int32, bytes: [UInt8])]
+    ) throws(OpenSSLFailure) -> OpenSSLCertificate {
+        let certificate = try OpenSSLCertificate.makeV3()
+        let x509 = certificate.pointer
+        var serial = [UInt8](repeating: 0, count: 20)
+        guard RAND_bytes(&serial, Int32(serial.count)) == 1 else { throw OpenSSLFailure("drawing a serial number") }
+        serial[0] &= 0x7f  // positive, as RFC 5280 requires
+        guard let number = BN_bin2bn(serial, Int32(serial.count), nil) else { throw OpenSSLFailure("making a serial number") }
+        defer { BN_free(number) }
+        guard BN_to_ASN1_INTEGER(number, X509_get_serialNumber(x509)) != nil,
+            X509_gmtime_adj(X509_getm_notBefore(x509), -300) != nil,
+            X509_time_adj_ex(X509_getm_notAfter(x509), Int32(clamping: days), 0, nil) != nil
+        else { throw OpenSSLFailure("setting the serial number and validity") }
+        guard let subject = X509_NAME_new() else { throw OpenSSLFailure("allocating a name") }
+        defer { X509_NAME_free(subject) }
+        guard X509_NAME_add_entry_by_txt(subject, "CN", MBSTRING_UTF8, commonName, -1, -1, 0) == 1,
+            X509_set_subject_name(x509, subject) == 1,
+            X509_set_issuer_name(x509, issuer.map { X509_get_subject_name($0.pointer) } ?? subject) == 1,
+            X509_set_pubkey(x509, key.pointer) == 1
+        else { throw OpenSSLFailure("setting the names and public key") }
+        for (nid, value) in extensions where pbkv_add_extension(x509, issuer?.pointer ?? x509, nid, value) != 1 {
+            throw OpenSSLFailure("adding the extension \(value)")
+        }
+        if !alternativeNames.isEmpty {
+            guard let names = GENERAL_NAMES_new() else { throw OpenSSLFailure("allocating the alternative names") }
+            defer { GENERAL_NAMES_free(names) }
+            for name in alternativeNames where pbkv_general_names_append(names, name.type, name.bytes, Int32(name.bytes.count)) != 1 {
+                throw OpenSSLFailure("adding an alternative name")
+            }
+            guard X509_add1_ext_i2d(x509, NID_subject_alt_name, UnsafeMutableRawPointer(names), 0, UInt(X509V3_ADD_DEFAULT)) == 1
+            else { throw OpenSSLFailure("adding the subject alternative names") }
+        }
+        guard X509_sign(x509, issuerKey.pointer, EVP_sha256()) > 0 else { throw OpenSSLFailure("signing the certificate") }
+        return certificate
     }
 
     // MARK: - files
-
-    private static func pem(_ certificate: Certificate) throws(ClusterCertificateError) -> String {
-        do {
-            return try certificate.serializeAsPEM().pemString
-        } catch {
-            throw .invalid("cannot encode a certificate: \(error)")
-        }
-    }
 
     static func read(_ path: String, hint: String) throws(ClusterCertificateError) -> String {
         guard FileManager.default.fileExists(atPath: path) else { throw .missing(path: path, hint: hint) }

@@ -1,6 +1,5 @@
 import NIOCore
 import NIOSSL
-import X509
 
 /// A member's TLS material: the cluster's CA (`DIR/ca.pem`) to trust and its own certificate
 /// and key (`DIR/NAME.pem`, `DIR/NAME-key.pem`) to present. Both ends authenticate (mutual

@@ -1,4 +1,4 @@
-import X509
+import CLibCrypto
 
 /// What a certificate lets its holder be in a pbkv cluster.
 public enum MemberRole: String, Sendable, Hashable, CustomStringConvertible {
@@ -41,32 +41,26 @@ public struct MemberIdentity: Sendable, Hashable, CustomStringConvertible {
     static let serverPrefix = "pbkv://server/"
     static let clientPrefix = "pbkv://client/"
 
-    /// The identity a verified certificate states; nil when it names no pbkv role.
-    public init?(certificate: Certificate) {
-        guard let san = try? certificate.extensions.subjectAlternativeNames else { return nil }
+    /// The identity a verified certificate states (DER bytes); nil when it names no pbkv role
+    /// or is not a certificate. A server is named by its certificate's common name.
+    public init?(derEncoded bytes: [UInt8]) {
+        guard let certificate = try? OpenSSLCertificate(der: bytes) else { return nil }
         var servers: [String] = []
         var clientName: String?
-        for name in san {
-            guard case .uniformResourceIdentifier(let uri) = name else { continue }
+        for name in certificate.subjectAlternativeNames where name.type == GEN_URI {
+            let uri = String(decoding: name.bytes, as: UTF8.self)
             if uri.hasPrefix(Self.serverPrefix) {
                 servers.append(String(uri.dropFirst(Self.serverPrefix.count)))
             } else if uri.hasPrefix(Self.clientPrefix) {
                 clientName = String(uri.dropFirst(Self.clientPrefix.count))
             }
         }
-        let commonName = certificate.subject.description
         if !servers.isEmpty {
-            self.init(name: commonName, role: .server, addresses: servers)
+            self.init(name: certificate.commonName ?? servers[0], role: .server, addresses: servers)
         } else if let clientName {
             self.init(name: clientName, role: .client)
         } else {
             return nil
         }
-    }
-
-    /// Reads the identity from DER bytes of a certificate.
-    public init?(derEncoded bytes: [UInt8]) {
-        guard let certificate = try? Certificate(derEncoded: bytes) else { return nil }
-        self.init(certificate: certificate)
     }
 }

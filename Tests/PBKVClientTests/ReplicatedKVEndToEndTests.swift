@@ -10,7 +10,9 @@ import Testing
 
 /// The replicated store end to end: in-process view service and servers over loopback TCP and
 /// over an in-memory network, real timing (ping interval 100 ms, 5 missed pings = dead), bounded in time.
-@Suite("Replicated KV end to end", .serialized, .timeLimit(.minutes(2)))
+/// Every case starts its own cluster (own ports, own network, own etcd) and shares nothing, so
+/// the cases may run at once: `make test` runs four at a time (`make test-scenarios`).
+@Suite("Replicated KV end to end", .timeLimit(.minutes(2)))
 struct ReplicatedKVEndToEndTests {
     /// Waits until `node` is primary and `backup` (if any) is its acknowledged backup.
     func waitForPrimary(
