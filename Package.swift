@@ -28,8 +28,6 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
-        // The etcd JSON gateway client (replicated view service); brings swift-nio-ssl, -http2, -extras.
-        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         // Metrics: the swift-metrics API in the libraries, Prometheus text on `--metrics HOST:PORT`.
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
@@ -107,8 +105,8 @@ let package = Package(
             name: "PBKVEtcd",
             dependencies: [
                 "PBKVCore", "PBKVWire", "PBKVViewService",
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -204,8 +202,7 @@ let package = Package(
         .testTarget(
             name: "PBKVObservabilityTests",
             dependencies: [
-                "PBKVObservability", "PBKVServer", "PBKVClient", "PBKVTestSupport", "PBKVTLS",
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                "PBKVObservability", "PBKVServer", "PBKVClient", "PBKVTestSupport", "PBKVTLS", "PBKVEtcd",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,4 +1,3 @@
-import AsyncHTTPClient
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
@@ -104,7 +103,8 @@ public struct EtcdLease: Sendable, Hashable {
 }
 
 /// A small typed client of etcd's v3 JSON gateway (`POST /v3/kv/range`, `/v3/kv/txn`,
-/// `/v3/lease/grant|keepalive|revoke`) over AsyncHTTPClient, HTTP/1.1 without TLS.
+/// `/v3/lease/grant|keepalive|revoke`) over HTTP/1.1 without TLS, one connection per request
+/// (`HTTPExchange`).
 ///
 /// It talks to one endpoint at a time and moves to the next when a connection fails, a request
 /// times out or the member says it cannot serve (gRPC UNAVAILABLE or DEADLINE_EXCEEDED); within one
@@ -112,14 +112,11 @@ public struct EtcdLease: Sendable, Hashable {
 /// retried request may have been applied by the member that did not answer; every write pbkv
 /// makes is guarded by a comparison, so a retry that finds its own write fails its comparison
 /// instead of writing twice.
-///
-/// Call `shutdown()` when done (AsyncHTTPClient requires it).
 public final class EtcdClient: Sendable {
     /// The endpoints, `HOST:PORT`, in the order given.
     public let endpoints: [String]
     /// The bound on one attempt at one endpoint.
     public let requestTimeout: Duration
-    private let http: HTTPClient
     private let current: NIOLockedValueBox<Int>
     private let logger: Logger
     /// Replies larger than this are refused (a view record is a few hundred bytes).
@@ -134,14 +131,6 @@ public final class EtcdClient: Sendable {
         self.requestTimeout = requestTimeout
         self.logger = logger
         self.current = NIOLockedValueBox(0)
-        var configuration = HTTPClient.Configuration()
-        configuration.httpVersion = .http1Only
-        configuration.timeout.connect = TimeAmount(requestTimeout)
-        // We move to the next endpoint ourselves instead of waiting for this one to come back.
-        configuration.connectionPool.retryConnectionEstablishment = false
-        configuration.connectionPool.idleTimeout = .seconds(30)
-        configuration.decompression = .disabled
-        self.http = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
     }
 
     /// Splits `HOST:PORT[,HOST:PORT…]` (the `--etcd` option) into checked endpoints.
@@ -164,29 +153,17 @@ public final class EtcdClient: Sendable {
         return text
     }
 
-    /// Closes every connection. Call once, when no request is in flight.
-    public func shutdown() async {
-        do {
-            try await http.shutdown()
-        } catch {
-            logger.debug("etcd client shutdown", metadata: ["error": "\(error)"])
-        }
-    }
-
     /// Whether the etcd member at `endpoint` serves a linearizable read now (it is up and its
     /// cluster has a leader): the readiness probe of test clusters.
     public static func isServing(endpoint: String, timeout: Duration = .milliseconds(500)) async -> Bool {
         guard let client = try? EtcdClient(endpoints: [endpoint], requestTimeout: timeout, logger: Logger(label: "pbkv.etcd.probe"))
         else { return false }
-        let served: Bool
         do throws(EtcdError) {
             _ = try await client.range("pbkv-probe")
-            served = true
+            return true
         } catch {
-            served = false
+            return false
         }
-        await client.shutdown()
-        return served
     }
 
     /// The endpoint the next request goes to first.
@@ -318,26 +295,28 @@ public final class EtcdClient: Sendable {
     }
 
     private func attempt(_ path: String, _ payload: ByteBuffer, endpoint: String) async -> Attempt {
-        var request = HTTPClientRequest(url: "http://\(endpoint)\(path)")
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/json")
-        request.body = .bytes(payload)
-        let deadline = NIODeadline.now() + TimeAmount(requestTimeout)
+        let colon = endpoint.lastIndex(of: ":")!  // validated by init
+        var host = String(endpoint[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        let port = Int(endpoint[endpoint.index(after: colon)...])!
+        let response: HTTPExchange.Response
         do {
-            let response = try await http.execute(request, deadline: deadline, logger: logger)
-            let body = try await response.body.collect(upTo: Self.maximumReplyBytes)
-            if response.status == .ok { return .answered(body) }
-            let status = (try? JSONDecoder().decode(GatewayJSON.Status.self, from: body))
-                ?? GatewayJSON.Status(error: nil, message: "HTTP \(response.status.code) \(response.status.reasonPhrase)", code: nil)
-            // UNAVAILABLE (no leader, request timed out) and DEADLINE_EXCEEDED: another member may serve.
-            if status.code == 14 || status.code == 4 || response.status == .serviceUnavailable {
-                return .failed("\(status.message ?? status.error ?? "unavailable") (gRPC code \(status.code ?? 14))")
-            }
-            return .rejected(status)
+            response = try await HTTPExchange.perform(
+                .POST, host: host, port: port, path: path, body: payload, maximumBodyBytes: Self.maximumReplyBytes,
+                deadline: .now() + TimeAmount(requestTimeout))
+        } catch .timedOut {
+            return .failed("no reply within \(requestTimeout)")
         } catch {
-            if NIODeadline.now() >= deadline { return .failed("no reply within \(requestTimeout)") }
             return .failed("\(error)")
         }
+        if response.status == .ok { return .answered(response.body) }
+        let status = (try? JSONDecoder().decode(GatewayJSON.Status.self, from: response.body))
+            ?? GatewayJSON.Status(error: nil, message: "HTTP \(response.status.code) \(response.status.reasonPhrase)", code: nil)
+        // UNAVAILABLE (no leader, request timed out) and DEADLINE_EXCEEDED: another member may serve.
+        if status.code == 14 || status.code == 4 || response.status == .serviceUnavailable {
+            return .failed("\(status.message ?? status.error ?? "unavailable") (gRPC code \(status.code ?? 14))")
+        }
+        return .rejected(status)
     }
 
     private static func rejection(_ status: GatewayJSON.Status, endpoint: String, lease: Int64?) -> EtcdError {

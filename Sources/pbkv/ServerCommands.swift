@@ -57,7 +57,7 @@ struct ViewServiceCommand: AsyncParsableCommand {
         var rpc = RPCServerConfiguration(host: address.host, port: address.port)
         rpc.tls = try security.resolve(logger: logger)
         rpc.compression = compression.mode
-        let (election, etcdClient) = try await makeElection(logger: logger)
+        let election = try await makeElection(logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let exported = try await metrics.start(group: group, logger: logger)
         let (service, server) = try await ViewServiceServer.start(
@@ -69,7 +69,6 @@ struct ViewServiceCommand: AsyncParsableCommand {
         let connections = ShutdownOnSignal {
             await exported?.server.close()
             await server.close()
-            await etcdClient?.shutdown()
         }
         // Listed first, so shut down last: it returns once the service stopped.
         let storeWatch = FailWhen(future: service.terminated)
@@ -93,20 +92,20 @@ struct ViewServiceCommand: AsyncParsableCommand {
     /// The etcd election (replicated mode), or sole leadership of the file store (default) or
     /// of memory. The file store is opened and read once here, so a damaged or locked data
     /// directory stops the command at once with a message naming it.
-    private func makeElection(logger: Logger) async throws -> (any ViewServiceElection, EtcdClient?) {
+    private func makeElection(logger: Logger) async throws -> any ViewServiceElection {
         if let etcd {
             let client = try EtcdClient(endpoints: EtcdClient.parseEndpoints(etcd), logger: logger)
             logger.info("replicated view service on etcd", metadata: ["etcd": "\(etcd)", "etcd.prefix": "\(etcdPrefix)"])
-            return (EtcdElection(client: client, prefix: etcdPrefix, advertise: advertise ?? listen, logger: logger), client)
+            return EtcdElection(client: client, prefix: etcdPrefix, advertise: advertise ?? listen, logger: logger)
         }
         if inMemory {
             logger.warning("view kept in memory only (--in-memory): a restart of this view service forgets the view")
-            return (SoleLeadership(store: InMemoryViewStore()), nil)
+            return SoleLeadership(store: InMemoryViewStore())
         }
         let store = try FileViewStore(directory: dataDir)
         let record = try await store.load()
         logger.info("view store opened", metadata: ["path": "\(store.location)", "stored": "\(record.map(\.description) ?? "nothing yet")"])
-        return (SoleLeadership(store: store), nil)
+        return SoleLeadership(store: store)
     }
 }
 

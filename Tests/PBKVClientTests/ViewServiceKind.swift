@@ -63,7 +63,6 @@ extension InProcessCluster {
                 let port = try ProcessCluster.freePort()
                 let election = EtcdElection(client: client, prefix: "e2e", advertise: "127.0.0.1:\(port)", logger: quiet)
                 return try await start(port: port, election: election, network: network, logger: logger) {
-                    await client.shutdown()
                     await etcd.shutdown()
                 }
             } catch {

@@ -85,7 +85,6 @@ extension EtcdTests {
                 #expect(try await client.range("t/a").keyValue == nil)
                 #expect(client.currentEndpoint == cluster.endpoints[0])
                 #expect(logs.contains("etcd endpoint failed"))
-                await client.shutdown()
             }
         }
 
@@ -100,14 +99,12 @@ extension EtcdTests {
             } catch {
                 guard case .unreachable(let attempts) = error else {
                     Issue.record("expected .unreachable, got \(error)")
-                    await client.shutdown()
                     return
                 }
                 #expect(attempts.count == 2)
                 #expect(attempts[0].hasPrefix(dead[0]) && attempts[1].hasPrefix(dead[1]))
                 #expect(error.description.contains("check that etcd runs"))
             }
-            await client.shutdown()
         }
 
         @Test("A paused (SIGSTOP) member times out and the client moves to the next one")

@@ -60,11 +60,9 @@ func withEtcd<T>(
     }
     do {
         let result = try await body(cluster, client)
-        await client.shutdown()
         await cluster.shutdown()
         return result
     } catch {
-        await client.shutdown()
         await cluster.shutdown()
         throw error
     }

@@ -47,7 +47,6 @@ extension EtcdTests {
                 for (index, endpoint) in cluster.endpoints.enumerated() where index != victim {
                     let one = try EtcdClient(endpoints: [endpoint], logger: logs.logger)
                     let value = try await one.range("pbkv/view").keyValue?.value
-                    await one.shutdown()
                     #expect(value == EnvelopeCodec.encode(record(2)), "member \(index)")
                 }
 
@@ -55,7 +54,6 @@ extension EtcdTests {
                 try await cluster.restart(victim)
                 let back = try EtcdClient(endpoints: [cluster.endpoints[victim]], logger: logs.logger)
                 let value = try await back.range("pbkv/view").keyValue?.value
-                await back.shutdown()
                 #expect(value == EnvelopeCodec.encode(record(2)))
                 await a.stop()
             }

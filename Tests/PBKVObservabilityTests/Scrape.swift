@@ -1,5 +1,6 @@
-import AsyncHTTPClient
 import NIOCore
+import PBKVEtcd
+import Testing
 
 /// A Prometheus text scrape, parsed: every sample with its name, labels and value.
 struct Scrape {
@@ -14,9 +15,14 @@ struct Scrape {
 
     /// GETs `url` (http://HOST:PORT/path); the status code and the parsed body.
     static func get(_ url: String) async throws -> (status: UInt, scrape: Scrape) {
-        let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(10))
-        let body = try await response.body.collect(upTo: 16 << 20)
-        return (response.status.code, Scrape(text: String(buffer: body)))
+        let rest = try #require(url.hasPrefix("http://") ? url.dropFirst("http://".count) : nil)
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        let colon = try #require(rest[..<slash].lastIndex(of: ":"))
+        let port = try #require(Int(rest[rest.index(after: colon)..<slash]))
+        let response = try await HTTPExchange.perform(
+            .GET, host: String(rest[..<colon]), port: port, path: slash == rest.endIndex ? "/" : String(rest[slash...]),
+            maximumBodyBytes: 16 << 20, deadline: .now() + .seconds(10))
+        return (response.status.code, Scrape(text: String(buffer: response.body)))
     }
 
     init(text: String) {

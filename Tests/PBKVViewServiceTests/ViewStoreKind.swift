@@ -57,11 +57,9 @@ struct SharedEtcdTrait: SuiteTrait, TestScoping {
         do {
             try await SharedEtcd.$client.withValue(client) { try await function() }
         } catch {
-            await client.shutdown()
             await cluster.shutdown()
             throw error
         }
-        await client.shutdown()
         await cluster.shutdown()
     }
 }
