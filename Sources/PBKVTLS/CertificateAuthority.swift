@@ -53,23 +53,14 @@ public struct CertificateAuthority: Sendable {
         } catch {
             throw .unwritable(path: directory, reason: "\(error)")
         }
-        let keyPEM: String
-        let certificatePEM: String
-        do {
-            let key = try OpenSSLPrivateKey.generateP256()
-            let certificate = try Self.sign(
-                commonName: name, key: key, issuer: nil, issuerKey: key, days: days,
-                extensions: [
-                    (NID_basic_constraints, "critical,CA:TRUE,pathlen:0"),
-                    (NID_key_usage, "critical,keyCertSign,cRLSign"),
-                    (NID_subject_key_identifier, "hash"),
-                ],
-                alternativeNames: [])
-            keyPEM = try key.pem()
-            certificatePEM = try certificate.pem()
-        } catch {
-            throw .invalid("cannot make the CA certificate: \(error)")
-        }
+        let (keyPEM, certificatePEM) = try Self.makeKeyAndCertificate(
+            commonName: name, issuer: nil, days: days,
+            extensions: [
+                (NID_basic_constraints, "critical,CA:TRUE,pathlen:0"),
+                (NID_key_usage, "critical,keyCertSign,cRLSign"),
+                (NID_subject_key_identifier, "hash"),
+            ],
+            alternativeNames: [])
         try write(keyPEM, to: keyFile, mode: 0o600)
         try write(certificatePEM, to: certPath, mode: 0o644)
         return CertificateAuthority(directory: directory, certificatePEM: certificatePEM, keyPEM: keyPEM)
@@ -132,29 +123,38 @@ public struct CertificateAuthority: Sendable {
             }
         }
         if role == .client { names.append((GEN_URI, Array((MemberIdentity.clientPrefix + name).utf8))) }
-        let keyPEM: String
-        let certificatePEM: String
-        do {
-            let authority = try OpenSSLCertificate(pem: self.certificatePEM)
-            let authorityKey = try OpenSSLPrivateKey(pem: self.keyPEM)
-            let key = try OpenSSLPrivateKey.generateP256()
-            let issued = try Self.sign(
-                commonName: name, key: key, issuer: authority, issuerKey: authorityKey, days: days,
-                extensions: [
-                    (NID_basic_constraints, "critical,CA:FALSE"),
-                    (NID_key_usage, "critical,digitalSignature"),
-                    (NID_ext_key_usage, role == .server ? "serverAuth,clientAuth" : "clientAuth"),
-                    (NID_subject_key_identifier, "hash"),
-                    (NID_authority_key_identifier, "keyid:always"),
-                ],
-                alternativeNames: names)
-            keyPEM = try key.pem()
-            certificatePEM = try issued.pem()
-        } catch {
-            throw .invalid("cannot make the certificate for \(name): \(error)")
-        }
+        let (keyPEM, certificatePEM) = try Self.makeKeyAndCertificate(
+            commonName: name, issuer: (certificatePEM, keyPEM), days: days,
+            extensions: [
+                (NID_basic_constraints, "critical,CA:FALSE"),
+                (NID_key_usage, "critical,digitalSignature"),
+                (NID_ext_key_usage, role == .server ? "serverAuth,clientAuth" : "clientAuth"),
+                (NID_subject_key_identifier, "hash"),
+                (NID_authority_key_identifier, "keyid:always"),
+            ],
+            alternativeNames: names)
         try Self.write(keyPEM, to: Self.keyPath(directory, name), mode: 0o600)
         try Self.write(certificatePEM, to: Self.certificatePath(directory, name), mode: 0o644)
+    }
+
+    /// A new P-256 key and a certificate for it, both as PEM, signed by `issuer` (PEM
+    /// certificate and key), or self-signed when it is nil.
+    private static func makeKeyAndCertificate(
+        commonName: String, issuer: (certificate: String, key: String)?, days: Int,
+        extensions: [(nid: Int32, value: String)], alternativeNames: [(type: Int32, bytes: [UInt8])]
+    ) throws(ClusterCertificateError) -> (key: String, certificate: String) {
+        do {
+            let key = try OpenSSLPrivateKey.generateP256()
+            let authority = try issuer.map { issuer throws(OpenSSLFailure) in
+                (try OpenSSLCertificate(pem: issuer.certificate), try OpenSSLPrivateKey(pem: issuer.key))
+            }
+            let certificate = try sign(
+                commonName: commonName, key: key, issuer: authority?.0, issuerKey: authority?.1 ?? key, days: days,
+                extensions: extensions, alternativeNames: alternativeNames)
+            return (try key.pem(), try certificate.pem())
+        } catch {
+            throw .invalid("cannot make the certificate for \(commonName): \(error)")
+        }
     }
 
     /// A v3 certificate for `key` named `commonName`, valid from 5 minutes ago for `days` days,
