@@ -27,6 +27,9 @@ actor ScriptedViewStore: ViewStore {
         waiting.removeAll()
     }
 
+    /// Writes `record` as another writer would (the view service's next compare-and-store conflicts).
+    func overwrite(_ record: ViewRecord) { self.record = record }
+
     func load() async throws(ViewStoreError) -> ViewRecord? { record }
 
     func compareAndStore(_ new: ViewRecord, expected: ViewRecord?) async throws(ViewStoreError) {
@@ -62,10 +65,11 @@ struct ViewServiceLeaseTests {
             try await client.ping(server: server, viewnum: viewnum, timeout: .seconds(5)).get()
         }
 
-        /// `server` pings (acknowledging what it last saw) until `condition` holds.
-        func pingUntil(_ server: String, _ condition: (View) -> Bool) async throws -> View {
+        /// `server` pings (acknowledging what it last saw, `viewnum` at first: 0 is a restart)
+        /// until `condition` holds.
+        func pingUntil(_ server: String, from viewnum: UInt64 = 0, _ condition: (View) -> Bool) async throws -> View {
             let end = ContinuousClock.now + .seconds(5)
-            var viewnum: UInt64 = 0
+            var viewnum = viewnum
             while ContinuousClock.now < end {
                 // NOT_LEADER until the view service has loaded its store: try again.
                 if let view = try? await ping(server, viewnum) {
@@ -163,6 +167,24 @@ struct ViewServiceLeaseTests {
             let (view, answeredAt) = try await answer.value
             #expect(answeredAt >= released)
             #expect(view.primary == "s2" && view.viewnum == 3, "answered \(view)")
+        }
+    }
+
+    @Test("A sole view service whose store changed under it steps down, reloads the store and leads again from it")
+    func conflictReloads() async throws {
+        try await Self.run { h in
+            try await h.primaryAndBackup()
+            // Another writer stores view 7 (s2 primary, s1 backup); the service still holds view 2.
+            let written = View(viewnum: 7, primary: "s2", backup: "s1", acknowledged: true)
+            await h.store.overwrite(ViewRecord(view: written, previousBackup: ""))
+            let s2 = Self.keepAlive(h)
+            defer { s2.cancel() }
+            // s1 falls silent: promoting s2 in view 3 conflicts with the store. The service must
+            // come back from view 7, not stay without a leader.
+            let view = try await h.pingUntil("s2", from: 2) { $0.viewnum >= 7 }
+            #expect(view.primary == "s2", "answered \(view)")
+            let stored = try #require(try await h.store.load())
+            #expect(stored.view.viewnum >= 7 && stored.view.primary == "s2", "stored \(stored.view)")
         }
     }
 

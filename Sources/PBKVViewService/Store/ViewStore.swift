@@ -71,17 +71,28 @@ extension ViewServiceElection {
     public var leadershipValidUntil: ContinuousClock.Instant? { nil }
 }
 
-/// The election of a single view service process: always leader of its one store.
+/// The election of a single view service process: leader of its one store. After a
+/// `resign()` (its compare-and-store found the store changed under it) it reports follower,
+/// then leader again at once, so the service reloads the store and resumes from what it holds
+/// instead of staying a follower of nobody until it is restarted.
 public struct SoleLeadership: ViewServiceElection {
     public let store: any ViewStore
+    private let resignations: AsyncStream<Void>
+    private let resignation: AsyncStream<Void>.Continuation
 
-    public init(store: any ViewStore) { self.store = store }
+    public init(store: any ViewStore) {
+        self.store = store
+        (resignations, resignation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
 
     public func run(onChange: @escaping @Sendable (ViewServiceLeadership) async -> Void) async throws {
         await onChange(.leader(store))
-        // Nothing else will ever change: wait for cancellation.
-        while !Task.isCancelled { try await Task.sleep(for: .seconds(3600)) }
+        // Ends when the task is cancelled.
+        for await _ in resignations {
+            await onChange(.follower(leader: nil))
+            await onChange(.leader(store))
+        }
     }
 
-    public func resign() async {}
+    public func resign() async { resignation.yield() }
 }
