@@ -319,6 +319,12 @@ struct ReplicatedKVEndToEndTests {
         // Cut s1 off from the view service only; clients can still reach it.
         s1.viewServiceFaults.policy = FaultPolicy(partitioned: true)
         try await cluster.waitForView("s2 took over") { $0.primary == s2.address }
+        // Until s2 itself hears of the new view it is still s1's backup, and s1 may rightly
+        // complete operations through it (a Put of "new", a Get answering "new"): wait for it.
+        try await cluster.waitUntil("s2 knows it is primary") {
+            let status = try await s2.server.status()
+            return status.role == .primary && status.view.primary == s2.address
+        }
         try await client.put("k", "new")
         #expect(try await client.get("k") == "new")
         // A request that was delayed and reaches the old primary now must not see "old". Its
