@@ -95,9 +95,11 @@ python-test: python-venv
 	PBKV_INSECURE=1 PBKV_BIN=$$($(SWIFT) build --show-bin-path)/pbkv $(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PY_CLIENT)/tests
 
 ## chaos-short: three seeds of 20 s each against a multi-process cluster with a file-store view
-## service, and one with the view service replicated on etcd (part of `make test`).
+## service (the third with pipelined clients), and one with the view service replicated on etcd
+## (part of `make test`).
 chaos-short:
-	$$($(SWIFT) build --show-bin-path)/pbkv chaos --seconds 20 --seeds 1,2,3
+	$$($(SWIFT) build --show-bin-path)/pbkv chaos --seconds 20 --seeds 1,2
+	$$($(SWIFT) build --show-bin-path)/pbkv chaos --seconds 20 --seeds 3 --pipeline 4
 	$$($(SWIFT) build --show-bin-path)/pbkv chaos --seconds 20 --seeds 4 --etcd
 
 ## chaos: a long randomized fault run, e.g. `make chaos SECONDS=600 SEEDS=1,2`; with the view

@@ -16,6 +16,8 @@ struct ChaosCommand: AsyncParsableCommand {
     var seeds: String = "1"
     @Option(help: "Concurrent clients.")
     var clients: Int = 4
+    @Option(help: "Operations each client keeps outstanding, pipelined in one session (1 to 64); each is a process of its own in the history.")
+    var pipeline: Int = 1
     @Option(help: "Number of keys the clients share.")
     var keys: Int = 4
     @Option(help: "Request and reply drop probability on every server.")
@@ -31,6 +33,9 @@ struct ChaosCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard seconds > 0, clients > 0, keys > 0 else { throw ValidationError("--seconds, --clients and --keys must be positive") }
+        guard (1...Int(RequestID.maxWindow)).contains(pipeline) else {
+            throw ValidationError("--pipeline must be between 1 and \(RequestID.maxWindow)")
+        }
         guard parsedSeeds != nil else { throw ValidationError("--seeds must be comma-separated integers, e.g. 1,2,3") }
     }
 
@@ -47,6 +52,7 @@ struct ChaosCommand: AsyncParsableCommand {
             var configuration = ChaosConfiguration()
             configuration.seconds = seconds
             configuration.clients = clients
+            configuration.pipeline = pipeline
             configuration.keys = keys
             configuration.seed = seed
             configuration.dropProbability = drop
@@ -55,7 +61,7 @@ struct ChaosCommand: AsyncParsableCommand {
             configuration.readLeases = readLeases
             configuration.memberArguments = logging.memberArguments
             if etcd { configuration.etcdProbe = { await EtcdClient.isServing(endpoint: $0) } }
-            print("== chaos run, seed \(seed): \(clients) clients, \(keys) keys, \(seconds) s, drops \(drop), read leases \(readLeases ? "on" : "off")\(etcd ? ", view service on etcd" : "")")
+            print("== chaos run, seed \(seed): \(clients) clients\(pipeline > 1 ? " × \(pipeline) pipelined" : ""), \(keys) keys, \(seconds) s, drops \(drop), read leases \(readLeases ? "on" : "off")\(etcd ? ", view service on etcd" : "")")
             let runner = ChaosRunner(configuration: configuration) { line in
                 print("  " + line)
                 fflush(nil)

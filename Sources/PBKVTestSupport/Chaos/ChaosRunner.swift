@@ -13,8 +13,11 @@ import Glibc
 public struct ChaosConfiguration: Sendable {
     /// How long clients run, in seconds.
     public var seconds: Double = 20
-    /// Concurrent clients (each one `KVClient`, one request outstanding).
+    /// Concurrent clients (each one `KVClient`).
     public var clients = 4
+    /// Operations each client keeps outstanding: its `KVClient` pipelines them in one session
+    /// (`pipelineWindow`). Each outstanding slot is a process of its own in the history.
+    public var pipeline = 1
     /// Keys the clients share (few keys: more contention, stronger check).
     public var keys = 4
     /// Seed of the nemesis schedule, the workload and the servers' fault injectors.
@@ -188,39 +191,47 @@ public struct ChaosRunner: Sendable {
         let stopAt = ContinuousClock.now + .milliseconds(Int64(config.seconds * 1000))
         let keys = (0..<config.keys).map { "key\($0)" }
 
-        // Clients.
+        // Clients: `pipeline` lanes per client, each lane a process of the history with one
+        // operation at a time, all lanes of a client sharing its KVClient (and session).
         let clientTasks = try (0..<config.clients).map { n -> Task<Void, Never> in
             var clientConfig = KVClientConfiguration()
             clientConfig.deadline = config.operationDeadline
             clientConfig.attemptTimeout = .milliseconds(300)
+            clientConfig.pipelineWindow = config.pipeline
             let client = try cluster.client(clientConfig, logger: quiet)
             return Task {
-                var rng = SplitMix64(seed: config.seed &* 7919 &+ UInt64(n))
-                var i = 0
-                while ContinuousClock.now < stopAt && !Task.isCancelled {
-                    let key = keys[Int(rng.next() % UInt64(keys.count))]
-                    let roll = rng.next() % 10
-                    let value = "c\(n)-\(i)"
-                    i += 1
-                    do {
-                        if roll < 4 {
-                            let token = recorder.invoke(client: n, kind: .get, key: key)
-                            do {
-                                let v = try await client.get(key)
-                                recorder.complete(token, output: v.map { .value($0) } ?? .absent)
-                            } catch { recorder.completeIndeterminate(token) }
-                        } else if roll < 8 {
-                            let token = recorder.invoke(client: n, kind: .put, key: key, value: value)
-                            do {
-                                try await client.put(key, value)
-                                recorder.complete(token, output: .ok)
-                            } catch { recorder.completeIndeterminate(token) }
-                        } else {
-                            let token = recorder.invoke(client: n, kind: .putHash, key: key, value: value)
-                            do {
-                                let previous = try await client.putHash(key, value)
-                                recorder.complete(token, output: .value(previous))
-                            } catch { recorder.completeIndeterminate(token) }
+                await withTaskGroup(of: Void.self) { lanes in
+                    for lane in 0..<config.pipeline {
+                        lanes.addTask {
+                            // Lane 0 draws what the client drew before lanes existed: a seed replays as it did.
+                            var rng = SplitMix64(seed: config.seed &* 7919 &+ UInt64(n) &+ (UInt64(lane) << 32))
+                            let process = n * config.pipeline + lane
+                            var i = 0
+                            while ContinuousClock.now < stopAt && !Task.isCancelled {
+                                let key = keys[Int(rng.next() % UInt64(keys.count))]
+                                let roll = rng.next() % 10
+                                let value = config.pipeline == 1 ? "c\(n)-\(i)" : "c\(n).\(lane)-\(i)"
+                                i += 1
+                                if roll < 4 {
+                                    let token = recorder.invoke(client: process, kind: .get, key: key)
+                                    do {
+                                        let v = try await client.get(key)
+                                        recorder.complete(token, output: v.map { .value($0) } ?? .absent)
+                                    } catch { recorder.completeIndeterminate(token) }
+                                } else if roll < 8 {
+                                    let token = recorder.invoke(client: process, kind: .put, key: key, value: value)
+                                    do {
+                                        try await client.put(key, value)
+                                        recorder.complete(token, output: .ok)
+                                    } catch { recorder.completeIndeterminate(token) }
+                                } else {
+                                    let token = recorder.invoke(client: process, kind: .putHash, key: key, value: value)
+                                    do {
+                                        let previous = try await client.putHash(key, value)
+                                        recorder.complete(token, output: .value(previous))
+                                    } catch { recorder.completeIndeterminate(token) }
+                                }
+                            }
                         }
                     }
                 }
@@ -343,7 +354,7 @@ public struct ChaosRunner: Sendable {
         auditConfig.deadline = .seconds(10)
         let auditor = try cluster.client(auditConfig, logger: quiet)
         for key in keys {
-            let token = recorder.invoke(client: config.clients, kind: .get, key: key)
+            let token = recorder.invoke(client: config.clients * config.pipeline, kind: .get, key: key)
             do {
                 let v = try await auditor.get(key)
                 recorder.complete(token, output: v.map { .value($0) } ?? .absent)
