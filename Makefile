@@ -43,13 +43,15 @@ build: deps
 release: deps
 	$(SWIFT) build -c release
 
-## test: every test of every module (unit, end to end over loopback), a short chaos run, the
+## test: every test of every module (unit, end to end over loopback; SWIFTNIO_STRICT=1: work handed
+## to an event loop that has shut down crashes the test instead of printing an error, as NIO plans
+## to make it do everywhere), a short chaos run, the
 ## Python client's tests against the built `pbkv` (first: the committed generated Python is current,
 ## and the bench report generator's tests, under a second), and 30 s of fuzzing.
 test: deps proto-check python-proto-check bench-report-test
 	$(SWIFT) build --build-tests
 	$(MAKE) --no-print-directory chaos-short
-	$(SWIFT) test --skip-build $(SWIFT_TEST_FLAGS) --skip ReplicatedKVEndToEndTests
+	SWIFTNIO_STRICT=1 $(SWIFT) test --skip-build $(SWIFT_TEST_FLAGS) --skip ReplicatedKVEndToEndTests
 	$(MAKE) --no-print-directory test-scenarios
 	$(MAKE) --no-print-directory python-test
 	$(MAKE) --no-print-directory fuzz FUZZ_CONFIG=debug FUZZ_BUILD_PATH=.build SECONDS=30
@@ -59,7 +61,7 @@ test: deps proto-check python-proto-check bench-report-test
 ## experimental width setting; the other suites run one at a time, above).
 SCENARIO_WIDTH ?= 4
 test-scenarios:
-	SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=$(SCENARIO_WIDTH) $(SWIFT) test --skip-build --parallel --filter ReplicatedKVEndToEndTests
+	SWIFTNIO_STRICT=1 SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=$(SCENARIO_WIDTH) $(SWIFT) test --skip-build --parallel --filter ReplicatedKVEndToEndTests
 
 ## python-venv: the test venv (created once, again when pyproject.toml changes; network needed
 ## only then), with this checkout's client installed into it (offline, every time).

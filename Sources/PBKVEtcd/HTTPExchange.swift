@@ -42,14 +42,20 @@ public enum HTTPExchange {
     ) async throws(Failure) -> Response {
         let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
         do {
-            channel = try await ClientBootstrap(group: group)
-                .connectTimeout(max(.milliseconds(1), deadline - .now()))
-                .connect(host: host, port: port) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                        return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
-                    }
+            let bootstrap = ClientBootstrap(group: group).connectTimeout(max(.milliseconds(1), deadline - .now()))
+            let initializer: @Sendable (any Channel) -> EventLoopFuture<NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>> = {
+                channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
                 }
+            }
+            // An IP literal skips NIO's resolver (see `ClientBootstrap.connect(literalOrName:port:)`).
+            if let address = try? SocketAddress(ipAddress: host, port: port) {
+                channel = try await bootstrap.connect(to: address, channelInitializer: initializer)
+            } else {
+                channel = try await bootstrap.connect(host: host, port: port, channelInitializer: initializer)
+            }
         } catch {
             throw NIODeadline.now() >= deadline ? .timedOut : .connectFailed("\(error)")
         }

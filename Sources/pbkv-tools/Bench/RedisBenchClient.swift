@@ -61,7 +61,7 @@ actor RedisBenchClient {
                     try channel.pipeline.syncOperations.addHandler(RESPRequestHandler())
                 }
             }
-            .connect(host: host, port: port).get()
+            .connect(literalOrName: host, port: port).get()
         return RedisBenchClient(channel: channel)
     }
 

@@ -127,7 +127,7 @@ final class TCPConnection: RPCConnection {
                             handshakeTimeout: limit, logger: logger))
                 }
             }
-            .connect(host: peer.host, port: peer.port)
+            .connect(literalOrName: peer.host, port: peer.port)
         connected.whenFailure { error in ready.fail(RPCError.connectionRefused(peer: "\(peer)", reason: "\(error)")) }
         return connected.and(ready.futureResult).map { channel, _ in channel }
     }
