@@ -81,6 +81,11 @@ def num(record, field, fmt="{:.0f}"):
     return fmt.format(record[field]) if record and field in record else "–"
 
 
+def cpu(record, *processes, fmt="{:.1f}"):
+    """The CPU µs per operation cells of the named processes."""
+    return [num(record, f"cpu_us_per_op_{name}", fmt) for name in processes]
+
+
 def cpu_sum(record, processes):
     """The CPU µs per operation of the named processes together; None if one is missing."""
     if not record or any(f"cpu_us_per_op_{name}" not in record for name in processes):
@@ -136,15 +141,9 @@ def markdown(records, svg_name=None):
                 "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
         for clients, shape, s in cpu_rows:
             p, r, w = s.get("pbkv"), s.get("redis"), s.get("redis-wait")
-
-            out.append("| " + " | ".join([
-                f"c={clients} {shape}",
-                num(p, "cpu_us_per_op_primary", "{:.1f}"), num(p, "cpu_us_per_op_backup", "{:.1f}"),
-                num(p, "cpu_us_per_op_vs", "{:.2f}"), num(p, "cpu_us_per_op_client", "{:.1f}"),
-                num(r, "cpu_us_per_op_primary", "{:.1f}"), num(r, "cpu_us_per_op_replica", "{:.1f}"),
-                num(r, "cpu_us_per_op_client", "{:.1f}"),
-                num(w, "cpu_us_per_op_primary", "{:.1f}"), num(w, "cpu_us_per_op_replica", "{:.1f}"),
-                num(w, "cpu_us_per_op_client", "{:.1f}"),
+            out.append("| " + " | ".join(
+                [f"c={clients} {shape}"] + cpu(p, "primary", "backup") + cpu(p, "vs", fmt="{:.2f}") + cpu(p, "client")
+                + cpu(r, "primary", "replica", "client") + cpu(w, "primary", "replica", "client") + [
                 ratio(cpu_sum(p, ("primary", "backup")), cpu_sum(w, ("primary", "replica")))]) + " |")
 
     for _, title, systems, cells in compare_groups(records):

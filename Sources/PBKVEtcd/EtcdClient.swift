@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
+import PBKVWire
 
 /// A key and its value as etcd stores them, with the revisions that compare-and-swap uses.
 public struct EtcdKeyValue: Sendable, Hashable {
@@ -117,6 +118,8 @@ public final class EtcdClient: Sendable {
     public let endpoints: [String]
     /// The bound on one attempt at one endpoint.
     public let requestTimeout: Duration
+    /// `endpoints`, parsed once.
+    private let peers: [PeerAddress]
     private let current: NIOLockedValueBox<Int>
     private let logger: Logger
     /// Replies larger than this are refused (a view record is a few hundred bytes).
@@ -128,6 +131,12 @@ public final class EtcdClient: Sendable {
         var checked: [String] = []
         for endpoint in endpoints { checked.append(try Self.validate(endpoint)) }
         self.endpoints = checked
+        var peers: [PeerAddress] = []
+        for endpoint in checked {
+            guard let peer = try? PeerAddress(parsing: endpoint) else { throw .invalidEndpoint(endpoint) }
+            peers.append(peer)
+        }
+        self.peers = peers
         self.requestTimeout = requestTimeout
         self.logger = logger
         self.current = NIOLockedValueBox(0)
@@ -270,7 +279,7 @@ public final class EtcdClient: Sendable {
             if Task.isCancelled { throw .cancelled }
             let index = (first + step) % endpoints.count
             let endpoint = endpoints[index]
-            switch await attempt(path, payload, endpoint: endpoint) {
+            switch await attempt(path, payload, to: peers[index]) {
             case .answered(let buffer):
                 if index != first { current.withLockedValue { $0 = index } }
                 do {
@@ -294,15 +303,11 @@ public final class EtcdClient: Sendable {
         throw .unreachable(attempts: attempts)
     }
 
-    private func attempt(_ path: String, _ payload: ByteBuffer, endpoint: String) async -> Attempt {
-        let colon = endpoint.lastIndex(of: ":")!  // validated by init
-        var host = String(endpoint[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        let port = Int(endpoint[endpoint.index(after: colon)...])!
+    private func attempt(_ path: String, _ payload: ByteBuffer, to peer: PeerAddress) async -> Attempt {
         let response: HTTPExchange.Response
         do {
             response = try await HTTPExchange.perform(
-                .POST, host: host, port: port, path: path, body: payload, maximumBodyBytes: Self.maximumReplyBytes,
+                .POST, host: peer.host, port: peer.port, path: path, body: payload, maximumBodyBytes: Self.maximumReplyBytes,
                 deadline: .now() + TimeAmount(requestTimeout))
         } catch .timedOut {
             return .failed("no reply within \(requestTimeout)")

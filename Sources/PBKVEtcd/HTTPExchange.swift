@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import PBKVWire
 
 /// One HTTP/1.1 request on a connection of its own, closed after the response: how
 /// `EtcdClient` talks to etcd's JSON gateway (a few requests a second, so a pool would buy
@@ -42,20 +43,14 @@ public enum HTTPExchange {
     ) async throws(Failure) -> Response {
         let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
         do {
-            let bootstrap = ClientBootstrap(group: group).connectTimeout(max(.milliseconds(1), deadline - .now()))
-            let initializer: @Sendable (any Channel) -> EventLoopFuture<NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>> = {
-                channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
+            channel = try await ClientBootstrap(group: group)
+                .connectTimeout(max(.milliseconds(1), deadline - .now()))
+                .connect(literalOrName: host, port: port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
+                    }
                 }
-            }
-            // An IP literal skips NIO's resolver (see `ClientBootstrap.connect(literalOrName:port:)`).
-            if let address = try? SocketAddress(ipAddress: host, port: port) {
-                channel = try await bootstrap.connect(to: address, channelInitializer: initializer)
-            } else {
-                channel = try await bootstrap.connect(host: host, port: port, channelInitializer: initializer)
-            }
         } catch {
             throw NIODeadline.now() >= deadline ? .timedOut : .connectFailed("\(error)")
         }
@@ -92,10 +87,9 @@ public enum HTTPExchange {
                 }
                 throw Failure.incompleteResponse("closed")
             }
-        } catch let failure as Failure {
-            throw NIODeadline.now() >= deadline ? .timedOut : failure
         } catch {
-            throw NIODeadline.now() >= deadline ? .timedOut : .incompleteResponse("\(error)")
+            if NIODeadline.now() >= deadline { throw .timedOut }
+            throw (error as? Failure) ?? .incompleteResponse("\(error)")
         }
     }
 }

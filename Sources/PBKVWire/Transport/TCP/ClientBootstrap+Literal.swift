@@ -11,4 +11,15 @@ extension ClientBootstrap {
         if let address = try? SocketAddress(ipAddress: host, port: port) { return connect(to: address) }
         return connect(host: host, port: port)
     }
+
+    /// The same for the async bootstrap API: `channelInitializer` builds the connection's output.
+    public func connect<Output: Sendable>(
+        literalOrName host: String, port: Int,
+        channelInitializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Output>
+    ) async throws -> Output {
+        if let address = try? SocketAddress(ipAddress: host, port: port) {
+            return try await connect(to: address, channelInitializer: channelInitializer)
+        }
+        return try await connect(host: host, port: port, channelInitializer: channelInitializer)
+    }
 }
