@@ -27,7 +27,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
-        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         // Metrics: the swift-metrics API in the libraries, Prometheus text on `--metrics HOST:PORT`.
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
@@ -40,16 +39,17 @@ let package = Package(
             linkerSettings: [.linkedLibrary("protobuf-c")]
         ),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
-        // The system's libcrypto (OpenSSL 3), for making certificates and reading a peer's identity.
-        // (swift-certificates would build a second BoringSSL, ~2.5 minutes of a clean build here.)
-        .systemLibrary(name: "CLibCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
-        // Mutual TLS between members: the cluster CA, certificates and the identity they state.
+        // The system's OpenSSL 3 (libssl, libcrypto): certificates, identities and TLS itself.
+        // (swift-nio-ssl or swift-certificates would each build a BoringSSL: about three minutes
+        // of a clean build on two cores, more than all of pbkv's own code.)
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        // Mutual TLS between members: the cluster CA, certificates, the identity they state, and
+        // the channel handler that runs TLS over OpenSSL.
         .target(
             name: "PBKVTLS",
             dependencies: [
-                "CLibCrypto",
+                "COpenSSL",
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
         // The protocol logic, pure: messages as Swift values, PutHash, the store, the replica and
@@ -61,7 +61,6 @@ let package = Package(
             name: "PBKVWire",
             dependencies: [
                 "PBKVCore", "CPBKVProto", "CZlib", "PBKVTLS",
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -211,7 +210,11 @@ let package = Package(
         .testTarget(name: "PBKVTestSupportTests", dependencies: ["PBKVTestSupport"]),
         .testTarget(
             name: "PBKVTLSTests",
-            dependencies: ["PBKVTLS"]),
+            dependencies: [
+                "PBKVTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]),
         .testTarget(
             name: "PBKVEtcdTests",
             dependencies: [

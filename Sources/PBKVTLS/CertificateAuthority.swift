@@ -1,4 +1,4 @@
-import CLibCrypto
+import COpenSSL
 import Foundation
 
 /// Why a certificate command or TLS set-up failed. Each case says what to do.

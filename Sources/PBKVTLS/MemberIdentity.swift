@@ -1,4 +1,4 @@
-import CLibCrypto
+import COpenSSL
 
 /// What a certificate lets its holder be in a pbkv cluster.
 public enum MemberRole: String, Sendable, Hashable, CustomStringConvertible {
@@ -45,6 +45,10 @@ public struct MemberIdentity: Sendable, Hashable, CustomStringConvertible {
     /// or is not a certificate. A server is named by its certificate's common name.
     public init?(derEncoded bytes: [UInt8]) {
         guard let certificate = try? OpenSSLCertificate(der: bytes) else { return nil }
+        self.init(certificate: certificate)
+    }
+
+    init?(certificate: OpenSSLCertificate) {
         var servers: [String] = []
         var clientName: String?
         for name in certificate.subjectAlternativeNames where name.type == GEN_URI {

@@ -1,4 +1,4 @@
-import CLibCrypto
+import COpenSSL
 
 /// A failed libcrypto call: what was being done and OpenSSL's own reasons.
 struct OpenSSLFailure: Error, CustomStringConvertible {
@@ -50,13 +50,15 @@ final class OpenSSLPrivateKey {
 final class OpenSSLCertificate {
     let pointer: OpaquePointer
 
-    private init(_ pointer: OpaquePointer) { self.pointer = pointer }
     deinit { X509_free(pointer) }
+
+    /// Takes ownership of a certificate OpenSSL handed out (one reference, freed with the object).
+    init(owning pointer: OpaquePointer) { self.pointer = pointer }
 
     /// An empty v3 certificate to fill in and sign.
     static func makeV3() throws(OpenSSLFailure) -> OpenSSLCertificate {
         guard let certificate = X509_new() else { throw OpenSSLFailure("allocating a certificate") }
-        let made = OpenSSLCertificate(certificate)
+        let made = OpenSSLCertificate(owning: certificate)
         guard X509_set_version(certificate, 2) == 1 else { throw OpenSSLFailure("setting the certificate version") }
         return made
     }
@@ -66,6 +68,19 @@ final class OpenSSLCertificate {
         let certificate = withMemoryBIO(reading: pem) { PEM_read_bio_X509($0, nil, nil, nil) }
         guard let certificate else { throw OpenSSLFailure("reading a PEM certificate") }
         self.pointer = certificate
+    }
+
+    /// Reads every certificate of a PEM text, in order (a chain: leaf first); at least one.
+    static func all(pem: String) throws(OpenSSLFailure) -> [OpenSSLCertificate] {
+        ERR_clear_error()
+        let certificates = withMemoryBIO(reading: pem) { bio -> [OpenSSLCertificate]? in
+            var found: [OpenSSLCertificate] = []
+            while let certificate = PEM_read_bio_X509(bio, nil, nil, nil) { found.append(OpenSSLCertificate(owning: certificate)) }
+            return found
+        }
+        guard let certificates, !certificates.isEmpty else { throw OpenSSLFailure("reading a PEM certificate") }
+        ERR_clear_error()  // the read that ended the loop found no further certificate
+        return certificates
     }
 
     /// Reads a DER-encoded certificate; the whole input must be one certificate.

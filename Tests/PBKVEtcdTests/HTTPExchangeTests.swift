@@ -22,7 +22,7 @@ struct HTTPExchangeTests {
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             guard let reply else { return }
             let written = context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: reply)))
-            if close { written.whenComplete { [context] _ in context.close(promise: nil) } }
+            if close { written.assumeIsolated().whenComplete { _ in context.close(promise: nil) } }
         }
     }
 

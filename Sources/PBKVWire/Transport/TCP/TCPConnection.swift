@@ -1,7 +1,6 @@
 import Logging
 import NIOCore
 import NIOPosix
-import NIOSSL
 import PBKVCore
 import PBKVTLS
 
@@ -117,7 +116,7 @@ final class TCPConnection: RPCConnection {
                         // No host name check: pbkv checks the certificate's pbkv identity instead
                         // (it must cover HOST:PORT, port included), after the handshake.
                         try channel.pipeline.syncOperations.addHandler(
-                            NIOSSLClientHandler(context: tls.clientContext, serverHostname: nil))
+                            TLSHandler(context: tls.clientContext))
                     }
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(FrameDecoder(maxPayload: configuration.maxPayload)))

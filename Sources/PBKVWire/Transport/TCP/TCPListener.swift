@@ -1,7 +1,6 @@
 import Logging
 import NIOCore
 import NIOPosix
-import NIOSSL
 import PBKVCore
 import PBKVTLS
 import Synchronization
@@ -72,7 +71,7 @@ package final class TCPListener: RPCListener {
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     if let tls = configuration.tls {
-                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.serverContext))
+                        try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls.serverContext))
                     }
                     try addConnectionHandlers(
                         to: channel.pipeline.syncOperations, configuration: configuration, tables: tables,

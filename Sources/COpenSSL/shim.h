@@ -1,15 +1,15 @@
-#ifndef PBKV_CLIBCRYPTO_SHIM_H
-#define PBKV_CLIBCRYPTO_SHIM_H
-/* The system's OpenSSL libcrypto (3.x), for `pbkv certs` and for reading a peer certificate's
- * pbkv identity. TLS itself runs on swift-nio-ssl's BoringSSL, whose symbols are prefixed, so
- * the two do not clash. The helpers below stand in for macros and variadic calls Swift cannot
- * import. */
+#ifndef PBKV_COPENSSL_SHIM_H
+#define PBKV_COPENSSL_SHIM_H
+/* The system's OpenSSL (3.x): libcrypto for `pbkv certs` and for reading a peer certificate's
+ * pbkv identity, libssl for mutual TLS between members. The helpers below stand in for macros
+ * and variadic calls Swift cannot import. */
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -70,5 +70,18 @@ static inline const unsigned char *pbkv_general_name_at(const GENERAL_NAMES *nam
 /* The certificate's subject alternative names (free with GENERAL_NAMES_free), or NULL. */
 static inline GENERAL_NAMES *pbkv_subject_alternative_names(const X509 *certificate) {
     return X509_get_ext_d2i(certificate, NID_subject_alt_name, NULL, NULL);
+}
+
+/* TLS 1.2 at least; no session cache (members keep their connections; resumption buys nothing). */
+static inline int pbkv_ssl_ctx_configure(SSL_CTX *context) {
+    if (!SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION)) return 0;
+    SSL_CTX_set_session_cache_mode(context, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_options(context, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_NO_TICKET);
+    return SSL_CTX_set_num_tickets(context, 0);
+}
+
+/* Adds an intermediate certificate to the chain the context presents. 1 on success. */
+static inline int pbkv_ssl_ctx_add_chain_certificate(SSL_CTX *context, X509 *certificate) {
+    return (int)SSL_CTX_add1_chain_cert(context, certificate);
 }
 #endif
