@@ -48,18 +48,25 @@ release: deps
 ## to make it do everywhere), a short chaos run, the
 ## Python client's tests against the built `pbkv` (first: the committed generated Python is current,
 ## and the bench report generator's tests, under a second), and 30 s of fuzzing.
-test: deps proto-check python-proto-check bench-report-test
-	$(SWIFT) build --build-tests
+test: deps
+	$(MAKE) --no-print-directory -j2 test-checks test-build
 	$(MAKE) --no-print-directory chaos-short
 	SWIFTNIO_STRICT=1 $(SWIFT) test --skip-build $(SWIFT_TEST_FLAGS) --skip ReplicatedKVEndToEndTests
 	$(MAKE) --no-print-directory test-scenarios
 	$(MAKE) --no-print-directory python-test
 	$(MAKE) --no-print-directory fuzz FUZZ_CONFIG=debug FUZZ_BUILD_PATH=.build SECONDS=30
 
+## test-checks, test-build: what `make test` does first, side by side (the checks mostly wait on
+## pip and the network while the build keeps both cores busy).
+.PHONY: test-checks test-build
+test-checks: proto-check python-proto-check bench-report-test
+test-build:
+	$(SWIFT) build --build-tests
+
 ## test-scenarios: the replicated KV scenarios (12, each on every view service and transport). Each
-## case has its own cluster and mostly waits on timers, so four run at once (Swift Testing's
+## case has its own cluster and mostly waits on timers, so eight run at once (Swift Testing's
 ## experimental width setting; the other suites run one at a time, above).
-SCENARIO_WIDTH ?= 4
+SCENARIO_WIDTH ?= 8
 test-scenarios:
 	SWIFTNIO_STRICT=1 SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=$(SCENARIO_WIDTH) $(SWIFT) test --skip-build --parallel --filter ReplicatedKVEndToEndTests
 

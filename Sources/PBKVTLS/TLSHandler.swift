@@ -33,7 +33,7 @@ public enum TLSConnectionError: Error, CustomStringConvertible {
 ///
 /// OpenSSL reads from and writes to two memory BIOs; this handler moves bytes between them and
 /// the channel, so all I/O stays NIO's. Every call runs on the channel's event loop.
-public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
+public final class TLSHandler: ChannelDuplexHandler {
     public typealias InboundIn = ByteBuffer
     public typealias InboundOut = ByteBuffer
     public typealias OutboundIn = ByteBuffer
