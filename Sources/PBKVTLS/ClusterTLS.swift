@@ -21,8 +21,7 @@ public struct ClusterTLS: Sendable {
         certificateText = try CertificateAuthority.read(
             certPath, hint: "issue it with `pbkv certs issue \(directory) \(name) --role server|client [--host HOST:PORT]`")
         keyText = try CertificateAuthority.read(keyPath, hint: "the key is written next to \(name).pem by `pbkv certs issue`")
-        let certificates = try Self.certificates(caText, path: caPath)
-        guard !certificates.isEmpty else { throw .unreadable(path: caPath, reason: "no PEM certificate in it") }
+        _ = try Self.certificates(caText, path: caPath)
         let chain = try Self.certificates(certificateText, path: certPath)
         guard let leaf = chain.first, let identity = MemberIdentity(certificate: leaf) else {
             throw .unreadable(path: certPath, reason: "not a pbkv member certificate (no pbkv://server/ or pbkv://client/ name)")
@@ -37,6 +36,7 @@ public struct ClusterTLS: Sendable {
         self.identity = identity
     }
 
+    /// Every certificate of a PEM file's text (at least one), or what is wrong with `path`.
     private static func certificates(_ text: String, path: String) throws(ClusterCertificateError) -> [OpenSSLCertificate] {
         do {
             return try OpenSSLCertificate.all(pem: text)

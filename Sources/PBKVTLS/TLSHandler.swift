@@ -48,7 +48,8 @@ public final class TLSHandler: ChannelDuplexHandler {
     private let outgoing: OpaquePointer
     private let context: TLSContext
     private var state = State.idle
-    /// Plaintext written before the handshake completed, sent after it.
+    /// Plaintext written and not yet flushed (or written before the handshake completed):
+    /// encrypted together at the next flush, so a flush of many small writes costs one record.
     private var heldWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
     /// Promises of plaintext already encrypted into `outgoing`, completed by the next channel write.
     private var encryptedPromises: [EventLoopPromise<Void>] = []
@@ -116,10 +117,8 @@ public final class TLSHandler: ChannelDuplexHandler {
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let plaintext = unwrapOutboundIn(data)
         switch state {
-        case .idle, .handshaking:
+        case .idle, .handshaking, .active:
             heldWrites.append((plaintext, promise))
-        case .active:
-            encrypt(context: context, plaintext, promise: promise)
         case .closed:
             promise?.fail(ChannelError.ioOnClosedChannel)
         }
@@ -130,6 +129,7 @@ public final class TLSHandler: ChannelDuplexHandler {
         case .idle, .handshaking:
             break  // the held writes go out, flushed, when the handshake completes
         case .active:
+            encryptHeldWrites(context: context)
             sendCiphertext(context: context)
             context.flush()
         case .closed:
@@ -141,6 +141,7 @@ public final class TLSHandler: ChannelDuplexHandler {
     /// (pbkv's frames carry their own lengths, so a truncated stream is detected above TLS).
     public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
         if mode == .all, state == .active {
+            encryptHeldWrites(context: context)
             ERR_clear_error()
             _ = SSL_shutdown(session)
             ERR_clear_error()
@@ -171,9 +172,7 @@ public final class TLSHandler: ChannelDuplexHandler {
             if let certificate = SSL_get1_peer_certificate(session) {
                 peerIdentity = MemberIdentity(certificate: OpenSSLCertificate(owning: certificate))
             }
-            let held = heldWrites
-            heldWrites = []
-            for (plaintext, promise) in held { encrypt(context: context, plaintext, promise: promise) }
+            encryptHeldWrites(context: context)
             sendCiphertext(context: context)
             context.flush()
             // The peer's first records may have come with its last handshake message.
@@ -200,16 +199,21 @@ public final class TLSHandler: ChannelDuplexHandler {
     private func readPlaintext(context: ChannelHandlerContext) {
         var plaintext = context.channel.allocator.buffer(capacity: 0)
         var peerClosed = false
+        ERR_clear_error()  // SSL_get_error reads the queue: it must hold only this session's errors
         while true {
-            ERR_clear_error()
             var result: Int32 = 0
-            let room = max(Int(BIO_ctrl_pending(incoming)), 4096)
+            // Room for all the ciphertext held (plaintext is shorter); grown only once it is full.
+            let room = plaintext.writableBytes > 0 ? 0 : max(Int(BIO_ctrl_pending(incoming)), 4096)
             plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: room) { buffer in
                 var count = 0
                 result = SSL_read_ex(session, buffer.baseAddress, buffer.count, &count)
                 return result == 1 ? count : 0
             }
-            if result == 1 { continue }
+            if result == 1 {
+                // Nothing left in OpenSSL or in `incoming`: done, without a read that only says so.
+                if SSL_pending(session) == 0, BIO_ctrl_pending(incoming) == 0 { break }
+                continue
+            }
             let error = SSL_get_error(session, result)
             if error == SSL_ERROR_WANT_READ { break }
             if error == SSL_ERROR_ZERO_RETURN {
@@ -220,7 +224,6 @@ public final class TLSHandler: ChannelDuplexHandler {
             if plaintext.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(plaintext)) }
             return fail(context: context, TLSConnectionError.recordFailed(reason: reasons.isEmpty ? "error \(error)" : reasons.joined(separator: "; ")))
         }
-        ERR_clear_error()
         if plaintext.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(plaintext)) }
         // Reading may have produced records of its own (a key update's answer, close_notify).
         if BIO_ctrl_pending(outgoing) > 0, state == .active {
@@ -230,7 +233,28 @@ public final class TLSHandler: ChannelDuplexHandler {
         if peerClosed, state == .active { context.close(promise: nil) }
     }
 
-    private func encrypt(context: ChannelHandlerContext, _ plaintext: ByteBuffer, promise: EventLoopPromise<Void>?) {
+    /// Encrypts the held writes as one stretch of plaintext (records of up to 16 KiB).
+    private func encryptHeldWrites(context: ChannelHandlerContext) {
+        guard !heldWrites.isEmpty else { return }
+        let held = heldWrites
+        heldWrites = []
+        let plaintext: ByteBuffer
+        if held.count == 1 {
+            plaintext = held[0].0
+        } else {
+            var joined = context.channel.allocator.buffer(capacity: held.reduce(0) { $0 + $1.0.readableBytes })
+            for (part, _) in held { joined.writeImmutableBuffer(part) }
+            plaintext = joined
+        }
+        guard encrypt(context: context, plaintext) else {
+            for (_, promise) in held { promise?.fail(TLSConnectionError.recordFailed(reason: "encrypting failed")) }
+            return
+        }
+        for (_, promise) in held { if let promise { encryptedPromises.append(promise) } }
+    }
+
+    /// Encrypts `plaintext` into `outgoing`; on failure closes the connection and returns false.
+    private func encrypt(context: ChannelHandlerContext, _ plaintext: ByteBuffer) -> Bool {
         var failure: Int32 = 0
         plaintext.withUnsafeReadableBytes { bytes in
             guard !bytes.isEmpty else { return }
@@ -241,11 +265,10 @@ public final class TLSHandler: ChannelDuplexHandler {
         }
         if failure != 0 {
             let reasons = OpenSSLFailure("write").reasons
-            let error = TLSConnectionError.recordFailed(reason: reasons.isEmpty ? "error \(failure)" : reasons.joined(separator: "; "))
-            promise?.fail(error)
-            return fail(context: context, error)
+            fail(context: context, TLSConnectionError.recordFailed(reason: reasons.isEmpty ? "error \(failure)" : reasons.joined(separator: "; ")))
+            return false
         }
-        if let promise { encryptedPromises.append(promise) }
+        return true
     }
 
     /// Writes what OpenSSL produced to the channel (without flushing), completing the promises

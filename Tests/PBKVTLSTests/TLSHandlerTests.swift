@@ -93,6 +93,25 @@ struct TLSHandlerTests {
         #expect(try pair.plaintext(from: pair.server) == payload)
     }
 
+    @Test("Writes up to a flush go out as one record; their promises complete with it, none before the flush")
+    func writesCoalesceUntilFlush() throws {
+        let directory = try Self.cluster()
+        let pair = try Pair(
+            client: ClusterTLS(directory: directory, name: "c1"), server: ClusterTLS(directory: directory, name: "s1"))
+        pair.exchange()
+        let writes = (0..<10).map { pair.client.write(ByteBuffer(string: "frame \($0);")) }
+        #expect(try pair.client.readOutbound(as: ByteBuffer.self) == nil)
+        pair.client.flush()
+        let record = try #require(try pair.client.readOutbound(as: ByteBuffer.self))
+        #expect(try pair.client.readOutbound(as: ByteBuffer.self) == nil)
+        // One TLS 1.3 record: a 5-byte header whose length covers the rest of the buffer.
+        #expect(record.getInteger(at: 0, as: UInt8.self) == 23)
+        #expect(Int(record.getInteger(at: 3, as: UInt16.self)!) == record.readableBytes - 5)
+        for write in writes { try write.wait() }
+        try pair.server.writeInbound(record)
+        #expect(try pair.plaintext(from: pair.server) == (0..<10).map { "frame \($0);" }.joined())
+    }
+
     @Test("A client certificate from another CA fails the handshake on the server, which closes, and nothing reaches it")
     func foreignCertificateRefused() throws {
         let directory = try Self.cluster()
