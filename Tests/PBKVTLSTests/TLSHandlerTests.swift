@@ -18,6 +18,14 @@ struct TLSHandlerTests {
         return directory
     }
 
+    /// Client c1 and server s1 of a fresh cluster, after the handshake (or before it).
+    static func connectedPair(handshake: Bool = true) throws -> Pair {
+        let directory = try cluster()
+        let pair = try Pair(client: ClusterTLS(directory: directory, name: "c1"), server: ClusterTLS(directory: directory, name: "s1"))
+        if handshake { pair.exchange() }
+        return pair
+    }
+
     /// A client and a server channel, each with a `TLSHandler`, active, nothing exchanged yet.
     struct Pair {
         let client: EmbeddedChannel
@@ -64,9 +72,7 @@ struct TLSHandlerTests {
 
     @Test("Both ends verify each other; writes made before the handshake arrive after it, in order")
     func handshakeAndRoundTrip() throws {
-        let directory = try Self.cluster()
-        let pair = try Pair(
-            client: ClusterTLS(directory: directory, name: "c1"), server: ClusterTLS(directory: directory, name: "s1"))
+        let pair = try Self.connectedPair(handshake: false)
         let early = pair.client.writeAndFlush(ByteBuffer(string: "hello "))
         pair.client.writeAndFlush(ByteBuffer(string: "server"), promise: nil)
         #expect(pair.clientTLS.peerIdentity == nil)
@@ -82,10 +88,7 @@ struct TLSHandlerTests {
 
     @Test("A 1 MiB write crosses as many records and arrives whole")
     func largeWrite() throws {
-        let directory = try Self.cluster()
-        let pair = try Pair(
-            client: ClusterTLS(directory: directory, name: "c1"), server: ClusterTLS(directory: directory, name: "s1"))
-        pair.exchange()
+        let pair = try Self.connectedPair()
         let payload = String(repeating: "0123456789abcdef", count: 1 << 16)
         let written = pair.client.writeAndFlush(ByteBuffer(string: payload))
         pair.exchange()
@@ -95,10 +98,7 @@ struct TLSHandlerTests {
 
     @Test("Writes up to a flush go out as one record; their promises complete with it, none before the flush")
     func writesCoalesceUntilFlush() throws {
-        let directory = try Self.cluster()
-        let pair = try Pair(
-            client: ClusterTLS(directory: directory, name: "c1"), server: ClusterTLS(directory: directory, name: "s1"))
-        pair.exchange()
+        let pair = try Self.connectedPair()
         let writes = (0..<10).map { pair.client.write(ByteBuffer(string: "frame \($0);")) }
         #expect(try pair.client.readOutbound(as: ByteBuffer.self) == nil)
         pair.client.flush()
@@ -162,10 +162,7 @@ struct TLSHandlerTests {
 
     @Test("A corrupted record after the handshake closes the connection and delivers nothing of it")
     func corruptedRecord() throws {
-        let directory = try Self.cluster()
-        let pair = try Pair(
-            client: ClusterTLS(directory: directory, name: "c1"), server: ClusterTLS(directory: directory, name: "s1"))
-        pair.exchange()
+        let pair = try Self.connectedPair()
         pair.client.writeAndFlush(ByteBuffer(string: "a forward to tamper with"), promise: nil)
         var record = try #require(try pair.client.readOutbound(as: ByteBuffer.self))
         let last = record.writerIndex - 1
@@ -177,10 +174,7 @@ struct TLSHandlerTests {
 
     @Test("Closing sends close_notify, and the peer closes on it")
     func closeNotify() throws {
-        let directory = try Self.cluster()
-        let pair = try Pair(
-            client: ClusterTLS(directory: directory, name: "c1"), server: ClusterTLS(directory: directory, name: "s1"))
-        pair.exchange()
+        let pair = try Self.connectedPair()
         try pair.client.close().wait()
         let alert = try #require(try pair.client.readOutbound(as: ByteBuffer.self))
         try pair.server.writeInbound(alert)
