@@ -46,7 +46,8 @@ public final class TLSHandler: ChannelDuplexHandler {
     private let incoming: OpaquePointer
     /// Ciphertext OpenSSL wrote, for the channel.
     private let outgoing: OpaquePointer
-    private let context: TLSContext
+    /// Kept for the handler's lifetime (the session holds its own reference to the SSL_CTX too).
+    private let tlsContext: TLSContext
     private var state = State.idle
     /// Plaintext written and not yet flushed (or written before the handshake completed):
     /// encrypted together at the next flush, so a flush of many small writes costs one record.
@@ -73,7 +74,7 @@ public final class TLSHandler: ChannelDuplexHandler {
         self.session = session
         self.incoming = incoming
         self.outgoing = outgoing
-        self.context = context
+        self.tlsContext = context
     }
 
     deinit { SSL_free(session) }
