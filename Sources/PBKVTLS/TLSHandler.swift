@@ -204,7 +204,7 @@ public final class TLSHandler: ChannelDuplexHandler {
         while true {
             var result: Int32 = 0
             // Room for all the ciphertext held (plaintext is shorter); grown only once it is full.
-            let room = plaintext.writableBytes > 0 ? 0 : max(Int(BIO_ctrl_pending(incoming)), 4096)
+            let room = plaintext.writableBytes > 0 ? 0 : max(Int(BIO_ctrl_pending(incoming)), 512)
             plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: room) { buffer in
                 var count = 0
                 result = SSL_read_ex(session, buffer.baseAddress, buffer.count, &count)
@@ -237,21 +237,18 @@ public final class TLSHandler: ChannelDuplexHandler {
     /// Encrypts the held writes as one stretch of plaintext (records of up to 16 KiB).
     private func encryptHeldWrites(context: ChannelHandlerContext) {
         guard !heldWrites.isEmpty else { return }
-        let held = heldWrites
-        heldWrites = []
         let plaintext: ByteBuffer
-        if held.count == 1 {
-            plaintext = held[0].0
+        if heldWrites.count == 1 {
+            plaintext = heldWrites[0].0
         } else {
-            var joined = context.channel.allocator.buffer(capacity: held.reduce(0) { $0 + $1.0.readableBytes })
-            for (part, _) in held { joined.writeImmutableBuffer(part) }
+            var joined = context.channel.allocator.buffer(capacity: heldWrites.reduce(0) { $0 + $1.0.readableBytes })
+            for (part, _) in heldWrites { joined.writeImmutableBuffer(part) }
             plaintext = joined
         }
-        guard encrypt(context: context, plaintext) else {
-            for (_, promise) in held { promise?.fail(TLSConnectionError.recordFailed(reason: "encrypting failed")) }
-            return
-        }
-        for (_, promise) in held { if let promise { encryptedPromises.append(promise) } }
+        // On failure the connection is closed and failPending fails the held writes' promises.
+        guard encrypt(context: context, plaintext) else { return }
+        for (_, promise) in heldWrites { if let promise { encryptedPromises.append(promise) } }
+        heldWrites.removeAll(keepingCapacity: true)
     }
 
     /// Encrypts `plaintext` into `outgoing`; on failure closes the connection and returns false.
@@ -276,24 +273,23 @@ public final class TLSHandler: ChannelDuplexHandler {
     /// of the plaintext it carries.
     private func sendCiphertext(context: ChannelHandlerContext) {
         let pending = Int(BIO_ctrl_pending(outgoing))
-        let promises = encryptedPromises
-        encryptedPromises = []
+        let promise: EventLoopPromise<Void>?
+        switch encryptedPromises.count {
+        case 0: promise = nil
+        case 1: promise = encryptedPromises[0]
+        default:
+            let combined = context.eventLoop.makePromise(of: Void.self)
+            for each in encryptedPromises { combined.futureResult.cascade(to: each) }
+            promise = combined
+        }
+        encryptedPromises.removeAll(keepingCapacity: true)
         guard pending > 0 else {
-            for promise in promises { promise.succeed() }
+            promise?.succeed()
             return
         }
         var ciphertext = context.channel.allocator.buffer(capacity: pending)
         ciphertext.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { buffer in
             Int(max(BIO_read(outgoing, buffer.baseAddress, Int32(pending)), 0))
-        }
-        let promise: EventLoopPromise<Void>?
-        switch promises.count {
-        case 0: promise = nil
-        case 1: promise = promises[0]
-        default:
-            let combined = context.eventLoop.makePromise(of: Void.self)
-            for each in promises { combined.futureResult.cascade(to: each) }
-            promise = combined
         }
         context.write(wrapOutboundOut(ciphertext), promise: promise)
     }
