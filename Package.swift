@@ -175,7 +175,7 @@ let package = Package(
         .executableTarget(
             name: "PBKVFuzz",
             dependencies: [
-                "PBKVCore", "PBKVWire",
+                "PBKVCore", "PBKVWire", "PBKVTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

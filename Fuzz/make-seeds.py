@@ -3,7 +3,8 @@
 and a few hand-built conversations. Run from the repository root: python3 Fuzz/make-seeds.py
 
 An input's first byte picks the path (Sources/PBKVFuzz/FuzzTarget.swift): 0 frame stream,
-1 inflation, 2 Envelope, 3 server conversation (then an options byte), 4 ViewRecord.
+1 inflation, 2 Envelope, 3 server conversation (then an options byte), 4 ViewRecord,
+5 a server's TLS layer (then an options byte: bit 0 after a genuine handshake).
 """
 import pathlib
 import struct
@@ -12,7 +13,7 @@ import zlib
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "proto" / "golden"
 CORPUS = ROOT / "Fuzz" / "corpus"
-FRAMES, INFLATE, ENVELOPE, SERVER, VIEW_RECORD = range(5)
+FRAMES, INFLATE, ENVELOPE, SERVER, VIEW_RECORD, TLS = range(6)
 
 
 def golden(name):
@@ -118,6 +119,13 @@ def main():
     write("server-stream-not-agreed", bytes([SERVER, 0x80]) + hello(stream_feature=True) + streamed)
     write("view-record", bytes([VIEW_RECORD]) + field(1, 1) + field(2, field(1, 7) + field(2, b"127.0.0.1:7001")
           + field(3, b"127.0.0.1:7002") + field(4, 1)) + field(3, b"127.0.0.1:7003"))
+    # TLS: the start of a ClientHello, then records of an established session (forged: they
+    # must never decrypt), an alert cut into 3-byte writes, and bytes that are not TLS at all.
+    client_hello = b"\x01\x00\x00\x2b\x03\x03" + bytes(32) + b"\x00\x00\x02\x13\x01\x01\x00"
+    write("tls-client-hello-start", bytes([TLS, 0]) + b"\x16\x03\x01" + struct.pack(">H", len(client_hello)) + client_hello)
+    write("tls-forged-application-record", bytes([TLS, 1]) + b"\x17\x03\x03\x00\x20" + bytes(range(32)))
+    write("tls-alert-in-3-byte-writes", bytes([TLS, 1 | 3 << 1]) + b"\x15\x03\x03\x00\x02\x02\x28")
+    write("tls-not-tls", bytes([TLS, 0]) + b"SSH-2.0-OpenSSH_9.2\r\n")
 
 
 if __name__ == "__main__":

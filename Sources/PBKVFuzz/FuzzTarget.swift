@@ -1,7 +1,9 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOEmbedded
 import PBKVCore
+import PBKVTLS
 import PBKVWire
 
 /// One fuzz input run through the wire code. Its first byte picks the path (modulo the number
@@ -14,10 +16,12 @@ import PBKVWire
 /// | 2 | `Envelope` decoding | one protobuf payload |
 /// | 3 | a server connection | one options byte, then what a client sends (see `serverConversation`) |
 /// | 4 | `ViewRecord` decoding | one protobuf payload |
+/// | 5 | a server's TLS layer (`TLSHandler`) | one options byte, then bytes as if from the network (see `tlsServer`) |
 ///
 /// Every path checks more than "no crash": what decodes must encode back to the same value, an
 /// inflated payload has exactly its declared size, and a server only ever answers with well-formed
-/// frames: a `HelloReply` or a `Goodbye` first, a `Goodbye` last if at all.
+/// frames: a `HelloReply` or a `Goodbye` first, a `Goodbye` last if at all; and no bytes a
+/// fuzzer makes up ever come out of TLS as plaintext.
 enum FuzzTarget {
     /// The receive limit used by every path: small enough that the fuzzer reaches the limits.
     static let maxPayload = 64 * 1024
@@ -25,12 +29,13 @@ enum FuzzTarget {
     static func run(_ input: UnsafeRawBufferPointer) {
         guard let selector = input.first else { return }
         let data = ByteBuffer(bytes: UnsafeRawBufferPointer(rebasing: input.dropFirst()))
-        switch selector % 5 {
+        switch selector % 6 {
         case 0: frameStream(data)
         case 1: inflation(data)
         case 2: envelope(data)
         case 3: serverConversation(data)
-        default: viewRecord(data)
+        case 4: viewRecord(data)
+        default: tlsServer(data)
         }
     }
 
@@ -115,6 +120,71 @@ enum FuzzTarget {
         _ = try? channel.finish(acceptAlreadyClosed: true)
         while let out = try? channel.readOutbound(as: ByteBuffer.self) { answers.append(out) }
         checkServerAnswers(answers)
+    }
+
+    // MARK: - TLS
+
+    /// A cluster CA with a server s1 and a client c1, made once per process in a temporary
+    /// directory: the contexts every TLS input uses.
+    static let tls: (server: TLSContext, client: TLSContext) = {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pbkv-fuzz-tls-\(getpid())").path
+        do {
+            try? FileManager.default.removeItem(atPath: directory)
+            try CertificateAuthority.create(in: directory)
+            let authority = try CertificateAuthority(directory: directory)
+            try authority.issue(name: "s1", role: .server, hosts: ["127.0.0.1:7001"])
+            try authority.issue(name: "c1", role: .client, hosts: [])
+            let contexts = try (
+                ClusterTLS(directory: directory, name: "s1").makeServerContext(),
+                ClusterTLS(directory: directory, name: "c1").makeClientContext())
+            try? FileManager.default.removeItem(atPath: directory)
+            return contexts
+        } catch {
+            fatalError("the fuzzer's TLS material could not be made: \(error)")
+        }
+    }()
+
+    /// A server's `TLSHandler` on an `EmbeddedChannel`, fed the input as network bytes. Options
+    /// byte: bit 0 first completes a real handshake with a client's `TLSHandler` (so the input
+    /// lands on the record layer of an established session; else on the handshake), bits 1–6
+    /// cut the input into writes of that many bytes (0: one write). Whatever the bytes, the
+    /// handler must not crash or deliver plaintext: a forged record cannot authenticate, and no
+    /// handshake can complete without the cluster CA's signature on the peer's certificate.
+    static func tlsServer(_ data: ByteBuffer) {
+        var data = data
+        guard let options = data.readInteger(as: UInt8.self) else { return }
+        let server: EmbeddedChannel
+        do {
+            server = EmbeddedChannel(handler: try TLSHandler(context: tls.server))
+            try server.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()
+        } catch {
+            fatalError("the embedded TLS server could not be set up: \(error)")
+        }
+        let established = options & 1 != 0
+        if established {
+            do {
+                let client = EmbeddedChannel(handler: try TLSHandler(context: tls.client))
+                try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 7001)).wait()
+                var moved = true
+                while moved {
+                    moved = false
+                    while let bytes = try client.readOutbound(as: ByteBuffer.self) { moved = true; try server.writeInbound(bytes) }
+                    while let bytes = try server.readOutbound(as: ByteBuffer.self) { moved = true; try client.writeInbound(bytes) }
+                }
+                _ = try? client.finish(acceptAlreadyClosed: true)
+            } catch {
+                fatalError("the fuzzer's own TLS handshake failed: \(error)")
+            }
+            check(server.isActive, "the server closed a connection whose handshake was genuine")
+        }
+        let chunk = Int(options >> 1 & 0x3f)
+        while data.readableBytes > 0 && server.isActive {
+            let piece = data.readSlice(length: chunk == 0 ? data.readableBytes : min(chunk, data.readableBytes))!
+            _ = try? server.writeInbound(piece)  // a TLS failure is reported as an error, then the channel closes
+        }
+        let plaintext = try? server.readInbound(as: ByteBuffer.self)
+        check(plaintext == nil, "TLS delivered \(plaintext?.readableBytes ?? 0) bytes of plaintext made up by the fuzzer")
+        _ = try? server.finish(acceptAlreadyClosed: true)
     }
 
     /// The server's output is well-formed frames of envelopes: a HelloReply or Goodbye first,
