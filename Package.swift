@@ -171,7 +171,7 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
-        // libFuzzer target over the wire code (`make fuzz`); a plain build replays inputs.
+        // libFuzzer target over the wire code and the TLS layer (`make fuzz`); a plain build replays inputs.
         .executableTarget(
             name: "PBKVFuzz",
             dependencies: [
