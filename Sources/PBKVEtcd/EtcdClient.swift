@@ -128,15 +128,10 @@ public final class EtcdClient: Sendable {
     /// A client of the etcd members at `endpoints` (`HOST:PORT` each; `http://` may precede it).
     public init(endpoints: [String], requestTimeout: Duration = .seconds(1), logger: Logger) throws(EtcdError) {
         guard !endpoints.isEmpty else { throw .noEndpoints }
-        var checked: [String] = []
+        var checked: [(text: String, peer: PeerAddress)] = []
         for endpoint in endpoints { checked.append(try Self.validate(endpoint)) }
-        self.endpoints = checked
-        var peers: [PeerAddress] = []
-        for endpoint in checked {
-            guard let peer = try? PeerAddress(parsing: endpoint) else { throw .invalidEndpoint(endpoint) }
-            peers.append(peer)
-        }
-        self.peers = peers
+        self.endpoints = checked.map(\.text)
+        self.peers = checked.map(\.peer)
         self.requestTimeout = requestTimeout
         self.logger = logger
         self.current = NIOLockedValueBox(0)
@@ -147,19 +142,17 @@ public final class EtcdClient: Sendable {
         let parts = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         guard !parts.isEmpty else { throw .noEndpoints }
         var checked: [String] = []
-        for part in parts { checked.append(try validate(part)) }
+        for part in parts { checked.append(try validate(part).text) }
         return checked
     }
 
-    private static func validate(_ endpoint: String) throws(EtcdError) -> String {
+    private static func validate(_ endpoint: String) throws(EtcdError) -> (text: String, peer: PeerAddress) {
         var text = endpoint
         if text.hasPrefix("http://") { text.removeFirst("http://".count) }
         if text.hasSuffix("/") { text.removeLast() }
-        guard let colon = text.lastIndex(of: ":"), colon != text.startIndex,
-            let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port),
-            !text.contains("/"), !text.contains(" ")
+        guard !text.contains("/"), !text.contains(" "), let peer = try? PeerAddress(parsing: text), peer.port >= 1
         else { throw .invalidEndpoint(endpoint) }
-        return text
+        return (text, peer)
     }
 
     /// Whether the etcd member at `endpoint` serves a linearizable read now (it is up and its

@@ -46,8 +46,6 @@ public final class TLSHandler: ChannelDuplexHandler {
     private let incoming: OpaquePointer
     /// Ciphertext OpenSSL wrote, for the channel.
     private let outgoing: OpaquePointer
-    /// Kept for the handler's lifetime (the session holds its own reference to the SSL_CTX too).
-    private let tlsContext: TLSContext
     private var state = State.idle
     /// Plaintext written and not yet flushed (or written before the handshake completed):
     /// encrypted together at the next flush, so a flush of many small writes costs one record.
@@ -73,8 +71,7 @@ public final class TLSHandler: ChannelDuplexHandler {
         if context.role == .server { SSL_set_accept_state(session) } else { SSL_set_connect_state(session) }
         self.session = session
         self.incoming = incoming
-        self.outgoing = outgoing
-        self.tlsContext = context
+        self.outgoing = outgoing  // the session holds its own reference to the context's SSL_CTX
     }
 
     deinit { SSL_free(session) }
@@ -89,9 +86,7 @@ public final class TLSHandler: ChannelDuplexHandler {
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
-        let wasHandshaking = state == .idle || state == .handshaking
-        state = .closed
-        failPending(wasHandshaking ? TLSConnectionError.closedDuringHandshake : ChannelError.ioOnClosedChannel)
+        markClosed()
         context.fireChannelInactive()
     }
 
@@ -149,11 +144,7 @@ public final class TLSHandler: ChannelDuplexHandler {
             sendCiphertext(context: context)
             context.flush()
         }
-        if mode == .all {
-            let wasHandshaking = state == .idle || state == .handshaking
-            state = .closed
-            failPending(wasHandshaking ? TLSConnectionError.closedDuringHandshake : ChannelError.ioOnClosedChannel)
-        }
+        if mode == .all { markClosed() }
         context.close(mode: mode, promise: promise)
     }
 
@@ -305,6 +296,14 @@ public final class TLSHandler: ChannelDuplexHandler {
         failPending(error)
         context.fireErrorCaught(error)
         context.close(promise: nil)
+    }
+
+    /// The connection is over: what waits to be sent fails, as closed during the handshake
+    /// or as written to a closed channel.
+    private func markClosed() {
+        let wasHandshaking = state == .idle || state == .handshaking
+        state = .closed
+        failPending(wasHandshaking ? TLSConnectionError.closedDuringHandshake : ChannelError.ioOnClosedChannel)
     }
 
     private func failPending(_ error: any Error) {

@@ -204,34 +204,11 @@ public struct ChaosRunner: Sendable {
                     for lane in 0..<config.pipeline {
                         lanes.addTask {
                             // Lane 0 draws what the client drew before lanes existed: a seed replays as it did.
-                            var rng = SplitMix64(seed: config.seed &* 7919 &+ UInt64(n) &+ (UInt64(lane) << 32))
-                            let process = n * config.pipeline + lane
-                            var i = 0
-                            while ContinuousClock.now < stopAt && !Task.isCancelled {
-                                let key = keys[Int(rng.next() % UInt64(keys.count))]
-                                let roll = rng.next() % 10
-                                let value = config.pipeline == 1 ? "c\(n)-\(i)" : "c\(n).\(lane)-\(i)"
-                                i += 1
-                                if roll < 4 {
-                                    let token = recorder.invoke(client: process, kind: .get, key: key)
-                                    do {
-                                        let v = try await client.get(key)
-                                        recorder.complete(token, output: v.map { .value($0) } ?? .absent)
-                                    } catch { recorder.completeIndeterminate(token) }
-                                } else if roll < 8 {
-                                    let token = recorder.invoke(client: process, kind: .put, key: key, value: value)
-                                    do {
-                                        try await client.put(key, value)
-                                        recorder.complete(token, output: .ok)
-                                    } catch { recorder.completeIndeterminate(token) }
-                                } else {
-                                    let token = recorder.invoke(client: process, kind: .putHash, key: key, value: value)
-                                    do {
-                                        let previous = try await client.putHash(key, value)
-                                        recorder.complete(token, output: .value(previous))
-                                    } catch { recorder.completeIndeterminate(token) }
-                                }
-                            }
+                            await Self.runLane(
+                                client: client, seed: config.seed &* 7919 &+ UInt64(n) &+ (UInt64(lane) << 32),
+                                process: n * config.pipeline + lane,
+                                valuePrefix: config.pipeline == 1 ? "c\(n)" : "c\(n).\(lane)",
+                                keys: keys, until: stopAt, recorder: recorder)
                         }
                     }
                 }
@@ -354,13 +331,9 @@ public struct ChaosRunner: Sendable {
         auditConfig.deadline = .seconds(10)
         let auditor = try cluster.client(auditConfig, logger: quiet)
         for key in keys {
-            let token = recorder.invoke(client: config.clients * config.pipeline, kind: .get, key: key)
-            do {
-                let v = try await auditor.get(key)
-                recorder.complete(token, output: v.map { .value($0) } ?? .absent)
+            if await Self.recordedGet(auditor, key: key, process: config.clients * config.pipeline, recorder: recorder) {
                 report.auditedKeys += 1
-            } catch {
-                recorder.completeIndeterminate(token)
+            } else {
                 report.clusterSettledAtEnd = false
             }
         }
@@ -375,5 +348,52 @@ public struct ChaosRunner: Sendable {
         log("[\(stamp())] checking \(history.count) operations for linearizability")
         report.linearizability = LinearizabilityChecker().check(history)
         return report
+    }
+
+    /// One lane of a chaos client: until `stopAt`, one operation at a time on a random key —
+    /// Get (40 %), Put (40 %) or PutHash (20 %) of the value `valuePrefix-i` — each recorded in
+    /// the history as process `process`.
+    private static func runLane(
+        client: KVClient, seed: UInt64, process: Int, valuePrefix: String, keys: [String],
+        until stopAt: ContinuousClock.Instant, recorder: HistoryRecorder
+    ) async {
+        var rng = SplitMix64(seed: seed)
+        var i = 0
+        while ContinuousClock.now < stopAt && !Task.isCancelled {
+            let key = keys[Int(rng.next() % UInt64(keys.count))]
+            let roll = rng.next() % 10
+            let value = "\(valuePrefix)-\(i)"
+            i += 1
+            if roll < 4 {
+                await recordedGet(client, key: key, process: process, recorder: recorder)
+            } else if roll < 8 {
+                let token = recorder.invoke(client: process, kind: .put, key: key, value: value)
+                do {
+                    try await client.put(key, value)
+                    recorder.complete(token, output: .ok)
+                } catch { recorder.completeIndeterminate(token) }
+            } else {
+                let token = recorder.invoke(client: process, kind: .putHash, key: key, value: value)
+                do {
+                    let previous = try await client.putHash(key, value)
+                    recorder.complete(token, output: .value(previous))
+                } catch { recorder.completeIndeterminate(token) }
+            }
+        }
+    }
+
+    /// A Get recorded in the history as process `process`; false when it got no answer
+    /// (recorded as indeterminate).
+    @discardableResult
+    private static func recordedGet(_ client: KVClient, key: String, process: Int, recorder: HistoryRecorder) async -> Bool {
+        let token = recorder.invoke(client: process, kind: .get, key: key)
+        do {
+            let value = try await client.get(key)
+            recorder.complete(token, output: value.map { .value($0) } ?? .absent)
+            return true
+        } catch {
+            recorder.completeIndeterminate(token)
+            return false
+        }
     }
 }
