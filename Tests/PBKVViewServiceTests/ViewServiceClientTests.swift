@@ -23,16 +23,29 @@ private struct RunningViewService {
     let server: RPCServer
     var address: PeerAddress { PeerAddress(host: "127.0.0.1", port: server.port) }
 
-    static func start(_ election: any ViewServiceElection, group: any EventLoopGroup) async throws -> RunningViewService {
+    /// Started, and returned once it answers ViewServiceRole with `role` (its election's report).
+    static func start(
+        _ election: any ViewServiceElection, role: ViewServiceRole, group: any EventLoopGroup
+    ) async throws -> RunningViewService {
         let (service, server) = try await ViewServiceServer.start(
             rpc: RPCServerConfiguration(host: "127.0.0.1", port: 0), election: election, group: group,
             logger: Logger(label: "pbkv.test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        try await service.waitUntil(role: role)
         return RunningViewService(service: service, server: server)
     }
 
-    /// A sole leader whose store already holds `view`.
+    /// A sole leader whose store already holds `view`, once it leads.
     static func leader(of view: View, group: any EventLoopGroup) async throws -> RunningViewService {
-        try await start(SoleLeadership(store: InMemoryViewStore(record: ViewRecord(view: view))), group: group)
+        try await start(
+            SoleLeadership(store: InMemoryViewStore(record: ViewRecord(view: view))), role: ViewServiceRole(role: .leader),
+            group: group)
+    }
+
+    /// A follower that names `leader`, once it does.
+    static func follower(of leader: RunningViewService, group: any EventLoopGroup) async throws -> RunningViewService {
+        try await start(
+            FollowerOf(leader: "\(leader.address)"), role: ViewServiceRole(role: .follower, leader: "\(leader.address)"),
+            group: group)
     }
 
     func stop() async {
@@ -51,7 +64,7 @@ struct ViewServiceClientTests {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let view = View(viewnum: 7, primary: "p:1", backup: "b:2", acknowledged: true)
         let leader = try await RunningViewService.leader(of: view, group: group)
-        let follower = try await RunningViewService.start(FollowerOf(leader: "\(leader.address)"), group: group)
+        let follower = try await RunningViewService.follower(of: leader, group: group)
         // Straight to the follower: NOT_LEADER naming the leader.
         let direct = RPCClient(peer: follower.address, eventLoop: group.next(), logger: logger)
         await #expect(throws: RPCError.notLeader(peer: "\(follower.address)", leader: "\(leader.address)")) {
@@ -72,7 +85,7 @@ struct ViewServiceClientTests {
     func rolesOfLeaderAndFollower() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let leader = try await RunningViewService.leader(of: View(viewnum: 2, primary: "p:1", backup: ""), group: group)
-        let follower = try await RunningViewService.start(FollowerOf(leader: "\(leader.address)"), group: group)
+        let follower = try await RunningViewService.follower(of: leader, group: group)
         let toLeader = RPCClient(peer: leader.address, eventLoop: group.next(), logger: logger)
         let toFollower = RPCClient(peer: follower.address, eventLoop: group.next(), logger: logger)
         #expect(try await ViewServiceStub(toLeader).viewServiceRole(timeout: .seconds(5)) == ViewServiceRole(role: .leader))

@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import PBKVCore
+import PBKVTestSupport
 import PBKVViewService
 import PBKVWire
 import Testing
@@ -111,6 +112,7 @@ struct ViewServiceEndToEnd {
                 rpc: RPCServerConfiguration(host: "127.0.0.1", port: 0),
                 configuration: ViewServiceConfiguration(pingInterval: interval, deadPings: 5),
                 group: group, logger: logger)
+            try await started.service.waitUntil(role: ViewServiceRole(role: .leader))
         } catch {
             try? await group.shutdownGracefully()
             throw error
