@@ -66,9 +66,18 @@ public enum HTTPExchange {
                     head.headers.add(name: "Content-Type", value: contentType)
                     head.headers.add(name: "Content-Length", value: "\(body.readableBytes)")
                 }
-                try await outbound.write(.head(head))
-                if let body { try await outbound.write(.body(.byteBuffer(body))) }
-                try await outbound.write(.end(nil))
+                var request: [HTTPClientRequestPart] = [.head(head)]
+                if let body { request.append(.body(.byteBuffer(body))) }
+                request.append(.end(nil))
+                // One write: a server that answers as soon as it has the body and closes (as
+                // `Connection: close` asks) may be done before a later write of ours. Whether the
+                // write failed or not, what arrived decides.
+                var writeFailure: (any Error)?
+                do {
+                    try await outbound.write(contentsOf: request)
+                } catch {
+                    writeFailure = error
+                }
                 var status: HTTPResponseStatus?
                 var collected = ByteBuffer()
                 for try await part in inbound {
@@ -85,7 +94,7 @@ public enum HTTPExchange {
                         return Response(status: status, body: collected)
                     }
                 }
-                throw Failure.incompleteResponse("closed")
+                throw Failure.incompleteResponse(writeFailure.map { "the request could not be sent: \($0)" } ?? "closed")
             }
         } catch {
             if NIODeadline.now() >= deadline { throw .timedOut }
