@@ -276,7 +276,7 @@ public final class EtcdClient: Sendable {
             case .answered(let buffer):
                 if index != first { current.withLockedValue { $0 = index } }
                 do {
-                    return (endpoint, try JSONDecoder().decode(Reply.self, from: buffer))
+                    return (endpoint, try GatewayJSON.decoder.decode(Reply.self, from: buffer))
                 } catch {
                     throw .malformedResponse(endpoint: endpoint, reason: "\(path): \(error)")
                 }
@@ -308,7 +308,7 @@ public final class EtcdClient: Sendable {
             return .failed("\(error)")
         }
         if response.status == .ok { return .answered(response.body) }
-        let status = (try? JSONDecoder().decode(GatewayJSON.Status.self, from: response.body))
+        let status = (try? GatewayJSON.decoder.decode(GatewayJSON.Status.self, from: response.body))
             ?? GatewayJSON.Status(error: nil, message: "HTTP \(response.status.code) \(response.status.reasonPhrase)", code: nil)
         // UNAVAILABLE (no leader, request timed out) and DEADLINE_EXCEEDED: another member may serve.
         if status.code == 14 || status.code == 4 || response.status == .serviceUnavailable {

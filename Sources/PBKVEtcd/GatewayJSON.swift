@@ -1,9 +1,12 @@
 import Foundation
 
-// The JSON shapes of etcd's v3 gateway (grpc-gateway, proto3 JSON with the proto field names):
-// int64 and uint64 as decimal strings, bytes as base64, fields equal to their default omitted
-// (so nearly everything is optional when decoding). Only the fields pbkv uses are declared;
-// the decoder ignores the others.
+// The JSON shapes of etcd's v3 gateway (grpc-gateway, proto3 JSON): int64 and uint64 as decimal
+// strings, bytes as base64, fields equal to their default omitted (so nearly everything is
+// optional when decoding). Only the fields pbkv uses are declared; the decoder ignores the others.
+// Field names: the gateway writes the proto names (`create_revision`, `response_put`), which
+// `GatewayJSON.decoder` turns into the Swift names; it reads the proto names and their lowerCamel
+// JSON names alike, so requests go out with the Swift names as they are. `ID` and `TTL` are
+// proto names in capitals: those types spell them out.
 
 enum GatewayJSON {
     struct ResponseHeader: Codable {
@@ -17,12 +20,6 @@ enum GatewayJSON {
         var version: String?
         var value: String?
         var lease: String?
-
-        enum CodingKeys: String, CodingKey {
-            case key, version, value, lease
-            case createRevision = "create_revision"
-            case modRevision = "mod_revision"
-        }
     }
 
     struct RangeRequest: Codable {
@@ -62,36 +59,18 @@ enum GatewayJSON {
         var version: String?
         var value: String?
         var lease: String?
-
-        enum CodingKeys: String, CodingKey {
-            case key, target, result, version, value, lease
-            case createRevision = "create_revision"
-            case modRevision = "mod_revision"
-        }
     }
 
     struct RequestOp: Codable {
         var requestRange: RangeRequest?
         var requestPut: PutRequest?
         var requestDeleteRange: DeleteRangeRequest?
-
-        enum CodingKeys: String, CodingKey {
-            case requestRange = "request_range"
-            case requestPut = "request_put"
-            case requestDeleteRange = "request_delete_range"
-        }
     }
 
     struct ResponseOp: Codable {
         var responseRange: RangeResponse?
         var responsePut: PutResponse?
         var responseDeleteRange: DeleteRangeResponse?
-
-        enum CodingKeys: String, CodingKey {
-            case responseRange = "response_range"
-            case responsePut = "response_put"
-            case responseDeleteRange = "response_delete_range"
-        }
     }
 
     struct TxnRequest: Codable {
@@ -157,6 +136,13 @@ enum GatewayJSON {
 }
 
 extension GatewayJSON {
+    /// Decodes the gateway's replies: its snake_case proto names become the Swift names.
+    static var decoder: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return decoder
+    }
+
     static func base64(_ bytes: [UInt8]) -> String { Data(bytes).base64EncodedString() }
     static func base64(_ string: String) -> String { Data(string.utf8).base64EncodedString() }
 
