@@ -155,6 +155,8 @@ proto: deps $(VENV)/.installed
 	@echo "regenerated $(SWIFT_GEN_OUT) and $(SWIFT_GEN_CORE_OUT)"
 	$(call PY_PROTOC,$(PY_PROTO_OUT))
 	@echo "regenerated $(PY_PROTO_OUT)/pbkv_pb2.py and pbkv_pb2.pyi"
+	$(PYTHON) $(PY_CLIENT)/tests/proto/make_variants.py proto $(PY_CLIENT)/tests/proto
+	@echo "regenerated the newer schema variants in $(PY_CLIENT)/tests/proto"
 
 clean:
 	$(SWIFT) package clean

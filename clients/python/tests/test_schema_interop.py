@@ -5,13 +5,14 @@ fields are DELIMITED (groups on the wire). The variants are tests/proto/*.proto,
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import time
 
 import pytest
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from conftest import Cluster
+from conftest import PROTO_VARIANTS, REPO, Cluster
 from fakes import FakeViewService, not_leader
 from pbkv import Client, Connection, put_hash_value
 from pbkv import pbkv_pb2 as current
@@ -41,6 +42,57 @@ def primary_of(cluster: Cluster) -> str:
 
 def deadline(seconds: float = 10) -> float:
     return time.monotonic() + seconds
+
+
+# ---------------------------------------------------------------- the variants themselves
+
+
+def numbered(module) -> dict[tuple[str, int], tuple]:
+    """Every message field and enum value of a compiled schema, by (owner, number): its name and
+    type — what must never change for a number (README, "Compatibility policy")."""
+    shapes: dict[tuple[str, int], tuple] = {}
+
+    def walk(message, prefix: str) -> None:
+        for field in message.fields:
+            shapes[(prefix + message.name, field.number)] = (
+                field.name, field.type, field.is_repeated,
+                field.message_type.name if field.message_type else None,
+                field.enum_type.name if field.enum_type else None)
+        for nested in message.nested_types:
+            walk(nested, prefix + message.name + ".")
+
+    for message in module.DESCRIPTOR.message_types_by_name.values():
+        walk(message, "")
+    for enum in module.DESCRIPTOR.enum_types_by_name.values():
+        for value in enum.values:
+            shapes[("enum " + enum.name, value.number)] = (value.name,)
+    return shapes
+
+
+@pytest.mark.parametrize("variant", ["pbkv_newer", "pbkv_delimited"])
+def test_newer_variants_hold_the_whole_current_schema_and_add_only_new_numbers(compile_variant, variant) -> None:
+    current_shapes, variant_shapes = numbered(current), numbered(compile_variant(variant))
+    missing = sorted(set(current_shapes) - set(variant_shapes))
+    changed = sorted(key for key in current_shapes.keys() & variant_shapes.keys() if current_shapes[key] != variant_shapes[key])
+    assert not missing, f"{variant}.proto lacks what the current schema has: run make proto ({missing})"
+    assert not changed, f"{variant}.proto gives current numbers another meaning: {changed}"
+    assert set(variant_shapes) - set(current_shapes), f"{variant}.proto adds nothing newer"
+
+
+def test_older_variant_uses_no_number_the_current_schema_gives_another_meaning(older) -> None:
+    current_shapes, older_shapes = numbered(current), numbered(older)
+    assert not set(older_shapes) - set(current_shapes)
+    assert [key for key in older_shapes if older_shapes[key] != current_shapes[key]] == []
+    assert ("View", 4) in current_shapes and ("View", 4) not in older_shapes
+
+
+def test_newer_variants_are_what_make_variants_writes_from_the_current_schema() -> None:
+    spec = importlib.util.spec_from_file_location("make_variants", PROTO_VARIANTS / "make_variants.py")
+    make_variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_variants)
+    schema = (REPO / "proto" / "pbkv.proto").read_text()
+    assert (PROTO_VARIANTS / "pbkv_newer.proto").read_text() == make_variants.newer(schema), "run make proto"
+    assert (PROTO_VARIANTS / "pbkv_delimited.proto").read_text() == make_variants.delimited(schema), "run make proto"
 
 
 # ---------------------------------------------------------------- a newer peer
