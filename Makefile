@@ -1,7 +1,7 @@
 # pbkv — build, test and run. `make run` and `make test` install what is missing first.
 SHELL := /bin/bash
 SWIFT ?= swift
-DEB_PACKAGES := protobuf-c-compiler libprotobuf-c-dev zlib1g-dev libssl-dev openssl pkg-config etcd-server python3 python3-venv
+DEB_PACKAGES := protobuf-c-compiler libprotobuf-c-dev zlib1g-dev libdeflate-dev libssl-dev openssl pkg-config etcd-server python3 python3-venv
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 PROTO_OUT := Sources/CPBKVProto
 SWIFT_TEST_FLAGS ?= --no-parallel

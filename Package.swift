@@ -40,6 +40,9 @@ let package = Package(
             linkerSettings: [.linkedLibrary("protobuf-c")]
         ),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // libdeflate: zlib frames (whole buffers) compressed and inflated about twice as fast as
+        // zlib does; zlib itself keeps the streaming mode (a context kept across frames).
+        .systemLibrary(name: "CLibDeflate", pkgConfig: "libdeflate", providers: [.apt(["libdeflate-dev"])]),
         // The system's OpenSSL 3 (libssl, libcrypto): certificates, identities and TLS itself.
         // (swift-nio-ssl or swift-certificates would each build a BoringSSL: about three minutes
         // of a clean build on two cores, more than all of pbkv's own code.)
@@ -61,7 +64,7 @@ let package = Package(
         .target(
             name: "PBKVWire",
             dependencies: [
-                "PBKVCore", "CPBKVProto", "CZlib", "PBKVTLS",
+                "PBKVCore", "CPBKVProto", "CZlib", "CLibDeflate", "PBKVTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,3 +1,4 @@
+import CLibDeflate
 import CZlib
 import NIOCore
 import PBKVCore
@@ -19,70 +20,67 @@ public enum ZlibError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// A reusable zlib compressor (RFC 1950 streams); owns its `z_stream` and frees it in `deinit`.
+/// A reusable compressor of whole frames into zlib streams (RFC 1950), on libdeflate: the same
+/// format as zlib's, written about twice as fast at level 1 (a transfer's chunks are where it
+/// shows). Owns its compressor and frees it in `deinit`.
 final class ZlibDeflater {
-    private var stream = z_stream()
-    private var ready = false
+    private let compressor: OpaquePointer
 
     init(level: Int32 = 1) throws(ZlibError) {
-        let rc = pbkv_deflateInit(&stream, level)
-        guard rc == Z_OK else { throw .initFailed(rc) }
-        ready = true
+        guard let compressor = libdeflate_alloc_compressor(level) else { throw .initFailed(level) }
+        self.compressor = compressor
     }
 
-    deinit { if ready { deflateEnd(&stream) } }
+    deinit { libdeflate_free_compressor(compressor) }
 
     /// Appends the zlib stream of `input`'s readable bytes to `output`.
     func compress(_ input: ByteBuffer, into output: inout ByteBuffer) throws(ZlibError) {
-        deflateReset(&stream)
-        let bound = Int(deflateBound(&stream, uLong(input.readableBytes)))
-        var rc: Int32 = Z_OK
+        let bound = libdeflate_zlib_compress_bound(compressor, input.readableBytes)
+        var written = 0
         input.withUnsafeReadableBytes { inBytes in
             _ = output.writeWithUnsafeMutableBytes(minimumWritableBytes: bound) { outBytes in
-                stream.setInput(inBytes)
-                stream.setOutput(outBytes, room: bound)
-                rc = deflate(&stream, Z_FINISH)
-                let written = bound - Int(stream.avail_out)
-                stream.detachBuffers()
-                return rc == Z_STREAM_END ? written : 0
+                written = libdeflate_zlib_compress(compressor, inBytes.baseAddress, inBytes.count, outBytes.baseAddress, bound)
+                return written
             }
         }
-        // deflateBound guarantees room, so anything else is a zlib failure.
-        if rc != Z_STREAM_END { throw .corrupt("deflate failed with code \(rc)") }
+        // The bound guarantees room, so 0 is a libdeflate failure.
+        if written == 0 { throw .corrupt("libdeflate could not compress \(input.readableBytes) bytes into \(bound)") }
     }
 }
 
-/// A reusable, bounded zlib decompressor; owns its `z_stream` and frees it in `deinit`.
+/// A reusable, bounded decompressor of whole zlib frames, on libdeflate; owns its decompressor
+/// and frees it in `deinit`.
 final class ZlibInflater {
-    private var stream = z_stream()
-    private var ready = false
+    private let decompressor: OpaquePointer
 
     init() throws(ZlibError) {
-        let rc = pbkv_inflateInit(&stream)
-        guard rc == Z_OK else { throw .initFailed(rc) }
-        ready = true
+        guard let decompressor = libdeflate_alloc_decompressor() else { throw .initFailed(0) }
+        self.decompressor = decompressor
     }
 
-    deinit { if ready { inflateEnd(&stream) } }
+    deinit { libdeflate_free_decompressor(decompressor) }
 
     /// Inflates `input` into a new buffer of exactly `declaredSize` bytes. Never writes more:
     /// output beyond `declaredSize` is a zlib bomb or a lie and is refused.
     func decompress(_ input: ByteBuffer, declaredSize: Int, allocator: ByteBufferAllocator) throws(ZlibError) -> ByteBuffer {
-        inflateReset(&stream)
-        let (output, produced, rc) = try stream.inflateBounded(declaredSize: declaredSize, allocator: allocator) { stream in
-            input.withUnsafeReadableBytes { inBytes in
-                stream.setInput(inBytes)
-                return inflate(&stream, Z_FINISH)
+        var output = allocator.buffer(capacity: declaredSize)
+        var result = LIBDEFLATE_SUCCESS
+        var produced = 0
+        input.withUnsafeReadableBytes { inBytes in
+            _ = output.writeWithUnsafeMutableBytes(minimumWritableBytes: declaredSize) { outBytes in
+                result = libdeflate_zlib_decompress(
+                    decompressor, inBytes.baseAddress, inBytes.count, outBytes.baseAddress, declaredSize, &produced)
+                return result == LIBDEFLATE_SUCCESS ? produced : 0
             }
         }
-        switch rc {
-        case Z_STREAM_END:
+        switch result {
+        case LIBDEFLATE_SUCCESS:
             guard produced == declaredSize else { throw .sizeMismatch(declared: declaredSize, actual: produced) }
             return output
-        case Z_BUF_ERROR:
-            throw .corrupt("stream truncated")
+        case LIBDEFLATE_INSUFFICIENT_SPACE:
+            throw .tooLarge(limit: declaredSize)
         default:
-            throw stream.inflateFailure(rc)
+            throw .corrupt("not a complete zlib stream (truncated, or a bad header, block or checksum)")
         }
     }
 }
