@@ -2,14 +2,9 @@
 #define PBKV_CZLIB_SHIM_H
 #include <zlib.h>
 
-/* zlib's deflateInit/inflateInit are macros Swift cannot import. */
-static inline int pbkv_deflateInit(z_streamp stream, int level) {
-    return deflateInit(stream, level);
-}
-static inline int pbkv_inflateInit(z_streamp stream) {
-    return inflateInit(stream);
-}
-/* Raw deflate (negative windowBits: no zlib header or trailer), for the per-connection streams. */
+/* zlib's deflateInit2/inflateInit2 are macros Swift cannot import. Raw deflate (negative
+   windowBits: no zlib header or trailer), for the per-connection streams; whole frames go
+   through libdeflate (CLibDeflate). */
 static inline int pbkv_deflateInit2(z_streamp stream, int level, int windowBits, int memLevel) {
     return deflateInit2(stream, level, Z_DEFLATED, windowBits, memLevel, Z_DEFAULT_STRATEGY);
 }

@@ -30,8 +30,14 @@ private struct RunningViewService {
         let (service, server) = try await ViewServiceServer.start(
             rpc: RPCServerConfiguration(host: "127.0.0.1", port: 0), election: election, group: group,
             logger: Logger(label: "pbkv.test", factory: { _ in SwiftLogNoOpLogHandler() }))
-        try await service.waitUntil(role: role)
-        return RunningViewService(service: service, server: server)
+        let running = RunningViewService(service: service, server: server)
+        do {
+            try await service.waitUntil(role: role)
+        } catch {
+            await running.stop()
+            throw error
+        }
+        return running
     }
 
     /// A sole leader whose store already holds `view`, once it leads.

@@ -112,8 +112,15 @@ struct ViewServiceEndToEnd {
                 rpc: RPCServerConfiguration(host: "127.0.0.1", port: 0),
                 configuration: ViewServiceConfiguration(pingInterval: interval, deadPings: 5),
                 group: group, logger: logger)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        do {
             try await started.service.waitUntil(role: ViewServiceRole(role: .leader))
         } catch {
+            await started.server.close()
+            await started.service.stop()
             try? await group.shutdownGracefully()
             throw error
         }

@@ -114,10 +114,10 @@ struct ViewServiceLeaseTests {
             rpc: RPCServerConfiguration(host: "127.0.0.1", port: 0),
             configuration: ViewServiceConfiguration(pingInterval: interval, deadPings: 5),
             election: SoleLeadership(store: store), group: group, logger: logger)
-        try await started.service.waitUntil(role: ViewServiceRole(role: .leader))
         let rpc = RPCClient(peer: PeerAddress(host: "127.0.0.1", port: started.server.port), eventLoop: group.next(), logger: logger)
         let outcome: Result<Void, any Error>
         do {
+            try await started.service.waitUntil(role: ViewServiceRole(role: .leader))
             try await body(Harness(store: store, client: ViewServiceClient(rpc: rpc), startedAt: startedAt))
             outcome = .success(())
         } catch {

@@ -6,6 +6,8 @@ import PBKVCore
 /// Why zlib could not compress or decompress a payload.
 public enum ZlibError: Error, Sendable, Hashable, CustomStringConvertible {
     case initFailed(Int32)
+    /// libdeflate could not allocate a compressor or decompressor.
+    case outOfMemory
     case corrupt(String)
     case tooLarge(limit: Int)
     case sizeMismatch(declared: Int, actual: Int)
@@ -13,6 +15,7 @@ public enum ZlibError: Error, Sendable, Hashable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .initFailed(let code): "zlib could not be initialised (code \(code))"
+        case .outOfMemory: "libdeflate could not allocate its state: the process is out of memory"
         case .corrupt(let why): "corrupt zlib data: \(why)"
         case .tooLarge(let limit): "decompressed data exceeds the declared size or the \(limit)-byte limit (zlib bomb?)"
         case .sizeMismatch(let declared, let actual): "zlib data inflated to \(actual) bytes, frame declared \(declared)"
@@ -27,7 +30,7 @@ final class ZlibDeflater {
     private let compressor: OpaquePointer
 
     init(level: Int32 = 1) throws(ZlibError) {
-        guard let compressor = libdeflate_alloc_compressor(level) else { throw .initFailed(level) }
+        guard let compressor = libdeflate_alloc_compressor(level) else { throw .outOfMemory }
         self.compressor = compressor
     }
 
@@ -54,7 +57,7 @@ final class ZlibInflater {
     private let decompressor: OpaquePointer
 
     init() throws(ZlibError) {
-        guard let decompressor = libdeflate_alloc_decompressor() else { throw .initFailed(0) }
+        guard let decompressor = libdeflate_alloc_decompressor() else { throw .outOfMemory }
         self.decompressor = decompressor
     }
 
