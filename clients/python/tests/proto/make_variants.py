@@ -25,16 +25,21 @@ NEWER_HEADER = """\
 """
 
 PUT_ARGS = "message PutArgs {\n  bytes key = 1;\n  bytes value = 2;\n  RequestId id = 3;\n}\n"
+
+
+def put_args_with(fields: str, after: str) -> str:
+    """`PutArgs` with `fields` added before its closing brace, and `after` (a new message) next."""
+    return PUT_ARGS.removesuffix("}\n") + fields + "}\n\n" + after
 TIMEOUT = "  uint32 timeout_ms = 2; // the caller's remaining deadline (0 = none), informational\n"
 
 NEWER_EDITS: list[Edit] = [
     ("  SESSION_EXPIRED = 14;", "  RATE_LIMITED = 15;       // NEWER: not in the current schema"),
     ("  FEATURE_DEFLATE_STREAM = 2;", "  FEATURE_ZSTD = 3;        // NEWER"),
     ("  string client_name = 4;", "  string client_version = 5;     // NEWER"),
-    (PUT_ARGS, "message PutArgs {\n  bytes key = 1;\n  bytes value = 2;\n  RequestId id = 3;\n"
-     "  uint32 ttl_ms = 4;             // NEWER\n  repeated string tags = 5;      // NEWER\n}\n\n"
-     "// NEWER: a method the current server does not have.\nmessage DeleteArgs {\n  bytes key = 1;\n"
-     "  RequestId id = 2;\n}\n"),
+    (PUT_ARGS, put_args_with(
+        "  uint32 ttl_ms = 4;             // NEWER\n  repeated string tags = 5;      // NEWER\n",
+        "// NEWER: a method the current server does not have.\nmessage DeleteArgs {\n  bytes key = 1;\n"
+        "  RequestId id = 2;\n}\n")),
     (TIMEOUT, TIMEOUT + "  string trace_id = 3;   // NEWER\n"),
     ("    PutHashArgs put_hash = 22;\n", "    PutHashArgs put_hash = 22;\n    DeleteArgs delete = 23;   // NEWER\n"),
 ]
@@ -51,10 +56,10 @@ DELIMITED_HEADER = """\
 DELIMITED_EDITS: list[Edit] = [
     ("package pbkv_delimited;\n",
      "package pbkv_delimited;\n\n// proto3 semantics: scalars without presence.\noption features.field_presence = IMPLICIT;\n"),
-    (PUT_ARGS, "message PutArgs {\n  bytes key = 1;\n  bytes value = 2;\n  RequestId id = 3;\n"
-     "  Trace trace = 4 [features.message_encoding = DELIMITED];  // NEWER, a group on the wire\n}\n\n"
-     "// NEWER: a message sent DELIMITED (start-group tag, its fields, end-group tag).\nmessage Trace {\n"
-     "  string id = 1;\n  uint64 span = 2;\n  Trace parent = 3 [features.message_encoding = DELIMITED];\n}\n"),
+    (PUT_ARGS, put_args_with(
+        "  Trace trace = 4 [features.message_encoding = DELIMITED];  // NEWER, a group on the wire\n",
+        "// NEWER: a message sent DELIMITED (start-group tag, its fields, end-group tag).\nmessage Trace {\n"
+        "  string id = 1;\n  uint64 span = 2;\n  Trace parent = 3 [features.message_encoding = DELIMITED];\n}\n")),
     (TIMEOUT, TIMEOUT + "  Trace trace = 3 [features.message_encoding = DELIMITED];  // NEWER, a group on the wire\n"),
 ]
 
