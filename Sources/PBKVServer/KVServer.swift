@@ -432,18 +432,21 @@ public final class KVServer: KVServiceProtocol, ReplicaServiceProtocol, Sendable
 
     private func submit(_ op: Operation) -> EventLoopFuture<KVReply> {
         onLoop {
-            let promise = self.eventLoop.makePromise(of: KVReply.self)
-            guard !self.state.value.stopped else {
-                promise.succeed(KVReply(code: .wrongServer))
-                return promise.futureResult
-            }
+            guard !self.state.value.stopped else { return self.eventLoop.makeSucceededFuture(KVReply(code: .wrongServer)) }
             let token = self.state.value.nextToken
             self.state.value.nextToken += 1
             self.state.value.operations += 1
-            self.state.value.waiting[token] = promise
             // The clock is read here, when the request is handled: a process paused since the
             // request arrived sees the time it woke at, and its lease has ended.
-            self.run(self.state.value.machine.onClientRequest(op, token: token, now: self.clockNow))
+            let directives = self.state.value.machine.onClientRequest(op, token: token, now: self.clockNow)
+            // Answered at once (a Get on a lease, a duplicate, a refusal): no promise to keep.
+            for case .reply(let replied, let reply) in directives where replied == token {
+                self.run(directives)
+                return self.eventLoop.makeSucceededFuture(reply)
+            }
+            let promise = self.eventLoop.makePromise(of: KVReply.self)
+            self.state.value.waiting[token] = promise
+            self.run(directives)
             return promise.futureResult
         }
     }

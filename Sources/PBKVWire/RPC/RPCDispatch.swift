@@ -10,8 +10,29 @@ struct RPCDispatch: Sendable {
     /// The answer to one request: ready now, or when the service completes.
     enum Answer {
         case now(Response)
-        /// `method` is the call's `Call.methodIndex`.
-        case later(EventLoopFuture<Response>, method: Int)
+        case later(PendingAnswer)
+    }
+
+    /// A call its service completes later. `whenAnswered` turns the outcome into the `Response`
+    /// with one callback: a chain of `map`, `recover` and a reply callback would cost a promise
+    /// and a closure per link, on every call.
+    struct PendingAnswer {
+        /// The service's result, on the connection's event loop.
+        let result: EventLoopFuture<CallResult>
+        let callID: UInt64
+        /// The call's `Call.methodIndex`.
+        let method: Int
+
+        /// Calls `body` with the response once the service completed (at once if it has).
+        func whenAnswered(_ body: @escaping @Sendable (Response) -> Void) {
+            let callID = callID
+            result.whenComplete { outcome in
+                switch outcome {
+                case .success(let result): body(Response(callID: callID, result: result))
+                case .failure(let error): body(RPCDispatch.response(callID: callID, error: error))
+                }
+            }
+        }
     }
 
     func answer(_ request: Request, context: RPCCallContext) -> Answer {
@@ -30,9 +51,7 @@ struct RPCDispatch: Sendable {
         // A plain loop: `lazy.compactMap(...).first` evaluates the route twice, running every call twice.
         for table in tables {
             if let future = table.route(call, context) {
-                let response = future.hop(to: context.eventLoop).map { Response(callID: callID, result: $0) }
-                    .recover { Self.response(callID: callID, error: $0) }
-                return .later(response, method: call.methodIndex)
+                return .later(PendingAnswer(result: future.hop(to: context.eventLoop), callID: callID, method: call.methodIndex))
             }
         }
         return .now(Response(callID: callID, code: .unknownMethod, message: "this server does not implement \(call.method)"))

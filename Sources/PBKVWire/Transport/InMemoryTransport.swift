@@ -310,7 +310,7 @@ final class InMemoryListener: RPCListener {
         }
         switch dispatch.answer(request, context: context) {
         case .now(let response): send(response)
-        case .later(let future, _): future.whenSuccess(send)
+        case .later(let pending): pending.whenAnswered(send)
         }
     }
 }

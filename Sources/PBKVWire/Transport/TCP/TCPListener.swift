@@ -456,11 +456,12 @@ final class RPCServerHandler: ChannelInboundHandler {
         switch dispatch.answer(request, context: callContext) {
         case .now(let response):
             reply(context: context, response)
-        case .later(let future, let method):
+        case .later(let pending):
             callsInFlight += 1
+            let method = pending.method
             let started = metrics == nil ? NIODeadline.uptimeNanoseconds(0) : .now()
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-            future.whenSuccess { response in
+            pending.whenAnswered { response in
                 let (handler, context) = loopBound.value
                 handler.callsInFlight -= 1
                 if handler.callsInFlight == 0 && handler.configuration.idleTimeout != nil { handler.lastActivity = .now() }
