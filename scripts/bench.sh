@@ -15,6 +15,8 @@
 #    primary, backup, view service; Redis primary and replica) and of the load generator.
 # 3. TLS cost: a second pbkv cluster with mutual TLS (certificates made with `pbkv certs`); the
 #    16 B cells of 1 and 50 clients run against both clusters in turn (`compare_clusters`).
+#    Likewise the cost of --metrics, of --read-leases=false, and of replication itself (a primary
+#    with no backup: what the RPC stack and the client library cost without it).
 # 4. `pbkv bench-cluster`: failover gap, state transfer, memory per key; Redis's memory per key
 #    for the same keys (DEBUG POPULATE); `pbkv bench-wire`: wire bytes and CPU per Put for each
 #    compression mode.
@@ -83,11 +85,12 @@ wait_until() { # wait_until SECONDS COMMAND...: polls COMMAND every 0.1 s
 
 # --- pbkv clusters ---------------------------------------------------------------------------
 # start_pbkv_cluster NAME --insecure|--tls [SERVER FLAG…]: a view service, a primary and a backup
-# (processes) on fresh ports, plaintext or with mutual TLS: every process presents a server
-# certificate for its own address and clients present `bench-client`, all issued by the bench's
-# own CA (`pbkv certs`, in $WORK/certs). The server flags go to both servers, each @PORT@ in them
-# replaced by a fresh port per server (e.g. `--metrics 127.0.0.1:@PORT@`). Then
-# `pbkv_on NAME COMMAND ARG…` runs a client command (view, put, bench…) against the cluster.
+# (processes; the primary only when PBKV_SERVERS=1 is set for the call) on fresh ports, plaintext
+# or with mutual TLS: every process presents a server certificate for its own address and clients
+# present `bench-client`, all issued by the bench's own CA (`pbkv certs`, in $WORK/certs). The
+# server flags go to every server, each @PORT@ in them replaced by a fresh port per server (e.g.
+# `--metrics 127.0.0.1:@PORT@`). Then `pbkv_on NAME COMMAND ARG…` runs a client command (view,
+# put, bench…) against the cluster.
 declare -A CLUSTER_VS=() CLUSTER_SECURITY=() CLUSTER_CPU_OF=()
 CERTS="$WORK/certs"
 start_pbkv_cluster() {
@@ -116,9 +119,10 @@ start_pbkv_cluster() {
   "$PBKV" viewservice --listen "$vs" --data-dir "$WORK/$name-vs" ${security[vs]} >"$WORK/$name-vs.log" 2>&1 & PIDS+=($!)
   CLUSTER_CPU_OF[$name]="vs=$!"
   wait_until 10 pbkv_on "$name" view --timeout 1
-  local arg role=primary
+  local arg role=primary members=(s1 s2)
   local -a args
-  for member in s1 s2; do
+  [ "${PBKV_SERVERS:-2}" = 1 ] && members=(s1)
+  for member in "${members[@]}"; do
     args=()
     for arg in "$@"; do
       if [[ $arg == *@PORT@* ]]; then take_port p; arg=${arg//@PORT@/$p}; fi
@@ -247,11 +251,12 @@ echo
 # the reverse, and the two runs are averaged (a drift of the machine during a cell then weighs on
 # every cluster alike); prints op/s, p50 and p99 per cluster and each OTHER's ratios to BASE,
 # then one-client p50 and 50-client throughput (write-only) side by side, and records it all.
-# mean_of_runs JSON JSON: one bench object whose numbers are the means of the two runs'.
+# mean_of_runs JSON JSON: one bench object whose numbers are the means of the two runs' (a
+# number both runs share, such as the client count, is kept as it is).
 mean_of_runs() {
   python3 -c 'import json, sys
 a, b = (json.loads(x) for x in sys.argv[1:3])
-print(json.dumps({k: (a[k] + b[k]) / 2 if isinstance(a[k], (int, float)) and not isinstance(a[k], bool) else a[k] for k in a}, separators=(",", ":")))' "$1" "$2"
+print(json.dumps({k: (a[k] + b[k]) / 2 if isinstance(a[k], (int, float)) and not isinstance(a[k], bool) and a[k] != b[k] else a[k] for k in a}, separators=(",", ":")))' "$1" "$2"
 }
 compare_clusters() {
   local group=$1 title=$2; shift 2
@@ -309,6 +314,11 @@ compare_clusters metrics "Metrics cost: plaintext vs plaintext with --metrics" p
 # Read leases: on (the default, the plaintext cluster) vs off (every Get goes through the backup).
 start_pbkv_cluster noleases --insecure --read-leases=false
 compare_clusters noleases "Read leases: on (default) vs --read-leases=false" plaintext noleases
+
+# Replication cost, and the ceiling of the rest: the same server alone (no backup: each write
+# commits on the primary, as Redis's SET does without WAIT) next to primary + backup.
+PBKV_SERVERS=1 start_pbkv_cluster alone --insecure
+compare_clusters alone "Replication cost: primary + backup vs a primary alone" plaintext alone
 
 # The matrix clusters are no longer needed; stop them so the next sections have the machine.
 cleanup; PIDS=()

@@ -67,7 +67,9 @@ def compare_groups(records):
         rs = [r for r in records if r.get("section") == "compare" and r["group"] == group]
         cells = {}
         for r in rs:
-            cells.setdefault((r["clients"], r["shape"]), {})[r["system"]] = r
+            # A comparison's figures are means of two runs: its client count may read 50.0.
+            clients = int(r["clients"]) if float(r["clients"]).is_integer() else r["clients"]
+            cells.setdefault((clients, r["shape"]), {})[r["system"]] = r
         systems = ordered(r["system"] for r in rs)
         groups.append((group, rs[0].get("title", group), systems, [(c, s, v) for (c, s), v in cells.items()]))
     return groups

@@ -72,6 +72,13 @@ class MarkdownTests(unittest.TestCase):
         self.assertIn("- failover (file view service): 5 trials, gap median 523 ms, max 537 ms", md)
         self.assertIn("- memory, Redis (DEBUG POPULATE): 1000 keys of 16 B, RSS 1 MiB → 3 MiB, 2097.2 bytes per key", md)
 
+    def test_a_comparison_of_means_names_its_client_count_whole(self):
+        # The means of two runs came as 50.0 clients before bench.sh kept shared numbers as they are.
+        records = [dict(r, clients=float(r["clients"])) if r.get("section") == "compare" else r for r in RECORDS]
+        md = bench_report.markdown(records)
+        self.assertIn("| c=50 16B write-only | 25000 | 1900 | 4800 | 20000 | 2300 | 5500 | 0.80 | 1.21 |", md)
+        self.assertNotIn("c=50.0", md)
+
     def test_missing_system_shows_a_dash(self):
         md = bench_report.markdown([r for r in RECORDS if r.get("system") != "redis-wait"])
         self.assertIn("| c=1 16B write-only | 5000 | 190 | 400 | 12500 | 80 | 150 | – | – | – | 0.40 | – | 0.00002 | 0 |", md)
