@@ -137,11 +137,11 @@ enum GatewayJSON {
 
 extension GatewayJSON {
     /// Decodes the gateway's replies: its snake_case proto names become the Swift names.
-    static var decoder: JSONDecoder {
+    static let decoder: JSONDecoder = {
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         return decoder
-    }
+    }()
 
     static func base64(_ bytes: [UInt8]) -> String { Data(bytes).base64EncodedString() }
     static func base64(_ string: String) -> String { Data(string.utf8).base64EncodedString() }

@@ -116,30 +116,24 @@ struct ViewServiceEndToEnd {
             try? await group.shutdownGracefully()
             throw error
         }
-        do {
-            try await started.service.waitUntil(role: ViewServiceRole(role: .leader))
-        } catch {
-            await started.server.close()
-            await started.service.stop()
-            try? await group.shutdownGracefully()
-            throw error
-        }
         let peer = PeerAddress(host: "127.0.0.1", port: started.server.port)
         let pingRPC = RPCClient(peer: peer, eventLoop: group.next(), logger: logger)
         let observerRPC = RPCClient(peer: peer, eventLoop: group.next(), logger: logger)
         let servers = FakeServers(client: ViewServiceClient(rpc: pingRPC), interval: interval)
-        let pinging = Task { await servers.run() }
+        var pinging: Task<Void, Never>?
 
         let outcome: Result<Void, any Error>
         do {
+            try await started.service.waitUntil(role: ViewServiceRole(role: .leader))
+            pinging = Task { await servers.run() }
             try await body(ViewServiceEndToEnd(service: started.service, servers: servers, observer: ViewServiceClient(rpc: observerRPC)))
             outcome = .success(())
         } catch {
             outcome = .failure(error)
         }
 
-        pinging.cancel()
-        await pinging.value
+        pinging?.cancel()
+        await pinging?.value
         try? await pingRPC.shutdown().get()
         try? await observerRPC.shutdown().get()
         await started.server.close()
